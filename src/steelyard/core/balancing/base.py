@@ -1,0 +1,149 @@
+"""The Balancer interface: build an immutable snapshot from the eligible servers, then pick.
+
+A backend rebuilds its balancer whenever membership, health, weight or admin state changes
+and swaps the new one in; `pick()` never scans dead servers. Least-load balancers read the
+live `active` count and latency estimate of the ServerState objects they were built with.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from steelyard.core.load import PeakEwma
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """Identity only; runtime state lives in ServerState."""
+
+    name: str
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def address(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+class AdminState(enum.Enum):
+    ENABLED = "enabled"
+    DRAINING = "draining"
+    DISABLED = "disabled"
+
+
+class Health(enum.Enum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    time: float  # wall-clock (time.time()) of the check
+    ok: bool
+    reason: str
+
+
+class ServerState:
+    """Runtime state of one server in one backend: admin state, health, load, counters."""
+
+    __slots__ = (
+        "server",
+        "name",
+        "weight",
+        "admin",
+        "health",
+        "ejected_until",
+        "active",
+        "requests_total",
+        "failures_total",
+        "ewma",
+        "ramp_start",
+        "last_check",
+        "removed",
+        "drain_started",
+        "ext",
+    )
+
+    def __init__(self, server: Server, *, health: Health = Health.HEALTHY) -> None:
+        self.server = server
+        self.name = server.name
+        self.weight = server.weight  # runtime weight (admin may change it), 0..1000
+        self.admin = AdminState.ENABLED
+        self.health = health
+        self.ejected_until = 0.0
+        self.active = 0  # in-flight requests (HTTP) or open connections (TCP/UDP sessions)
+        self.requests_total = 0
+        self.failures_total = 0
+        self.ewma = PeakEwma()
+        self.ramp_start: float | None = None  # slow start began at this monotonic time
+        self.last_check: CheckResult | None = None
+        self.removed = False  # deleted from its backend; lingers while draining
+        self.drain_started: float | None = None
+        self.ext: dict[str, object] = {}  # per-feature state owned by other layers
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def ejected(self, now: float) -> bool:
+        return self.ejected_until > now
+
+    def eligible(self, now: float) -> bool:
+        """May take new traffic (ignoring weight and connection caps)."""
+        return (
+            self.admin is AdminState.ENABLED
+            and self.health is Health.HEALTHY
+            and not self.removed
+            and self.ejected_until <= now
+        )
+
+    def state(self, now: float) -> str:
+        """The SPEC §4 state word."""
+        if self.admin is AdminState.DISABLED:
+            return "disabled"
+        if self.admin is AdminState.DRAINING or self.removed:
+            return "draining"
+        if self.ejected(now):
+            return "ejected"
+        return self.health.value
+
+    def __repr__(self) -> str:
+        return (
+            f"ServerState({self.name} {self.address} w={self.weight} {self.admin.value} "
+            f"{self.health.value} active={self.active} req={self.requests_total})"
+        )
+
+
+@dataclass(slots=True)
+class PickContext:
+    hash_key: bytes | None = None  # from hash_on: client ip, header, cookie, query, path
+    exclude: frozenset[str] = frozenset()  # names of servers already tried (retries)
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerSettings:
+    algorithm: str = "round_robin"
+    table_size: int = 65537  # maglev
+    hash_balance_factor: int | None = None  # consistent_hash bounded loads (125 = 1.25x)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Balancer(Protocol):
+    def pick(self, ctx: PickContext) -> ServerState | None:
+        """Never awaits; None = nobody eligible (after exclusions)."""
+        ...
+
+
+# Builds a Balancer from the eligible servers and their effective weights (parallel
+# sequences; weights > 0). The backend swaps the result in on every change.
+BalancerFactory = Callable[
+    [Sequence[ServerState], Sequence[float], BalancerSettings, random.Random], Balancer
+]
