@@ -33,9 +33,7 @@ class Outcome(enum.Enum):
         return self in _FAILURES
 
 
-_FAILURES = frozenset(
-    {Outcome.HTTP_5XX, Outcome.CONNECT_FAILED, Outcome.TIMEOUT, Outcome.RESET}
-)
+_FAILURES = frozenset({Outcome.HTTP_5XX, Outcome.CONNECT_FAILED, Outcome.TIMEOUT, Outcome.RESET})
 
 DEFAULT_TAU = 10.0
 
