@@ -1,0 +1,388 @@
+"""Config -> runtime objects; serve, reload, drain, shutdown.
+
+One Engine per event loop. It owns the backends (core.backend.Backend), the listeners (the
+net layer's protocol factories bound to sockets), the upstream connection pools, the event
+bus and the outputs of the data path (access log, metrics). A reload builds new backends,
+carrying over the runtime state of every server present before and after, and swaps them in;
+listeners whose bind did not change keep their socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from steelyard import __version__
+from steelyard.core.backend import Backend
+from steelyard.core.balancing import SLOW_BUILD
+from steelyard.core.balancing.base import AdminState, BalancerSettings, Server, ServerState
+from steelyard.core.clock import monotonic
+from steelyard.core.events import Event, EventBus
+from steelyard.core.records import RequestRecord
+
+log = logging.getLogger("steelyard")
+
+TICK_INTERVAL = 0.25
+
+
+class StartError(Exception):
+    """Could not bind or start (exit code 3)."""
+
+
+@dataclass(slots=True)
+class ListenerHandle:
+    name: str
+    protocol: str
+    bind: str
+    runtime: Any  # HttpListener | TcpListener | UdpListener
+    server: Any  # asyncio.Server | asyncio.DatagramTransport
+    config: Any
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    if address.startswith("["):
+        host, _, port = address[1:].partition("]:")
+    else:
+        host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def server_from_config(cfg: Any) -> Server:
+    host, port = parse_address(cfg.address)
+    return Server(name=cfg.name or cfg.address, host=host, port=port, weight=cfg.weight)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Any,
+        config_path: str | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.loop = loop or asyncio.get_event_loop()
+        self.clock = monotonic
+        self.rng = rng or random.Random()
+        self.events = EventBus()
+        self.events.subscribe(self._log_event)
+        self.started_at = time.time()
+        self.shutting_down = False
+        self.backends: dict[str, Backend] = {}
+        self.listeners: dict[str, ListenerHandle] = {}
+        self.bound: dict[str, tuple[str, int]] = {}
+        self.pools: Any = None
+        self.admin: Any = None
+        self.health: Any = None  # health-check supervisor (net layer)
+        self.recorders: list[Callable[[RequestRecord], None]] = []
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._builds: dict[str, asyncio.Future[Any]] = {}
+        self.reloads = 0
+        self._retired: list[Backend] = []  # backends a reload removed, still draining
+        self.backends = self._build_backends(config, previous={})
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _build_backends(self, config: Any, previous: dict[str, Backend]) -> dict[str, Backend]:
+        result: dict[str, Backend] = {}
+        for name, bcfg in config.backends.items():
+            hc = bcfg.health_check
+            od = bcfg.outlier_detection
+            settings = BalancerSettings(
+                algorithm=bcfg.algorithm,
+                table_size=bcfg.table_size,
+                hash_balance_factor=bcfg.hash_balance_factor,
+            )
+            servers = [server_from_config(s) for s in bcfg.servers]
+            old = previous.get(name)
+            backend = Backend(
+                name,
+                [] if old else servers,
+                settings,
+                clock=self.clock,
+                rng=self.rng,
+                config=bcfg,
+                health_checked=hc is not None,
+                healthy_threshold=hc.healthy_threshold if hc else 2,
+                unhealthy_threshold=hc.unhealthy_threshold if hc else 3,
+                outlier=(
+                    (od.consecutive_failures, od.base_ejection_time, od.max_ejection_percent)
+                    if od
+                    else None
+                ),
+                slow_start=bcfg.slow_start or 0.0,
+                panic_threshold=getattr(bcfg, "panic_threshold", 50),
+                max_connections_per_server=bcfg.max_connections_per_server,
+                drain_timeout=bcfg.drain_timeout,
+                events=self.events,
+            )
+            if old is not None:
+                self._carry_over(old, backend, servers)
+            if bcfg.algorithm in SLOW_BUILD:
+                backend.scheduler = self._schedule_build
+            result[name] = backend
+        return result
+
+    def _carry_over(self, old: Backend, new: Backend, servers: list[Server]) -> None:
+        """Reload: a server present before and after keeps its state and counters; admin
+        changes (drain/disable/weight) survive unless the file changed that server."""
+        old_config = {s.name: s for s in old.servers.values()}
+        for server in servers:
+            prev = old_config.get(server.name)
+            if prev is not None and not prev.removed and prev.server.address == server.address:
+                if prev.server.weight != server.weight:
+                    prev.weight = server.weight  # the file changed it: the file wins
+                    prev.admin = AdminState.ENABLED
+                prev.server = server
+                new.adopt(prev)
+            else:
+                new.add_server(server)
+        keep = {s.name for s in servers}
+        for name, state in old.servers.items():
+            if name not in keep and not state.removed:
+                old.remove_server(name)
+
+    def _schedule_build(self, backend: Backend) -> None:
+        """Slow snapshots (rings, Maglev) are built in a worker thread; the old one serves."""
+        if backend.name in self._builds and not self._builds[backend.name].done():
+            return  # the running build will be followed by another (version check)
+        if self.loop.is_closed() or not self.loop.is_running():
+            backend.rebuild()
+            return
+        fut = self.loop.run_in_executor(None, backend.build)
+        self._builds[backend.name] = fut
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                log.error("building backend %s failed: %r", backend.name, f.exception())
+                backend.rebuild()
+                return
+            version, balancer, panic = f.result()
+            backend.install(version, balancer, panic)
+            if backend.installed < backend.version:
+                self._schedule_build(backend)
+
+        fut.add_done_callback(done)
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from steelyard.net.pool import UpstreamPools
+
+        self.pools = UpstreamPools(self.loop)
+        for lcfg in self.config.listeners:
+            await self._start_listener(lcfg)
+        if getattr(self.config, "admin", None) is not None:
+            try:
+                from steelyard.admin.server import AdminServer
+            except ImportError:
+                log.warning("admin listener configured but the admin module is not available")
+            else:
+                self.admin = AdminServer(self)
+                await self.admin.start()
+        self._start_health_checks()
+        self._tick_handle = self.loop.call_later(TICK_INTERVAL, self._tick)
+
+    def _start_health_checks(self) -> None:
+        try:
+            from steelyard.net.health_check import HealthSupervisor
+        except ImportError:
+            for backend in self.backends.values():
+                if backend.health_checked:
+                    log.warning("health checks not available; marking %s healthy", backend.name)
+                    for name in backend.servers:
+                        backend.observe_check(name, True, "no checker", time.time())
+            return
+        if self.health is None:
+            self.health = HealthSupervisor(self)
+        self.health.sync()
+
+    def _make_runtime(self, lcfg: Any) -> Any:
+        if lcfg.protocol == "http":
+            from steelyard.net.http_proxy import HttpListener
+
+            return HttpListener(self, lcfg)
+        if lcfg.protocol == "tcp":
+            from steelyard.net.tcp_proxy import TcpListener
+
+            return TcpListener(self, lcfg)
+        if lcfg.protocol == "udp":
+            from steelyard.net.udp_proxy import UdpListener
+
+            return UdpListener(self, lcfg)
+        raise StartError(f"listener {lcfg.name}: unsupported protocol {lcfg.protocol!r}")
+
+    def _ssl_context(self, lcfg: Any) -> Any:
+        if getattr(lcfg, "tls", None) is None:
+            return None
+        from steelyard.net.tls import server_context
+
+        return server_context(lcfg.tls)
+
+    async def _start_listener(self, lcfg: Any) -> None:
+        runtime = self._make_runtime(lcfg)
+        host, port = parse_address(lcfg.bind)
+        try:
+            if lcfg.protocol == "udp":
+                transport, _ = await self.loop.create_datagram_endpoint(
+                    runtime.protocol_factory, local_addr=(host, port)
+                )
+                server: Any = transport
+                sockname = transport.get_extra_info("sockname")
+            else:
+                sock = _listening_socket(host, port)
+                ssl_ctx = self._ssl_context(lcfg) if lcfg.protocol == "http" else None
+                if lcfg.protocol == "tcp" and getattr(lcfg, "tls", None) is not None:
+                    runtime.ssl_context = self._ssl_context(lcfg)
+                server = await self.loop.create_server(
+                    runtime.protocol_factory, sock=sock, ssl=ssl_ctx, backlog=1024
+                )
+                sockname = sock.getsockname()
+        except OSError as exc:
+            raise StartError(
+                f"listener {lcfg.name}: cannot bind {lcfg.bind}: {exc.strerror or exc}"
+            ) from exc
+        self.bound[lcfg.name] = (sockname[0], sockname[1])
+        self.listeners[lcfg.name] = ListenerHandle(
+            lcfg.name, lcfg.protocol, lcfg.bind, runtime, server, lcfg
+        )
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        for backend in list(self.backends.values()) + list(self._retired):
+            timed_out = backend.tick()
+            for state in timed_out:
+                self.close_server_connections(backend, state)
+        self._retired = [b for b in self._retired if b.servers]
+        if not self.shutting_down:
+            self._tick_handle = self.loop.call_later(TICK_INTERVAL, self._tick)
+
+    def close_server_connections(self, backend: Backend, state: ServerState) -> None:
+        """Drain timeout: cut what still runs on this server (listeners do the cutting)."""
+        for handle in self.listeners.values():
+            closer = getattr(handle.runtime, "close_server", None)
+            if closer is not None:
+                closer(backend.name, state)
+
+    def record(self, record: RequestRecord) -> None:
+        for recorder in self.recorders:
+            recorder(record)
+
+    def _log_event(self, event: Event) -> None:
+        log.info(
+            "%s backend=%s server=%s state=%s reason=%s",
+            event.type,
+            event.backend,
+            event.server,
+            event.state,
+            event.reason,
+        )
+
+    # -- reload --------------------------------------------------------------------------------
+
+    async def reload(self, config: Any | None = None) -> None:
+        """Swap in a new configuration (raises ConfigError and keeps the old one if invalid)."""
+        if config is None:
+            from steelyard.config import load_config
+
+            if self.config_path is None:
+                raise RuntimeError("no config file to reload from")
+            config = load_config(self.config_path)
+        old_backends = self.backends
+        new_backends = self._build_backends(config, previous=old_backends)
+        # backends that are gone keep serving their in-flight work until drained
+        for name, backend in old_backends.items():
+            if name not in new_backends:
+                for sname in list(backend.servers):
+                    backend.remove_server(sname)
+                self._retired.append(backend)
+        self.backends = new_backends
+        self.config = config
+        new_listeners = {lc.name: lc for lc in config.listeners}
+        for name, handle in list(self.listeners.items()):
+            lcfg = new_listeners.get(name)
+            if lcfg is not None and lcfg.bind == handle.bind and lcfg.protocol == handle.protocol:
+                handle.runtime.update(lcfg)
+                handle.config = lcfg
+                continue
+            await self._stop_listener(handle)
+        for name, lcfg in new_listeners.items():
+            if name not in self.listeners:
+                await self._start_listener(lcfg)
+        self._start_health_checks()
+        self.reloads += 1
+        self.events.publish(Event(type="reload", time=time.time(), reason="config reloaded"))
+
+    async def _stop_listener(self, handle: ListenerHandle) -> None:
+        del self.listeners[handle.name]
+        self.bound.pop(handle.name, None)
+        handle.server.close()
+        handle.runtime.begin_shutdown()
+        self.loop.create_task(handle.runtime.wait_closed(self.config.shutdown_timeout))
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        if timeout is None:
+            timeout = self.config.shutdown_timeout
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        for handle in self.listeners.values():
+            handle.server.close()
+            handle.runtime.begin_shutdown()
+        if self.health is not None:
+            self.health.stop()
+        await asyncio.gather(
+            *(h.runtime.wait_closed(timeout) for h in self.listeners.values()),
+            return_exceptions=True,
+        )
+        if self.pools is not None:
+            self.pools.close_all()
+        if self.admin is not None:
+            await self.admin.stop()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "config_file": self.config_path,
+            "config_hash": getattr(self.config, "source_hash", None),
+            "listeners": [
+                {"name": h.name, "protocol": h.protocol, "bind": h.bind}
+                for h in self.listeners.values()
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine(listeners={list(self.listeners)}, backends={list(self.backends)}, "
+            f"reloads={self.reloads}, shutting_down={self.shutting_down})"
+        )
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

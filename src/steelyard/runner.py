@@ -1,0 +1,102 @@
+"""`steelyard run`: load the config, serve, and handle signals.
+
+SIGTERM/SIGINT: graceful shutdown (stop accepting, finish in-flight work up to
+shutdown_timeout, exit 0). SIGHUP: reload; an invalid file is logged and the old config
+keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("steelyard")
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("steelyard")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def print_problems(exc: Any) -> None:
+    for problem in getattr(exc, "problems", []) or [exc]:
+        print(str(problem), file=sys.stderr)
+
+
+def run_loop(main: Callable[[], Awaitable[int]]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+def run(config_path: str) -> int:
+    from steelyard.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print_problems(exc)
+        return 1
+    except OSError as exc:
+        print(f"{config_path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    setup_logging()
+    return run_loop(lambda: serve(config, config_path))
+
+
+async def serve(
+    config: Any, config_path: str | None, on_started: Callable[[Any], None] | None = None
+) -> int:
+    from steelyard.config import ConfigError
+    from steelyard.engine import Engine, StartError
+    from steelyard.logs import AccessLog
+
+    loop = asyncio.get_running_loop()
+    engine = Engine(config, config_path, loop=loop)
+    log_cfg = getattr(config, "log", None)
+    access = AccessLog(
+        getattr(log_cfg, "access", None), getattr(log_cfg, "format", "json") or "json"
+    )
+    engine.recorders.append(access)
+    try:
+        await engine.start()
+    except (StartError, OSError) as exc:
+        print(f"steelyard: {exc}", file=sys.stderr)
+        await engine.shutdown(0)
+        access.close()
+        return 3
+    stop = asyncio.Event()
+
+    async def reload() -> None:
+        try:
+            await engine.reload()
+            log.info("reloaded %s", config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused, old config kept: %s", problem)
+        except Exception as exc:  # a reload must never take the process down
+            log.exception("reload failed, old config kept: %s", exc)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+    for name, (host, port) in engine.bound.items():
+        log.info("listener %s on %s:%s", name, host, port)
+    if engine.admin is not None:
+        log.info("admin on %s", getattr(engine.admin, "url", config.admin.bind))
+    if on_started is not None:
+        on_started(engine)
+    await stop.wait()
+    log.info("shutting down (up to %ss for in-flight work)", config.shutdown_timeout)
+    await engine.shutdown()
+    access.close()
+    return 0
