@@ -10,12 +10,23 @@ from steelyard.core.balancing.base import (
     Server,
     ServerState,
 )
+from steelyard.core.balancing.least_load import LeastConnections, LeastResponseTime, PowerOfTwo
+from steelyard.core.balancing.maglev import Maglev
+from steelyard.core.balancing.random_choice import WeightedRandom
+from steelyard.core.balancing.ring import ConsistentHash, IpHash
 from steelyard.core.balancing.round_robin import SmoothWeightedRoundRobin
 
 # algorithm name (SPEC §2) -> factory
 ALGORITHMS: dict[str, BalancerFactory] = {
     "round_robin": SmoothWeightedRoundRobin,
     "weighted_round_robin": SmoothWeightedRoundRobin,
+    "least_connections": LeastConnections,
+    "least_response_time": LeastResponseTime,
+    "power_of_two": PowerOfTwo,
+    "random": WeightedRandom,
+    "ip_hash": IpHash,
+    "consistent_hash": ConsistentHash,
+    "maglev": Maglev,
 }
 
 # algorithms whose snapshot is slow to build in Python: built off the event loop
@@ -37,6 +48,14 @@ __all__ = [
     "HASHING",
     "SLOW_BUILD",
     "Balancer",
+    "ConsistentHash",
+    "IpHash",
+    "LeastConnections",
+    "LeastResponseTime",
+    "Maglev",
+    "PowerOfTwo",
+    "SmoothWeightedRoundRobin",
+    "WeightedRandom",
     "BalancerFactory",
     "BalancerSettings",
     "PickContext",

@@ -1,0 +1,102 @@
+"""Stable hashes for the hash-based balancers.
+
+Python's built-in ``hash()`` is salted per process (PYTHONHASHSEED), so two Steelyard instances
+would disagree on where a key goes. Everything here is BLAKE2b (RFC 7693, in hashlib), whose
+output depends only on the bytes fed in: the same server set sends the same key to the same
+server in every process and on every machine. Integers are always read little-endian.
+
+Distinct ``person`` strings give independent hash functions from the one primitive (BLAKE2's
+personalization parameter), which is what Maglev needs for its offset and skip.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from hashlib import blake2b
+
+_KEY = b"steelyard-key"
+_RING = b"steelyard-ring"
+_OFFSET = b"maglev-offset"
+_SKIP = b"maglev-skip"
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def hash64(data: bytes) -> int:
+    """A stable 64-bit hash of a request key (client IP, header value, ...)."""
+    return int.from_bytes(blake2b(data, digest_size=8, person=_KEY).digest(), "little")
+
+
+def name_hash(name: str, person: bytes) -> int:
+    """A stable 64-bit hash of a server name; ``person`` (<= 16 bytes) selects the function."""
+    return int.from_bytes(
+        blake2b(name.encode("utf-8"), digest_size=8, person=person).digest(), "little"
+    )
+
+
+def maglev_offset_skip(name: str, table_size: int) -> tuple[int, int]:
+    """Maglev's (offset, skip) for one server: two independent hashes of its name.
+
+    offset in [0, M), skip in [1, M); with M prime every skip is coprime to M, so
+    offset + j * skip (mod M) visits every slot exactly once (Eisenbud et al. 2016, §3.4).
+    """
+    offset = name_hash(name, _OFFSET) % table_size
+    skip = name_hash(name, _SKIP) % (table_size - 1) + 1
+    return offset, skip
+
+
+_TWO_POW_M52 = 2.0**-52
+# byte 6 of a little-endian double: keep the low nibble (mantissa), force the high nibble to
+# 0xF (exponent low bits); byte 7 = 0x3F. Together: exponent 0x3FF, a double in [1, 2).
+_EXP_LOW = bytes(0xF0 | (b & 0x0F) for b in range(256))
+
+
+def key_position(h: int) -> float:
+    """Map a 64-bit hash to a ring position in [1, 2) (the top 52 bits, exactly)."""
+    return 1.0 + (h >> 12) * _TWO_POW_M52
+
+
+def ring_point_bytes(name: str, count: int, tag: int) -> bytes:
+    """``count`` ring points of one server as little-endian IEEE doubles in [1, 2).
+
+    Each point is 8 stable random bytes (BLAKE2b of name and block number, 8 points per 64-byte
+    digest, the way ketama takes 4 points per MD5 digest). The exponent bits are forced so the
+    double lies in [1, 2), where double order equals mantissa order; the low 16 mantissa bits
+    carry ``tag`` (the server's index), so one float sort orders the ring and still tells the
+    owner of every point (CPython sorts floats much faster than 64-bit ints). That leaves 36
+    random bits of position per point.
+
+    The points are a prefix of one endless stream per name, so a server whose weight grows keeps
+    every point it had and only gains new ones: keys move only towards it.
+    """
+    if count <= 0:
+        return b""
+    blocks = (count + 7) // 8
+    prefix = name.encode("utf-8") + b"\x00"
+    parts = [
+        blake2b(prefix + b.to_bytes(4, "little"), digest_size=64, person=_RING).digest()
+        for b in range(blocks)
+    ]
+    buf = bytearray(b"".join(parts))
+    del buf[count * 8 :]
+    buf[0::8] = bytes((tag & 0xFF,)) * count
+    buf[1::8] = bytes(((tag >> 8) & 0xFF,)) * count
+    buf[6::8] = bytes(buf[6::8]).translate(_EXP_LOW)
+    buf[7::8] = b"\x3f" * count
+    return bytes(buf)
+
+
+def doubles_from_le(data: bytes) -> array[float]:
+    """Little-endian IEEE doubles -> array('d') on any machine."""
+    out = array("d")
+    out.frombytes(data)
+    if _BIG_ENDIAN:
+        out.byteswap()
+    return out
+
+
+def doubles_to_le(values: array[float]) -> bytes:
+    if _BIG_ENDIAN:
+        values = array("d", values)
+        values.byteswap()
+    return values.tobytes()
