@@ -1,0 +1,375 @@
+"""Header rewriting and message heads: what Steelyard sends up- and downstream.
+
+The parsers (parser.py) already took the hop-by-hop fields (RFC 9110 §7.6.1) and the framing
+fields out of the header lists; here the heads are rebuilt around the end-to-end fields with our
+own framing (RFC 9112 §6), the forwarding fields (X-Forwarded-For appended, -Proto and -Host set)
+and the request id. Each head is built as one bytes join.
+
+Placeholders ({client_ip}, {request_id}, {host}, {path}, {query}, {server}) are compiled once
+into a Template; rendering is a join of literals and context fields.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from steelyard.core.http1.parser import Headers, RequestHead, ResponseHead
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    102: b"Processing",
+    103: b"Early Hints",
+    200: b"OK",
+    201: b"Created",
+    202: b"Accepted",
+    204: b"No Content",
+    206: b"Partial Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    304: b"Not Modified",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def reason(status: int) -> bytes:
+    return REASONS.get(status, b"Unknown")
+
+
+# -- request ids ------------------------------------------------------------------------------
+
+_RID_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+
+
+def valid_request_id(value: bytes) -> bool:
+    """1 to 128 characters of A-Z a-z 0-9 . _ - (SPEC §3)."""
+    return 0 < len(value) <= 128 and not value.translate(None, _RID_ALPHABET)
+
+
+class RequestIdGenerator:
+    """Unique ids without a syscall per request: a random per-instance prefix and a counter."""
+
+    __slots__ = ("_prefix", "_n")
+
+    def __init__(self, rng: random.Random) -> None:
+        self._prefix = b"%012x" % rng.getrandbits(48)
+        self._n = 0
+
+    def __call__(self) -> bytes:
+        self._n += 1
+        return b"%s%08x" % (self._prefix, self._n)
+
+    def __repr__(self) -> str:
+        return f"RequestIdGenerator(prefix={self._prefix.decode()}, issued={self._n})"
+
+
+# -- placeholders -----------------------------------------------------------------------------
+
+
+class RequestContext:
+    """Per-request values that templates may use. All bytes; empty when not known."""
+
+    __slots__ = ("client_ip", "request_id", "host", "path", "query", "server")
+
+    def __init__(
+        self,
+        client_ip: bytes = b"",
+        request_id: bytes = b"",
+        host: bytes = b"",
+        path: bytes = b"",
+        query: bytes = b"",
+        server: bytes = b"",
+    ) -> None:
+        self.client_ip = client_ip
+        self.request_id = request_id
+        self.host = host
+        self.path = path
+        self.query = query
+        self.server = server
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestContext(client_ip={self.client_ip!r}, request_id={self.request_id!r}, "
+            f"host={self.host!r}, path={self.path!r}, server={self.server!r})"
+        )
+
+
+PLACEHOLDERS = ("client_ip", "request_id", "host", "path", "query", "server")
+
+
+class Template:
+    """A string with {placeholder}s, compiled once. Unknown {names} stay literal."""
+
+    __slots__ = ("source", "_parts", "_constant")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        parts: list[bytes | str] = []
+        literal = ""
+        i = 0
+        while i < len(source):
+            if source[i] == "{":
+                end = source.find("}", i)
+                name = source[i + 1 : end] if end > 0 else ""
+                if name in PLACEHOLDERS:
+                    if literal:
+                        parts.append(literal.encode())
+                        literal = ""
+                    parts.append(name)
+                    i = end + 1
+                    continue
+            literal += source[i]
+            i += 1
+        if literal:
+            parts.append(literal.encode())
+        self._parts = tuple(parts)
+        self._constant: bytes | None = None
+        if all(isinstance(p, bytes) for p in parts):
+            self._constant = b"".join(p for p in parts if isinstance(p, bytes))
+
+    @property
+    def constant(self) -> bytes | None:
+        return self._constant
+
+    def render(self, ctx: RequestContext) -> bytes:
+        if self._constant is not None:
+            return self._constant
+        return b"".join(p if isinstance(p, bytes) else getattr(ctx, p) for p in self._parts)
+
+    def __repr__(self) -> str:
+        return f"Template({self.source!r})"
+
+
+# fields route actions may not touch: framing and hop-by-hop belong to the proxy
+_PROTECTED = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+
+
+def _check_name(name: str) -> bytes:
+    raw = name.strip().encode("latin-1")
+    if not raw or any(c <= 32 or c >= 127 or c in b'()<>@,;:\\"/[]?={}' for c in raw):
+        raise ValueError(f"invalid header name {name!r}")
+    if raw.lower() in _PROTECTED:
+        raise ValueError(f"header {name!r} is managed by the proxy and cannot be rewritten")
+    return raw
+
+
+def _check_value(value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError(f"invalid header value {value!r}")
+    return value
+
+
+class HeaderActions:
+    """Compiled `request_headers` / `response_headers`: remove, then set, then add."""
+
+    __slots__ = ("_drop", "_append", "empty")
+
+    def __init__(
+        self,
+        set_: Mapping[str, str] | None = None,
+        add: Mapping[str, str] | None = None,
+        remove: Iterable[str] | None = None,
+    ) -> None:
+        drop: set[bytes] = set()
+        append: list[tuple[bytes, Template]] = []
+        for name in remove or ():
+            drop.add(_check_name(name).lower())
+        for name, value in (set_ or {}).items():
+            raw = _check_name(name)
+            drop.add(raw.lower())
+            append.append((raw, Template(_check_value(value))))
+        for name, value in (add or {}).items():
+            append.append((_check_name(name), Template(_check_value(value))))
+        self._drop = frozenset(drop)
+        self._append = tuple(append)
+        self.empty = not drop and not append
+
+    @classmethod
+    def from_config(cls, cfg: object | None) -> HeaderActions:
+        if cfg is None:
+            return cls()
+        return cls(
+            set_=getattr(cfg, "set", None),
+            add=getattr(cfg, "add", None),
+            remove=getattr(cfg, "remove", None),
+        )
+
+    def apply(self, headers: Headers, ctx: RequestContext) -> Headers:
+        if self._drop:
+            drop = self._drop
+            headers = [(n, v) for n, v in headers if n.lower() not in drop]
+        for name, template in self._append:
+            headers.append((name, template.render(ctx)))
+        return headers
+
+    def __repr__(self) -> str:
+        return f"HeaderActions(drop={sorted(self._drop)}, append={[n for n, _ in self._append]})"
+
+
+# -- heads ------------------------------------------------------------------------------------
+
+BODY_NONE = 0
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+BODY_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients only)
+
+
+def build_request_head(
+    head: RequestHead,
+    headers: Headers,
+    *,
+    client_ip: bytes,
+    proto: bytes,
+    request_id: bytes,
+) -> bytes:
+    """The head we send upstream: always HTTP/1.1, persistent unless an upgrade."""
+    lines = [b"%s %s HTTP/1.1" % (head.method, head.target)]
+    lines += [n + b": " + v for n, v in headers]
+    if head.chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    elif head.content_length is not None:
+        lines.append(b"Content-Length: %d" % head.content_length)
+    if head.expect_continue:
+        lines.append(b"Expect: 100-continue")
+    if head.upgrade is not None:
+        lines.append(b"Connection: upgrade")
+        lines.append(b"Upgrade: " + head.upgrade)
+    if head.forwarded_for:
+        lines.append(b"X-Forwarded-For: " + head.forwarded_for + b", " + client_ip)
+    else:
+        lines.append(b"X-Forwarded-For: " + client_ip)
+    lines.append(b"X-Forwarded-Proto: " + proto)
+    if head.host is not None:
+        lines.append(b"X-Forwarded-Host: " + head.host)
+    lines.append(b"X-Request-Id: " + request_id)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def response_mode(resp: ResponseHead, http10_client: bool) -> int:
+    if resp.no_body:
+        return BODY_NONE
+    if resp.content_length is not None and not resp.chunked:
+        return BODY_LENGTH
+    return BODY_CLOSE if http10_client else BODY_CHUNKED
+
+
+def build_response_head(
+    resp: ResponseHead,
+    headers: Headers,
+    *,
+    mode: int,
+    keep_alive: bool,
+    http10_client: bool,
+    request_id: bytes,
+) -> bytes:
+    """The head we send downstream. `mode` from response_mode(); a CLOSE mode never keeps alive."""
+    status = resp.status
+    lines = [b"HTTP/1.1 %d %s" % (status, resp.reason or reason(status))]
+    lines += [n + b": " + v for n, v in headers]
+    if mode == BODY_LENGTH:
+        lines.append(b"Content-Length: %d" % (resp.content_length or 0))
+    elif mode == BODY_CHUNKED:
+        lines.append(b"Transfer-Encoding: chunked")
+    elif resp.content_length is not None and status != 204 and status >= 200:
+        lines.append(b"Content-Length: %d" % resp.content_length)  # HEAD / 304: as the server said
+    if status == 101:
+        lines.append(b"Connection: upgrade")
+        if resp.upgrade is not None:
+            lines.append(b"Upgrade: " + resp.upgrade)
+    elif not keep_alive or mode == BODY_CLOSE:
+        lines.append(b"Connection: close")
+    elif http10_client:
+        lines.append(b"Connection: keep-alive")
+    lines.append(b"X-Request-Id: " + request_id)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def build_interim(resp: ResponseHead) -> bytes:
+    """A 1xx (not 101) relayed downstream as the server sent it, minus hop-by-hop fields."""
+    lines = [b"HTTP/1.1 %d %s" % (resp.status, resp.reason or reason(resp.status))]
+    lines += [n + b": " + v for n, v in resp.headers]
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+
+
+def local_response(
+    status: int,
+    request_id: bytes,
+    *,
+    close: bool,
+    message: str = "",
+    body: bytes | None = None,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    headers: Headers | None = None,
+    head_only: bool = False,
+    http10_client: bool = False,
+) -> bytes:
+    """A response Steelyard makes itself: errors, redirects, `respond` routes.
+
+    Error bodies are one short plain-text line naming the request id.
+    """
+    if body is None:
+        text = reason(status)
+        if message:
+            text += b": " + message.encode("utf-8", "replace")
+        body = b"%d %s (request id %s)\n" % (status, text, request_id)
+    lines = [b"HTTP/1.1 %d %s" % (status, reason(status))]
+    if body or status not in (204, 304):
+        lines.append(b"Content-Type: " + content_type)
+        lines.append(b"Content-Length: %d" % len(body))
+    if headers:
+        lines += [n + b": " + v for n, v in headers]
+    if close:
+        lines.append(b"Connection: close")
+    elif http10_client:
+        lines.append(b"Connection: keep-alive")
+    lines.append(b"X-Request-Id: " + request_id)
+    lines.append(b"\r\n")
+    out = b"\r\n".join(lines)
+    if head_only or status in (204, 304):
+        return out
+    return out + body

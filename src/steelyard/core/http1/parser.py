@@ -1,0 +1,691 @@
+"""HTTP/1.1 message parsing: httptools (llhttp, strict mode) plus the checks it leaves to us.
+
+How this works. llhttp, with every leniency off, already refuses most request-smuggling vectors
+(RFC 9112 §6.3, §11.2): both Content-Length and Transfer-Encoding, duplicate Content-Length,
+bare LF or CR, whitespace before a colon, obs-fold, invalid chunk sizes. On top of it we enforce:
+
+- limits as bytes arrive: the head (64 KiB), the header count (100), the URI (8 KiB) and the
+  body size (the listener's `max_body_size`); a head is never buffered past its limit plus
+  one read;
+- Transfer-Encoding must be exactly `chunked` (llhttp accepts `gzip, chunked`; we cannot frame
+  a coding we do not decode, RFC 9112 §6.1) and is refused on HTTP/1.0;
+- HTTP/1.0 or HTTP/1.1 only; exactly one Host on HTTP/1.1 (RFC 9112 §3.2); no CONNECT;
+- hop-by-hop fields (RFC 9110 §7.6.1) are taken out of the header list as they are parsed, so the
+  proxy forwards `head.headers` as it is.
+
+The parsers call a sink (the proxy) with whole heads, body pieces and the end of the message, so
+the I/O layer is a thin shell and these classes are tested with plain calls. A ProtocolError
+raised here means: answer with its status (if nothing was sent yet) and close the connection.
+
+Responses: llhttp frames 1xx, 204 and 304 itself; a response to HEAD has no body whatever its
+headers say, which httptools cannot be told, so the parser stops at the end of that head and a
+fresh httptools parser takes over (`reusable` says whether the read ended exactly there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httptools
+
+from steelyard.errors import ProtocolError
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_head: int = 64 * 1024
+    max_headers: int = 100
+    max_uri: int = 8 * 1024
+    max_body: int = 0  # 0 = unlimited
+
+
+DEFAULT_LIMITS = Limits()
+# responses from our own servers: same head limits, no body limit
+UPSTREAM_LIMITS = Limits(max_head=64 * 1024, max_headers=200, max_uri=0, max_body=0)
+
+# kinds of request header fields we handle ourselves; everything else is forwarded as it came
+_HOST = 1
+_CL = 2
+_TE = 3
+_CONNECTION = 4
+_HOP = 5  # dropped
+_XFF = 6
+_XF_DROP = 7  # X-Forwarded-Proto / -Host: we set our own
+_XRID = 8
+_EXPECT = 9
+_UPGRADE = 10
+
+_REQUEST_FIELDS: dict[bytes, int] = {
+    b"host": _HOST,
+    b"content-length": _CL,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"upgrade": _UPGRADE,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XF_DROP,
+    b"x-forwarded-host": _XF_DROP,
+    b"x-request-id": _XRID,
+    b"expect": _EXPECT,
+}
+
+_RESPONSE_FIELDS: dict[bytes, int] = {
+    b"content-length": _CL,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"upgrade": _UPGRADE,
+    b"x-request-id": _HOP,  # we echo our own
+}
+
+# fields that must not appear in trailers (RFC 9110 §6.5.1): framing, routing, hop-by-hop
+_TRAILER_FORBIDDEN = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"authorization",
+        b"set-cookie",
+        b"cookie",
+    }
+)
+
+
+def connection_tokens(values: list[bytes]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(b" \t").lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def _drop_named(headers: Headers, tokens: set[bytes]) -> Headers:
+    """Remove the fields the Connection header names (RFC 9110 §7.6.1)."""
+    named = tokens - {b"close", b"keep-alive", b"upgrade"}
+    if not named:
+        return headers
+    return [(n, v) for n, v in headers if n.lower() not in named]
+
+
+class RequestHead:
+    """A parsed request head. `headers` holds only the end-to-end fields, in order."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "version",
+        "headers",
+        "host",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "upgrade",
+        "expect_continue",
+        "request_id",
+        "forwarded_for",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.path = b""
+        self.query: bytes | None = None  # None: no '?' in the target
+        self.version = "1.1"
+        self.headers: Headers = []
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade: bytes | None = None  # the Upgrade value when this asks for an upgrade
+        self.expect_continue = False
+        self.request_id: bytes | None = None  # as the client sent it (not yet validated)
+        self.forwarded_for: bytes | None = None  # the client's X-Forwarded-For, joined
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def header(self, lname: bytes) -> bytes | None:
+        """First value of a forwarded field, by lower-case name (not for the hop-by-hop ones)."""
+        for name, value in self.headers:
+            if name.lower() == lname:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestHead({self.method!r} {self.target!r} HTTP/{self.version} "
+            f"host={self.host!r} cl={self.content_length} chunked={self.chunked} "
+            f"keep_alive={self.keep_alive} upgrade={self.upgrade!r} headers={len(self.headers)})"
+        )
+
+
+class ResponseHead:
+    __slots__ = (
+        "status",
+        "reason",
+        "version",
+        "headers",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "upgrade",
+        "until_close",
+        "no_body",
+    )
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.version = "1.1"
+        self.headers: Headers = []
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.until_close = False  # body delimited by the server closing the connection
+        self.no_body = False  # HEAD, 1xx, 204, 304
+
+    def __repr__(self) -> str:
+        return (
+            f"ResponseHead({self.status} {self.reason!r} HTTP/{self.version} "
+            f"cl={self.content_length} chunked={self.chunked} until_close={self.until_close} "
+            f"no_body={self.no_body} keep_alive={self.keep_alive} headers={len(self.headers)})"
+        )
+
+
+class RequestSink(Protocol):
+    def on_request_head(self, head: RequestHead) -> None: ...
+    def on_request_body(self, data: bytes) -> None: ...
+    def on_request_end(self, trailers: Headers | None) -> None: ...
+
+
+class ResponseSink(Protocol):
+    def on_interim(self, head: ResponseHead) -> None: ...
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self, trailers: Headers | None) -> None: ...
+
+
+class _Stop(Exception):
+    """Raised inside a callback to stop httptools at the end of a response to HEAD."""
+
+
+def _unwrap(exc: BaseException, status: int, source: Any) -> BaseException:
+    inner = exc.__context__
+    if isinstance(inner, ProtocolError):
+        return inner
+    if inner is not None and not isinstance(inner, _Stop):
+        return inner  # a bug in a sink: let it surface
+    return ProtocolError(status, "malformed message", source=source)
+
+
+class RequestParser:
+    """Feeds a downstream byte stream to llhttp; calls the sink per request (pipelining ok).
+
+    `feed()` returns None, or the bytes that followed an upgrade request (they belong to the
+    tunnel, not to HTTP).
+    """
+
+    __slots__ = (
+        "_sink",
+        "_limits",
+        "_p",
+        "_head",
+        "_url",
+        "_headers",
+        "_trailers",
+        "_nheaders",
+        "_head_bytes",
+        "_raw",
+        "_in_head",
+        "_body_bytes",
+        "_hosts",
+        "_te",
+        "_conn",
+        "_xff",
+        "messages",
+    )
+
+    def __init__(self, sink: RequestSink, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._sink = sink
+        self._limits = limits
+        self._p = httptools.HttpRequestParser(self)
+        self._head = RequestHead()
+        self._url = b""
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._nheaders = 0
+        self._head_bytes = 0
+        self._raw = 0
+        self._in_head = True
+        self._body_bytes = 0
+        self._hosts = 0
+        self._te: bytes | None = None
+        self._conn: list[bytes] | None = None
+        self._xff: list[bytes] | None = None
+        self.messages = 0  # heads seen
+
+    @property
+    def in_head(self) -> bool:
+        """True between messages or inside a head (not inside a body)."""
+        return self._in_head
+
+    @property
+    def partial_head(self) -> RequestHead:
+        """What is known of the head being parsed (for the request id of an error reply)."""
+        return self._head
+
+    def feed(self, data: bytes) -> bytes | None:
+        if self._in_head:
+            before = self._raw
+            self._raw = before + len(data)
+            if before > self._limits.max_head:
+                raise ProtocolError(431, "request head too large")
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return data[int(exc.args[0]) :]
+        except httptools.HttpParserCallbackError as exc:
+            raise _unwrap(exc, 400, "downstream") from None
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(400, f"malformed request: {exc}") from None
+        return None
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head = RequestHead()
+        self._url = b""
+        self._headers = []
+        self._trailers = None
+        self._nheaders = 0
+        self._head_bytes = 0
+        self._in_head = True
+        self._body_bytes = 0
+        self._hosts = 0
+        self._te = None
+        self._conn = None
+        self._xff = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        n = len(self._url)
+        if n > self._limits.max_uri:
+            raise ProtocolError(414, "URI too long")
+        if n > self._limits.max_head:
+            raise ProtocolError(431, "request head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # a trailer field
+            self._add_trailer(name, value)
+            return
+        self._nheaders += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._nheaders > self._limits.max_headers:
+            raise ProtocolError(431, "too many header fields")
+        if self._head_bytes + len(self._url) > self._limits.max_head:
+            raise ProtocolError(431, "request head too large")
+        lname = name.lower()
+        kind = _REQUEST_FIELDS.get(lname)
+        if kind is None:
+            self._headers.append((name, value))
+        elif kind == _HOST:
+            self._hosts += 1
+            self._head.host = value.rstrip(b" \t")
+            self._headers.append((name, self._head.host))
+        elif kind == _CL:
+            self._head.content_length = int(value)  # llhttp checked: digits, one field
+        elif kind == _TE:
+            self._te = value.rstrip(b" \t").lower()
+        elif kind == _CONNECTION:
+            if self._conn is None:
+                self._conn = [value]
+            else:
+                self._conn.append(value)
+        elif kind == _XFF:
+            if self._xff is None:
+                self._xff = [value.rstrip(b" \t")]
+            else:
+                self._xff.append(value.rstrip(b" \t"))
+        elif kind == _XRID:
+            self._head.request_id = value.rstrip(b" \t")
+        elif kind == _EXPECT:
+            if value.strip(b" \t").lower() == b"100-continue":
+                self._head.expect_continue = True
+        elif kind == _UPGRADE:
+            self._head.upgrade = value.rstrip(b" \t")
+        # _HOP, _XF_DROP: dropped
+
+    def _add_trailer(self, name: bytes, value: bytes) -> None:
+        self._nheaders += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._nheaders > self._limits.max_headers or self._head_bytes > self._limits.max_head:
+            raise ProtocolError(431, "trailer section too large")
+        if name.lower() in _TRAILER_FORBIDDEN:
+            return
+        if self._trailers is None:
+            self._trailers = [(name, value)]
+        else:
+            self._trailers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        head = self._head
+        head.version = version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise ProtocolError(400, f"unsupported HTTP version {version}")
+        head.method = method = p.get_method()
+        if method == b"CONNECT":
+            raise ProtocolError(400, "CONNECT is not supported")
+        url = self._url
+        if url[:1] == b"/":
+            head.target = url
+        elif url == b"*":
+            if method != b"OPTIONS":
+                raise ProtocolError(400, "asterisk-form only with OPTIONS")
+            head.target = url
+        else:
+            url = self._absolute_form(url)
+            head.target = url
+        qpos = url.find(b"?")
+        if qpos < 0:
+            head.path = url
+        else:
+            head.path = url[:qpos]
+            head.query = url[qpos + 1 :]
+        if self._hosts != 1 and (version == "1.1" or self._hosts > 1):
+            raise ProtocolError(400, "missing or repeated Host")
+        if self._te is not None:
+            if self._te != b"chunked":
+                raise ProtocolError(400, "unsupported Transfer-Encoding")
+            if version == "1.0":
+                raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
+            head.chunked = True
+        if self._conn is not None:
+            tokens = connection_tokens(self._conn)
+            if version == "1.1":
+                head.keep_alive = b"close" not in tokens
+            else:
+                head.keep_alive = b"keep-alive" in tokens
+            if head.upgrade is not None and b"upgrade" not in tokens:
+                head.upgrade = None
+            self._headers = _drop_named(self._headers, tokens)
+        else:
+            head.keep_alive = version == "1.1"
+            head.upgrade = None
+        if head.upgrade is not None and version != "1.1":
+            head.upgrade = None
+        if self._xff is not None:
+            head.forwarded_for = b", ".join(self._xff)
+        if head.expect_continue and (version != "1.1" or not head.has_body):
+            head.expect_continue = False
+        max_body = self._limits.max_body
+        if max_body and head.content_length is not None and head.content_length > max_body:
+            raise ProtocolError(413, "request body too large")
+        head.headers = self._headers
+        self._in_head = False
+        self._raw = 0
+        self.messages += 1
+        self._sink.on_request_head(head)
+
+    def _absolute_form(self, url: bytes) -> bytes:
+        """http://authority/path -> /path, and the authority replaces Host (RFC 9112 §3.2.2)."""
+        lower = url[:8].lower()
+        if lower.startswith(b"http://"):
+            rest = url[7:]
+        elif lower.startswith(b"https://"):
+            rest = url[8:]
+        else:
+            raise ProtocolError(400, "invalid request target")
+        cut = len(rest)
+        for sep in (b"/", b"?"):
+            i = rest.find(sep)
+            if 0 <= i < cut:
+                cut = i
+        authority = rest[:cut]
+        if not authority or b"@" in authority:
+            raise ProtocolError(400, "invalid request target")
+        path = rest[cut:]
+        if not path.startswith(b"/"):
+            path = b"/" + path
+        self._head.host = authority
+        self._headers = [(n, v) for n, v in self._headers if n.lower() != b"host"]
+        self._headers.insert(0, (b"Host", authority))
+        self._hosts = 1
+        return path
+
+    def on_body(self, data: bytes) -> None:
+        max_body = self._limits.max_body
+        if max_body:
+            self._body_bytes += len(data)
+            if self._body_bytes > max_body:
+                raise ProtocolError(413, "request body too large")
+        self._sink.on_request_body(data)
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._raw = 0
+        self._sink.on_request_end(self._trailers)
+
+    def __repr__(self) -> str:
+        state = "head" if self._in_head else "body"
+        return f"RequestParser({state}, messages={self.messages})"
+
+
+class ResponseParser:
+    """Parses the responses on one upstream connection, one per request sent.
+
+    Call `expect(head_request)` before each request is sent. `feed()` returns None, or the bytes
+    after a 101 response (tunnel data). `feed_eof()` ends a body delimited by the close; it
+    returns False when the connection ended a message early.
+    """
+
+    __slots__ = (
+        "_sink",
+        "_limits",
+        "_p",
+        "_head",
+        "_reason",
+        "_headers",
+        "_trailers",
+        "_nheaders",
+        "_head_bytes",
+        "_in_head",
+        "_te",
+        "_conn",
+        "_head_request",
+        "_interim",
+        "_stopped",
+        "started",
+        "complete",
+        "reusable",
+    )
+
+    def __init__(self, sink: ResponseSink, limits: Limits = UPSTREAM_LIMITS) -> None:
+        self._sink = sink
+        self._limits = limits
+        self._p = httptools.HttpResponseParser(self)
+        self._head = ResponseHead()
+        self._reason = b""
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._nheaders = 0
+        self._head_bytes = 0
+        self._in_head = True
+        self._te: bytes | None = None
+        self._conn: list[bytes] | None = None
+        self._head_request = False
+        self._interim = False
+        self._stopped = False
+        self.started = False  # a byte of the current response was parsed
+        self.complete = False  # the current response ended cleanly
+        self.reusable = True  # the connection may carry another request
+
+    def set_sink(self, sink: ResponseSink) -> None:
+        self._sink = sink
+
+    def expect(self, head_request: bool) -> None:
+        self._head_request = head_request
+        self.started = False
+        self.complete = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return data[int(exc.args[0]) :]
+        except httptools.HttpParserCallbackError as exc:
+            if self._stopped:
+                self._stopped = False
+                self._p = httptools.HttpResponseParser(self)
+                self._in_head = True
+                self.reusable = self.reusable and data.endswith(b"\r\n\r\n")
+                return None
+            raise _unwrap(exc, 502, "upstream") from None
+        except httptools.HttpParserError as exc:
+            self.reusable = False
+            raise ProtocolError(502, f"invalid response: {exc}", source="upstream") from None
+        return None
+
+    def feed_eof(self) -> bool:
+        """The server closed. True if that ended the current response (close-delimited body)."""
+        self.reusable = False
+        if self.started and not self.complete and not self._in_head and self._head.until_close:
+            self.complete = True
+            self._sink.on_response_end(None)
+            return True
+        return False
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head = ResponseHead()
+        self._reason = b""
+        self._headers = []
+        self._trailers = None
+        self._nheaders = 0
+        self._head_bytes = 0
+        self._in_head = True
+        self._te = None
+        self._conn = None
+        self.started = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+        if len(self._reason) > self._limits.max_head:
+            raise ProtocolError(502, "response head too large", source="upstream")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._nheaders += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._nheaders > self._limits.max_headers or self._head_bytes > self._limits.max_head:
+            raise ProtocolError(502, "response head too large", source="upstream")
+        if not self._in_head:
+            if name.lower() in _TRAILER_FORBIDDEN:
+                return
+            if self._trailers is None:
+                self._trailers = [(name, value)]
+            else:
+                self._trailers.append((name, value))
+            return
+        kind = _RESPONSE_FIELDS.get(name.lower())
+        if kind is None:
+            self._headers.append((name, value))
+        elif kind == _CL:
+            self._head.content_length = int(value)
+        elif kind == _TE:
+            self._te = value.rstrip(b" \t").lower()
+        elif kind == _CONNECTION:
+            if self._conn is None:
+                self._conn = [value]
+            else:
+                self._conn.append(value)
+        elif kind == _UPGRADE:
+            self._head.upgrade = value.rstrip(b" \t")
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        head = self._head
+        head.status = status = p.get_status_code()
+        head.version = version = p.get_http_version()
+        head.reason = self._reason
+        if version != "1.1" and version != "1.0":
+            self.reusable = False
+            raise ProtocolError(502, f"unsupported HTTP version {version}", source="upstream")
+        if self._conn is not None:
+            tokens = connection_tokens(self._conn)
+            if version == "1.1":
+                head.keep_alive = b"close" not in tokens
+            else:
+                head.keep_alive = b"keep-alive" in tokens
+            self._headers = _drop_named(self._headers, tokens)
+        else:
+            head.keep_alive = version == "1.1"
+        head.headers = self._headers
+        self._in_head = False
+        if status < 200 and status != 101:
+            self._interim = True
+            self._sink.on_interim(head)
+            return
+        if self._head_request or status == 204 or status == 304 or status == 101:
+            head.no_body = True
+        elif self._te is not None:
+            if self._te != b"chunked":
+                self.reusable = False
+                raise ProtocolError(502, "unsupported Transfer-Encoding", source="upstream")
+            head.chunked = True
+        elif head.content_length is None:
+            head.until_close = True
+            head.keep_alive = False
+        if not head.keep_alive:
+            self.reusable = False
+        self._sink.on_response_head(head)
+        if self._head_request and status >= 200:
+            # httptools would wait for a body a HEAD response never has: end it here
+            self.complete = True
+            self._sink.on_response_end(None)
+            self._stopped = True
+            raise _Stop
+
+    def on_body(self, data: bytes) -> None:
+        if data:
+            self._sink.on_response_body(data)
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        if self._interim:
+            self._interim = False
+            self.started = False
+            return
+        self.complete = True
+        self._sink.on_response_end(self._trailers)
+
+    def __repr__(self) -> str:
+        state = "head" if self._in_head else "body"
+        return (
+            f"ResponseParser({state}, started={self.started}, complete={self.complete}, "
+            f"reusable={self.reusable})"
+        )
