@@ -23,7 +23,7 @@ test: $(STAMP) lint
 	$(BIN)/pytest -n 2 -q
 
 bench: $(STAMP)
-	bash bench/run.sh
+	bash bench/run.sh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,571 @@
+"""HTTP/1.1 load benchmark: Steelyard against HAProxy and nginx (issue 2, `make bench`).
+
+How this works: one nginx (one worker, core 0) serves three small fixed-body backends on
+127.0.0.1. HAProxy (`mode http`, `nbthread 1`, `http-reuse always`), nginx (`worker_processes 1`,
+upstream keepalive) and Steelyard (an http listener, a round_robin backend of the same three
+servers) each run pinned to core 1 and keep connections to the backends alive. wrk runs on core 0,
+once per target per round, and the rounds interleave the targets so that drift on the machine
+hits all of them alike. For each run we record req/s, p50/p99 latency (wrk's own histogram) and
+the balancer's CPU seconds (utime+stime of its whole process tree from /proc) / requests. Then
+the whole thing again with `Connection: close` clients. At the end py-spy samples Steelyard under
+each kind of load and the top functions are printed (for bench/RESULTS.md).
+
+Every header a balancer adds is the same for all three: X-Forwarded-For, X-Forwarded-Proto,
+X-Forwarded-Host and an X-Request-Id (Steelyard adds these by SPEC §3, so HAProxy and nginx are
+told to as well; otherwise the comparison would not be like for like). No balancer writes an
+access log (Steelyard's is switched off with `log: {access: "off"}`).
+
+Usage: .venv/bin/python bench/http_bench.py [--quick] [--runs N] [--duration S] [--targets ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import (  # noqa: E402
+    CLIENT_CPU,
+    LB_CPU,
+    REPO,
+    VENV_BIN,
+    CoreMeter,
+    CpuMeter,
+    Proc,
+    Supervisor,
+    WrkResult,
+    fmt_num,
+    free_port,
+    have,
+    install_signal_handlers,
+    log,
+    median,
+    nginx_backends_conf,
+    ratio,
+    run_wrk,
+    start_nginx,
+    steelyard_cmd,
+    versions,
+    wait_http,
+    write_wrk_script,
+)
+
+ALL_TARGETS = ("direct", "haproxy", "nginx", "steelyard")
+MODES: dict[str, tuple[str, ...]] = {
+    "keep-alive": (),
+    "close": ("Connection: close",),
+}
+# issue 2's targets, Steelyard / HAProxy in the same run
+TARGETS_RPS = 0.75
+TARGET_P99 = 1.5
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def haproxy_conf(workdir: Path, port: int, backend_ports: list[int]) -> Path:
+    servers = "\n".join(f"    server s{i + 1} 127.0.0.1:{p}" for i, p in enumerate(backend_ports))
+    conf = f"""global
+    nbthread 1
+    maxconn 8000
+    pidfile {workdir}/haproxy.pid
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 75s
+    timeout server 60s
+    timeout http-keep-alive 75s
+    timeout http-request 10s
+    option http-keep-alive
+    http-reuse always
+
+frontend web
+    bind 127.0.0.1:{port}
+    option forwardfor
+    unique-id-format %{{+X}}o%ci%cp%fi%fp%Ts%rt%pid
+    unique-id-header X-Request-Id
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-response set-header X-Request-Id %[unique-id]
+    default_backend app
+
+backend app
+    balance roundrobin
+{servers}
+"""
+    path = workdir / "haproxy.cfg"
+    path.write_text(conf)
+    return path
+
+
+def nginx_lb_conf(workdir: Path, port: int, backend_ports: list[int]) -> Path:
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backend_ports)
+    conf = f"""worker_processes 1;
+daemon off;
+master_process on;
+pid {workdir}/nginx-lb.pid;
+error_log {workdir}/nginx-lb.error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {workdir}/nginx-tmp/body;
+    proxy_temp_path {workdir}/nginx-tmp/proxy;
+    upstream app {{
+{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id;
+        }}
+    }}
+}}
+"""
+    (workdir / "nginx-tmp").mkdir(exist_ok=True)
+    path = workdir / "nginx-lb.conf"
+    path.write_text(conf)
+    return path
+
+
+def steelyard_conf(workdir: Path, port: int, backend_ports: list[int]) -> Path:
+    servers = "\n".join(f"      - {{address: 127.0.0.1:{p}}}" for p in backend_ports)
+    conf = f"""version: 1
+shutdown_timeout: 2s
+log: {{access: "off"}}
+listeners:
+  - name: web
+    protocol: http
+    bind: 127.0.0.1:{port}
+    routes:
+      - match: {{path_prefix: /}}
+        backend: app
+backends:
+  app:
+    algorithm: round_robin
+    servers:
+{servers}
+"""
+    path = workdir / "steelyard.yaml"
+    path.write_text(conf)
+    return path
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: Proc | None = None  # None: the backend itself (no balancer to meter)
+    pending: str | None = None  # why it is not measured
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    non2xx: int
+    cpu_us_per_req: float  # NaN for "direct"
+    lb_core_busy: float  # fraction of one core; NaN for "direct"
+    other_on_lb_core: float  # busy time on the LB's core not spent by the LB (others' load)
+    client_core_busy: float  # how busy the wrk/backends core was (1.0 = it was the limit)
+
+
+@dataclass
+class Summary:
+    target: str
+    mode: str
+    runs: int
+    rps_median: float
+    rps_min: float
+    rps_max: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_req: float
+    lb_core_busy: float
+    other_on_lb_core: float
+    client_core_busy: float
+    errors: int
+    pending: str | None = None
+    samples: list[Sample] = field(default_factory=list)
+
+
+def measure(target: Target, mode: str, script: Path, duration: float, conns: int) -> Sample:
+    meter = CpuMeter(target.proc.pid) if target.proc else None
+    cores = CoreMeter()
+    if meter:
+        meter.start()
+    cores.start()
+    res: WrkResult = run_wrk(target.url, script, duration, conns, headers=MODES[mode])
+    busy = cores.stop()
+    cpu = meter.stop() if meter else 0.0
+    wall = res.duration_s or duration
+    lb_busy = busy.get(f"cpu{LB_CPU}", (float("nan"), 0.0))[0]
+    client_busy = busy.get(f"cpu{CLIENT_CPU}", (float("nan"), 0.0))[0]
+    if not meter:
+        cpu = float("nan")
+    return Sample(
+        rps=res.rps,
+        p50_ms=res.p50_ms,
+        p90_ms=res.p90_ms,
+        p99_ms=res.p99_ms,
+        max_ms=res.max_ms,
+        errors=res.errors,
+        non2xx=res.non2xx,
+        cpu_us_per_req=cpu / res.requests * 1e6 if res.requests else float("nan"),
+        lb_core_busy=cpu / wall,
+        other_on_lb_core=max(0.0, lb_busy - (0.0 if cpu != cpu else cpu / wall)),
+        client_core_busy=client_busy,
+    )
+
+
+def summarise(target: Target, mode: str, samples: list[Sample]) -> Summary:
+    rps = [s.rps for s in samples]
+    return Summary(
+        target=target.name,
+        mode=mode,
+        runs=len(samples),
+        rps_median=median(rps),
+        rps_min=min(rps) if rps else float("nan"),
+        rps_max=max(rps) if rps else float("nan"),
+        p50_ms=median([s.p50_ms for s in samples]),
+        p99_ms=median([s.p99_ms for s in samples]),
+        cpu_us_per_req=median([s.cpu_us_per_req for s in samples]),
+        lb_core_busy=median([s.lb_core_busy for s in samples]),
+        other_on_lb_core=median([s.other_on_lb_core for s in samples]),
+        client_core_busy=median([s.client_core_busy for s in samples]),
+        errors=sum(s.errors for s in samples),
+        pending=target.pending,
+        samples=samples,
+    )
+
+
+# ----------------------------------------------------------------------------- py-spy
+
+
+FRAME_LINE = re.compile(r":\d+\)$")
+
+
+def summarise_profile(raw: Path, top: int = 15) -> dict[str, object]:
+    """Top functions by self and by inclusive samples from py-spy's raw (collapsed) output."""
+    self_c: Counter[str] = Counter()
+    incl_c: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = [FRAME_LINE.sub(")", f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += count
+        self_c[frames[-1]] += count
+        for f in set(frames):
+            incl_c[f] += count
+
+    def rows(c: Counter[str]) -> list[tuple[str, float]]:
+        return [(f, n / total * 100) for f, n in c.most_common(top)] if total else []
+
+    return {"samples": total, "self": rows(self_c), "inclusive": rows(incl_c)}
+
+
+def profile_steelyard(
+    target: Target, mode: str, script: Path, workdir: Path, seconds: float, conns: int
+) -> dict[str, object] | None:
+    spy = VENV_BIN / "py-spy"
+    if not spy.exists() or target.proc is None:
+        log("py-spy not available; no profile")
+        return None
+    raw = workdir / f"pyspy-{mode}.txt"
+    argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{conns}", f"-d{round(seconds) + 2}s"]
+    for h in MODES[mode]:
+        argv += ["-H", h]
+    argv += ["-s", str(script), target.url]
+    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(1.0)
+        spy_argv = [
+            str(spy), "record", "--pid", str(target.proc.pid), "--subprocesses",
+            "--duration", str(round(seconds)), "--rate", "250", "--nonblocking",
+            "--format", "raw", "--output", str(raw),
+        ]  # fmt: skip
+        p = subprocess.run(
+            ["taskset", "-c", CLIENT_CPU, *spy_argv],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=False,
+        )
+        if p.returncode != 0 or not raw.exists():
+            log(f"py-spy failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+            return None
+    finally:
+        wrk.wait(timeout=seconds + 30)
+    prof = summarise_profile(raw)
+    prof["mode"] = mode
+    prof["raw"] = str(raw)
+    return prof
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown(
+    summaries: list[Summary],
+    vers: dict[str, str],
+    args: argparse.Namespace,
+    profiles: list[dict[str, object]],
+) -> str:
+    out: list[str] = []
+    out.append(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    out.append("")
+    out.append(
+        f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.runs} runs per target and "
+        f"client kind (median, min–max); balancers on core {LB_CPU}, wrk and backends on "
+        f"core {CLIENT_CPU}."
+    )
+    out.append("")
+    out.append("Versions: " + ", ".join(f"{k} `{v}`" for k, v in vers.items()))
+    out.append("")
+    out.append(
+        "| target | clients | req/s (median) | min–max | p50 ms | p99 ms | "
+        "LB CPU µs/req | LB core: LB / others | client core busy | errors |"
+    )
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in summaries:
+        if s.pending:
+            out.append(f"| {s.target} | {s.mode} | pending: {s.pending} | | | | | | | |")
+            continue
+        lb = "—" if s.lb_core_busy != s.lb_core_busy else f"{s.lb_core_busy * 100:.0f}%"
+        busy = f"{lb} / {s.other_on_lb_core * 100:.0f}%"
+        out.append(
+            f"| {s.target} | {s.mode} | {fmt_num(s.rps_median)} | "
+            f"{fmt_num(s.rps_min)}–{fmt_num(s.rps_max)} | {fmt_num(s.p50_ms, 2)} | "
+            f"{fmt_num(s.p99_ms, 2)} | {fmt_num(s.cpu_us_per_req, 1)} | {busy} | "
+            f"{s.client_core_busy * 100:.0f}% | {s.errors} |"
+        )
+    by = {(s.target, s.mode): s for s in summaries}
+    out.append("")
+    out.append("Steelyard / HAProxy (same run):")
+    out.append("")
+    out.append("| metric | clients | Steelyard / HAProxy | Steelyard / nginx | target | verdict |")
+    out.append("|---|---|---:|---:|---:|---|")
+    for mode in MODES:
+        sy, ha, ng = by.get(("steelyard", mode)), by.get(("haproxy", mode)), by.get(("nginx", mode))
+        if not sy or not ha or sy.pending or ha.pending:
+            out.append(f"| req/s | {mode} | pending | | ≥ {TARGETS_RPS} | — |")
+            continue
+        ngx_ok = ng is not None and not ng.pending
+        rows = [
+            ("req/s", sy.rps_median, ha.rps_median, ng.rps_median if ngx_ok else 0, "≥", TARGETS_RPS),
+            ("p99 latency", sy.p99_ms, ha.p99_ms, ng.p99_ms if ngx_ok else 0, "≤", TARGET_P99),
+            ("CPU per request", sy.cpu_us_per_req, ha.cpu_us_per_req,
+             ng.cpu_us_per_req if ngx_ok else 0, "", None),
+        ]  # fmt: skip
+        for name, a, b, c, op, goal in rows:
+            r = ratio(a, b)
+            if goal is None:
+                verdict, goal_s = "(lower is better)", "—"
+            else:
+                ok = r >= goal if op == "≥" else r <= goal
+                verdict, goal_s = ("meets" if ok else "misses"), f"{op} {goal}"
+            out.append(
+                f"| {name} | {mode} | {fmt_num(r, 2)} | {fmt_num(ratio(a, c), 2)} | "
+                f"{goal_s} | {verdict} |"
+            )
+    for prof in profiles:
+        out.append("")
+        out.append(
+            f"py-spy, Steelyard under {prof['mode']} load ({prof['samples']} samples, "
+            "% of samples; idle time in the event loop is not sampled):"
+        )
+        out.append("")
+        out.append("| self % | function | | inclusive % | function |")
+        out.append("|---:|---|---|---:|---|")
+        selfs = prof["self"]
+        incls = prof["inclusive"]
+        assert isinstance(selfs, list) and isinstance(incls, list)
+        for i in range(max(len(selfs), len(incls))):
+            a = selfs[i] if i < len(selfs) else ("", 0.0)
+            b = incls[i] if i < len(incls) else ("", 0.0)
+            out.append(f"| {a[1]:.1f} | `{a[0]}` | | {b[1]:.1f} | `{b[0]}` |")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def start_balancers(
+    sup: Supervisor, workdir: Path, wanted: list[str], backend_ports: list[int]
+) -> list[Target]:
+    targets: list[Target] = []
+    if "direct" in wanted:
+        targets.append(Target("direct", backend_ports[0]))
+    if "haproxy" in wanted:
+        port = free_port()
+        if not have("haproxy"):
+            targets.append(Target("haproxy", port, pending="haproxy is not installed"))
+        else:
+            cfg = haproxy_conf(workdir, port, backend_ports)
+            proc = sup.start("haproxy", ["haproxy", "-db", "-f", str(cfg)], LB_CPU)
+            targets.append(Target("haproxy", port, proc))
+    if "nginx" in wanted:
+        port = free_port()
+        cfg = nginx_lb_conf(workdir, port, backend_ports)
+        targets.append(Target("nginx", port, start_nginx(sup, "nginx-lb", cfg, LB_CPU)))
+    if "steelyard" in wanted:
+        port = free_port()
+        cfg = steelyard_conf(workdir, port, backend_ports)
+        exe = steelyard_cmd()
+        if not Path(exe[0]).exists():
+            targets.append(Target("steelyard", port, pending=f"{exe[0]} not found (make bench)"))
+        else:
+            proc = sup.start("steelyard", [*exe, "run", "-c", str(cfg)], LB_CPU)
+            targets.append(Target("steelyard", port, proc))
+    for t in targets:
+        if t.pending:
+            continue
+        err = wait_http(t.port, timeout=15.0, proc=t.proc)
+        if err is not None:
+            tail = t.proc.log_tail(8) if t.proc else ""
+            t.pending = f"not serving ({err})"
+            log(f"{t.name} is not serving on {t.port}: {err}\n{tail}")
+            if t.proc is not None:
+                sup.stop(t.proc)
+                t.proc = None
+        else:
+            log(f"{t.name} serving on 127.0.0.1:{t.port}")
+    return targets
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short smoke run (2 runs of 2 s)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per target and client kind")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections")
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated subset")
+    ap.add_argument("--modes", default=",".join(MODES), help="keep-alive,close")
+    ap.add_argument("--profile-seconds", type=float, default=8.0)
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="report directory")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.duration, args.profile_seconds = 2, 2.0, 3.0
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    install_signal_handlers()
+    wanted = [t for t in args.targets.split(",") if t]
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+    for binary in ("wrk", "nginx", "taskset"):
+        if not have(binary):
+            raise SystemExit(f"{binary} is not installed (bench/run.sh installs it)")
+    workdir = Path(tempfile.mkdtemp(prefix="steelyard-http-bench-"))
+    sup = Supervisor(workdir)
+    t0 = time.monotonic()
+    try:
+        backend_ports = [free_port() for _ in range(3)]
+        bconf = nginx_backends_conf(workdir, backend_ports)
+        backends = start_nginx(sup, "backends", bconf, CLIENT_CPU)
+        for p in backend_ports:
+            err = wait_http(p, proc=backends)
+            if err:
+                raise SystemExit(f"backend on {p} not serving: {err}\n{backends.log_tail()}")
+        targets = start_balancers(sup, workdir, wanted, backend_ports)
+        script = write_wrk_script(workdir)
+        live = [t for t in targets if not t.pending]
+        samples: dict[tuple[str, str], list[Sample]] = {
+            (t.name, m): [] for t in targets for m in modes
+        }
+        for mode in modes:
+            for t in live:  # warm-up: connection pools, caches
+                run_wrk(t.url, script, 1, args.connections, headers=MODES[mode])
+            for i in range(args.runs):
+                for t in live:
+                    s = measure(t, mode, script, args.duration, args.connections)
+                    samples[(t.name, mode)].append(s)
+                    log(
+                        f"{mode:10s} run {i + 1}/{args.runs} {t.name:9s} {s.rps:10,.0f} req/s "
+                        f"p50 {s.p50_ms:6.2f} ms p99 {s.p99_ms:6.2f} ms "
+                        f"cpu {s.cpu_us_per_req:6.1f} us/req errors {s.errors}"
+                    )
+        profiles: list[dict[str, object]] = []
+        sy = next((t for t in live if t.name == "steelyard"), None)
+        if sy is not None and not args.no_profile:
+            for mode in modes:
+                log(f"profiling Steelyard under {mode} load for {args.profile_seconds:.0f}s")
+                prof = profile_steelyard(
+                    sy, mode, script, workdir, args.profile_seconds, args.connections
+                )
+                if prof:
+                    profiles.append(prof)
+        summaries = [summarise(t, m, samples[(t.name, m)]) for m in modes for t in targets]
+        vers = versions()
+        report = markdown(summaries, vers, args, profiles)
+        print(report)
+        args.out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        (args.out / f"http-{stamp}.md").write_text(report)
+        (args.out / "http-latest.md").write_text(report)
+        data = {
+            "versions": vers,
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "summaries": [asdict(s) for s in summaries],
+            "profiles": profiles,
+        }
+        (args.out / f"http-{stamp}.json").write_text(json.dumps(data, indent=2))
+        (args.out / "http-latest.json").write_text(json.dumps(data, indent=2))
+        log(f"done in {time.monotonic() - t0:.0f}s; report in {args.out}/http-latest.md")
+        return 0
+    finally:
+        sup.close()
+        if args.keep:
+            log(f"configs and logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
