@@ -226,7 +226,8 @@ class Engine:
             return None
         from steelyard.net.tls import server_context
 
-        return server_context(lcfg.tls)
+        # ALPN names what runs inside: http/1.1 on HTTP listeners, nothing on TCP ones
+        return server_context(lcfg.tls, alpn=("http/1.1",) if lcfg.protocol == "http" else ())
 
     async def _start_listener(self, lcfg: Any) -> None:
         runtime = self._make_runtime(lcfg)
@@ -240,9 +241,11 @@ class Engine:
                 sockname = transport.get_extra_info("sockname")
             else:
                 sock = _listening_socket(host, port)
-                ssl_ctx = self._ssl_context(lcfg) if lcfg.protocol == "http" else None
-                if lcfg.protocol == "tcp" and getattr(lcfg, "tls", None) is not None:
-                    runtime.ssl_context = self._ssl_context(lcfg)
+                # TLS is terminated by the server for http and tcp listeners alike; a tcp
+                # runtime is told (runtime.ssl_context) so that it skips the splice fast path
+                ssl_ctx = self._ssl_context(lcfg)
+                if lcfg.protocol == "tcp":
+                    runtime.ssl_context = ssl_ctx
                 server = await self.loop.create_server(
                     runtime.protocol_factory, sock=sock, ssl=ssl_ctx, backlog=1024
                 )
