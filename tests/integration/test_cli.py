@@ -1,0 +1,157 @@
+"""The command line as a user runs it: a real `python -m steelyard` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from steelyard import __version__
+
+PY = sys.executable
+
+
+def steelyard(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "steelyard", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_version() -> None:
+    result = steelyard("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"steelyard {__version__}"
+
+
+def test_no_command_is_a_usage_error() -> None:
+    assert steelyard().returncode == 2
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = steelyard("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_run_with_invalid_config_exits_1_naming_the_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "version: 1\nlisteners:\n  - name: web\n    protocol: http\n    bind: 127.0.0.1:0\n"
+        "    routes:\n      - match: {path_prefix: /}\n        backend: nope\nbackends: {}\n"
+    )
+    result = steelyard("run", "-c", str(cfg))
+    assert result.returncode == 1
+    assert f"{cfg}:8:18:" in result.stderr
+    assert "nope" in result.stderr
+
+
+def test_run_with_missing_file_exits_1(tmp_path: Path) -> None:
+    result = steelyard("run", "-c", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 1
+    assert "absent.yaml" in result.stderr
+
+
+def test_run_on_a_taken_port_exits_3(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        cfg = tmp_path / "s.yaml"
+        cfg.write_text(
+            "version: 1\nlisteners:\n  - name: web\n    protocol: http\n"
+            f"    bind: 127.0.0.1:{port}\n    routes:\n      - match: {{path_prefix: /}}\n"
+            "        backend: b\nbackends:\n  b:\n    servers:\n      - {address: 127.0.0.1:9}\n"
+        )
+        result = steelyard("run", "-c", str(cfg))
+        assert result.returncode == 3
+        assert "cannot bind" in result.stderr
+    finally:
+        taken.close()
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, deadline: float) -> re.Match[str]:
+    assert proc.stdout is not None
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"{pattern!r} not printed; got: {''.join(seen)}")
+
+
+def test_demo_balances_over_three_servers_and_stops_on_ctrl_c() -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [PY, "-m", "steelyard", "demo", "--port", "0", "--admin-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        match = _read_until(proc, r"balancer\s+http://127\.0\.0\.1:(\d+)/", deadline)
+        port = int(match.group(1))
+        names = []
+        with httpx.Client(timeout=5) as client:
+            url = f"http://127.0.0.1:{port}/hello"
+            for _ in range(60):  # health checks may take a moment to pass
+                response = client.get(url)
+                if response.status_code == 200:
+                    break
+                time.sleep(0.1)
+            for _ in range(6):
+                response = client.get(url)
+                assert response.status_code == 200
+                names.append(response.headers["x-server"])
+                assert response.text.startswith(names[-1])
+        assert sorted(set(names)) == ["alpha", "beta", "gamma"]
+        assert names[:3] != names[3:] or len(set(names[:3])) == 3
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_stops_gracefully_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "version: 1\nshutdown_timeout: 2s\nlisteners:\n  - name: web\n    protocol: http\n"
+        "    bind: 127.0.0.1:0\n    routes:\n      - match: {path_prefix: /}\n"
+        "        backend: b\nbackends:\n  b:\n    servers:\n      - {address: 127.0.0.1:9}\n"
+    )
+    proc = subprocess.Popen(
+        [PY, "-m", "steelyard", "run", "-c", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "listener web on" in line or not line:
+                break
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
