@@ -373,6 +373,8 @@ def pydantic_problems(exc: ValidationError, doc: Document) -> list[Problem]:
         if isinstance(inner, FieldProblem):
             path = (*loc, inner.key)
             out.append(doc.problem(path, str(inner)))
+        elif typ == "too_short" and len(err.get("input") or ()) >= ctx.get("min_length", 0):
+            continue  # some items were invalid; they are reported themselves
         elif typ == "extra_forbidden":
             out.append(doc.problem(loc, unknown_key_message(loc), key=True))
         elif typ == "missing":
@@ -381,7 +383,12 @@ def pydantic_problems(exc: ValidationError, doc: Document) -> list[Problem]:
             suffix = f" in {where}" if where else ""
             out.append(doc.problem(parent, f"missing required key {loc[-1]!r}{suffix}", key=True))
         else:
-            out.append(doc.problem(loc, f"{_label(loc) or 'value'}: {_message(err)}"))
+            message = _message(err)
+            short = _short_label(loc)
+            last = re.escape(short.rpartition(".")[2])
+            if short and not re.search(rf"(^|\s){last}(\s|$)", message.partition(":")[0]):
+                message = f"{short}: {message}"
+            out.append(doc.problem(loc, message))
     return out
 
 
@@ -393,6 +400,15 @@ def _label(loc: Path) -> str:
         else:
             parts.append(("." if parts else "") + str(p))
     return "".join(parts)
+
+
+def _short_label(loc: Path) -> str:
+    """The key path inside the innermost listener/route/server/backend: `timeouts.connect`."""
+    start = 0
+    for i, p in enumerate(loc):
+        if isinstance(p, int) or (i == 1 and loc[0] == "backends"):
+            start = i + 1
+    return ".".join(str(p) for p in loc[start:] if not isinstance(p, int))
 
 
 def _message(err: Any) -> str:
@@ -490,13 +506,13 @@ def unknown_key_message(loc: Path) -> str:
     if model is None:
         return msg
     keys = allowed_keys(model)
-    close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.6)
-    if close:
-        return f"{msg} (did you mean {close[0]!r}?)"
     for fname in keys:
         sub = _unwrap(model.model_fields[fname].annotation)
         if typing.get_origin(sub) is tuple:
             sub = _unwrap(typing.get_args(sub)[0])
         if isinstance(sub, type) and issubclass(sub, BaseModel) and key in sub.model_fields:
             return f"{msg} (it belongs under {fname!r}: {fname}.{key})"
+    close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.6)
+    if close:
+        return f"{msg} (did you mean {close[0]!r}?)"
     return f"{msg}; expected one of: {', '.join(keys)}"

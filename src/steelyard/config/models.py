@@ -392,25 +392,6 @@ class HealthCheck(Model):
             raise ValueError(f"path must start with '/', got {v!r}")
         return v
 
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("interval must be greater than 0")
-        return v
-
-    @model_validator(mode="after")
-    def _timeout_below_interval(self) -> HealthCheck:
-        if self.timeout >= self.interval:
-            raise FieldProblem(
-                "timeout",
-                f"health_check timeout ({_fmt(self.timeout)}) must be shorter than "
-                f"interval ({_fmt(self.interval)})",
-            )
-        if self.timeout <= 0:
-            raise FieldProblem("timeout", "health_check timeout must be greater than 0")
-        return self
-
     @property
     def status_ranges(self) -> tuple[tuple[int, int], ...]:
         return parse_status_ranges(self.expect_status)

@@ -115,6 +115,9 @@ def _backend_errors(doc: Document, backends: dict[Any, Any]) -> list[Problem]:
                     key=True,
                 )
             )
+        hc = b.get("health_check")
+        if isinstance(hc, dict):
+            out.extend(_health_check_errors(doc, (*base, "health_check"), hc))
         seen: dict[str, int] = {}
         for j, s in enumerate(_list(b.get("servers"))):
             if not isinstance(s, dict):
@@ -138,6 +141,42 @@ def _backend_errors(doc: Document, backends: dict[Any, Any]) -> list[Problem]:
             else:
                 seen[sname] = j
     return out
+
+
+def _seconds(value: Any, default: float) -> float | None:
+    if value is None:
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+def _fmt(seconds: float) -> str:
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def _health_check_errors(doc: Document, base: Path, hc: dict[Any, Any]) -> list[Problem]:
+    interval = _seconds(hc.get("interval"), 5.0)
+    timeout = _seconds(hc.get("timeout"), 2.0)
+    if interval is None or timeout is None:
+        return []
+    if interval <= 0:
+        return [doc.problem((*base, "interval"), "health_check interval must be greater than 0")]
+    if timeout <= 0:
+        return [doc.problem((*base, "timeout"), "health_check timeout must be greater than 0")]
+    if timeout >= interval:
+        where = (*base, "timeout") if "timeout" in hc else (*base, "interval")
+        return [
+            doc.problem(
+                where,
+                f"health_check timeout ({_fmt(timeout)}) must be shorter than its interval "
+                f"({_fmt(interval)})",
+            )
+        ]
+    return []
 
 
 def _listener_errors(doc: Document, base: Path, lst: dict[Any, Any], ref: Any) -> list[Problem]:
@@ -239,7 +278,7 @@ def _route_errors(doc: Document, base: Path, route: dict[Any, Any], ref: Any) ->
                 continue
             ref((*base, "split", k, "backend"), entry.get("backend"))
             w = entry.get("weight", 1)
-            if isinstance(w, int) and not isinstance(w, bool):
+            if isinstance(w, int) and not isinstance(w, bool) and w >= 0:
                 total += w
             else:
                 ok = False

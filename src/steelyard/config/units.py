@@ -92,7 +92,10 @@ def parse_size(value: object) -> int:
             "B, KiB, MiB, GiB (1024-based) or KB, MB, GB (1000-based), e.g. 64KiB"
         )
     assert unit is not None
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    size = float(m.group(1)) * _SIZE_UNITS[unit]
+    if size != int(size):
+        raise ValueError(f"invalid size {value!r}: not a whole number of bytes")
+    return int(size)
 
 
 def split_host_port(value: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
@@ -177,4 +180,6 @@ def _kind(value: object) -> str:
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
+    if isinstance(value, str):
+        return repr(value)
     return f"{type(value).__name__} {value!r}"
