@@ -1,0 +1,425 @@
+"""Metrics (SPEC §5) and the dashboard's rolling statistics.
+
+How this works: the data path hands every finished request/connection to
+`engine.record(rec)`, which calls `TrafficRecorder(rec)`. The recorder does nothing but plain
+dict and list increments keyed by tuples of config names (listener, backend, server, status
+class) — no locks, no prometheus objects, no allocation beyond the first sight of a key. Every
+request runs on the event loop thread, and so does the scrape (the admin server is on the same
+loop), so nothing is shared across threads.
+
+At scrape time `SteelyardCollector.collect()` turns those counters, the live `ServerState`
+objects of every backend, the listeners' connection counts, `engine.check_counts` (health
+checks, counted by the health-check supervisor) and the ejection counter (fed by the event
+bus) into prometheus metric families. Label values are config names and status classes only —
+never a client address or a URL path — so the label sets stay bounded.
+
+For the dashboard each (backend, server) and each backend also gets a `RollingWindow`: 60
+one-second slots in a ring, each holding a request count, an error count (5xx) and a coarse
+log-spaced latency histogram. Requests per second, error rate and p50/p99 over the last minute
+are computed from the slots when asked (GET /api/v1/stats), never on the hot path.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from steelyard.core.balancing.base import Health
+from steelyard.core.events import Event
+from steelyard.core.records import RequestRecord
+
+# steelyard_request_duration_seconds buckets: proxy latencies, 0.5 ms ... 10 s
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+# status -> code label; index = status // 100
+_CODE_CLASS: tuple[str, ...] = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+WINDOW_SECONDS = 60
+
+# rolling-window latency buckets: 0.1 ms * 1.2^k up to ~60 s (upper bounds; one overflow slot)
+LATENCY_BOUNDS: tuple[float, ...] = tuple(0.0001 * 1.2**k for k in range(74))
+
+
+def code_class(status: int | None) -> str:
+    """1xx..5xx for an HTTP status; "" for L4 records (no status) and out-of-range values."""
+    if status is None or not 100 <= status < 600:
+        return ""
+    return _CODE_CLASS[status // 100]
+
+
+class DurationHistogram:
+    """Bucket counters for one (listener, backend): counts[i] = observations <= bucket i
+    (not cumulative; the collector accumulates). The last slot is +Inf."""
+
+    __slots__ = ("counts", "total", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(DURATION_BUCKETS, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(DURATION_BUCKETS, self.counts, strict=False):
+            running += n
+            out.append((floatToGoString(bound), running))
+        out.append(("+Inf", self.count))
+        return out
+
+    def __repr__(self) -> str:
+        return f"DurationHistogram(count={self.count}, sum={self.total:.6f})"
+
+
+class RollingWindow:
+    """Per-second request/error counts and latency histograms for the last `span` seconds.
+
+    Slot i holds second s where s % span == i; a slot holding an older second is reset when a
+    newer second arrives. Samples for seconds already rotated out are dropped.
+    """
+
+    __slots__ = ("span", "stamps", "counts", "errors", "hists")
+
+    def __init__(self, span: int = WINDOW_SECONDS) -> None:
+        self.span = span
+        self.stamps = [-1] * span
+        self.counts = [0] * span
+        self.errors = [0] * span
+        self.hists: list[list[int]] = [[0] * (len(LATENCY_BOUNDS) + 1) for _ in range(span)]
+
+    def observe(self, second: int, duration: float, error: bool) -> None:
+        i = second % self.span
+        stamp = self.stamps[i]
+        if stamp != second:
+            if stamp > second:
+                return  # older than the window
+            self.stamps[i] = second
+            self.counts[i] = 0
+            self.errors[i] = 0
+            hist = self.hists[i]
+            for k in range(len(hist)):
+                hist[k] = 0
+        self.counts[i] += 1
+        if error:
+            self.errors[i] += 1
+        self.hists[i][bisect_left(LATENCY_BOUNDS, duration)] += 1
+
+    def series(self, now_second: int, length: int | None = None) -> list[int]:
+        """Requests in each of the last `length` complete seconds, oldest first."""
+        length = self.span if length is None else min(length, self.span)
+        out: list[int] = []
+        for second in range(now_second - length, now_second):
+            i = second % self.span
+            out.append(self.counts[i] if self.stamps[i] == second else 0)
+        return out
+
+    def summary(self, now_second: int, elapsed: float | None = None) -> dict[str, Any]:
+        """Totals over the last `span` complete seconds (or `elapsed`, if shorter: a window
+        younger than a minute divides by its age)."""
+        requests = 0
+        errors = 0
+        merged = [0] * (len(LATENCY_BOUNDS) + 1)
+        for second in range(now_second - self.span, now_second):
+            i = second % self.span
+            if self.stamps[i] != second:
+                continue
+            requests += self.counts[i]
+            errors += self.errors[i]
+            for k, n in enumerate(self.hists[i]):
+                if n:
+                    merged[k] += n
+        seconds = float(self.span)
+        if elapsed is not None:
+            seconds = max(1.0, min(seconds, elapsed))
+        return {
+            "requests": requests,
+            "errors": errors,
+            "rps": round(requests / seconds, 3),
+            "error_rate": round(errors / requests, 4) if requests else 0.0,
+            "p50_ms": _percentile_ms(merged, requests, 0.50),
+            "p99_ms": _percentile_ms(merged, requests, 0.99),
+        }
+
+    def __repr__(self) -> str:
+        live = sum(1 for s in self.stamps if s >= 0)
+        return f"RollingWindow(span={self.span}, slots_used={live})"
+
+
+def _percentile_ms(hist: list[int], total: int, q: float) -> float | None:
+    if total <= 0:
+        return None
+    rank = q * total
+    running = 0
+    for k, n in enumerate(hist):
+        if not n:
+            continue
+        if running + n >= rank:
+            upper = LATENCY_BOUNDS[k] if k < len(LATENCY_BOUNDS) else LATENCY_BOUNDS[-1]
+            lower = LATENCY_BOUNDS[k - 1] if 0 < k <= len(LATENCY_BOUNDS) else 0.0
+            if k >= len(LATENCY_BOUNDS):
+                lower = upper
+            fraction = (rank - running) / n
+            return round((lower + (upper - lower) * fraction) * 1000, 3)
+        running += n
+    return round(LATENCY_BOUNDS[-1] * 1000, 3)
+
+
+class TrafficRecorder:
+    """The hot-path side: called with every RequestRecord (append it to engine.recorders)."""
+
+    __slots__ = (
+        "requests",
+        "durations",
+        "bytes_in",
+        "bytes_out",
+        "retries",
+        "windows",
+        "backend_windows",
+        "started",
+    )
+
+    def __init__(self, started: float = 0.0) -> None:
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.durations: dict[tuple[str, str], DurationHistogram] = {}
+        self.bytes_in: dict[str, int] = {}
+        self.bytes_out: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+        self.windows: dict[tuple[str, str], RollingWindow] = {}
+        self.backend_windows: dict[str, RollingWindow] = {}
+        self.started = started  # wall clock; the dashboard's rates divide by min(age, 60 s)
+
+    def __call__(self, rec: RequestRecord) -> None:
+        listener = rec.listener
+        backend = rec.backend or ""
+        server = rec.server or ""
+        status = rec.status
+        key = (listener, backend, server, code_class(status))
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+
+        hkey = (listener, backend)
+        hist = self.durations.get(hkey)
+        if hist is None:
+            hist = self.durations[hkey] = DurationHistogram()
+        duration = rec.duration
+        hist.observe(duration)
+
+        self.bytes_in[listener] = self.bytes_in.get(listener, 0) + rec.bytes_in
+        self.bytes_out[listener] = self.bytes_out.get(listener, 0) + rec.bytes_out
+        if backend:
+            if rec.retries:
+                self.retries[backend] = self.retries.get(backend, 0) + rec.retries
+            second = int(rec.time + duration)
+            error = status is not None and status >= 500
+            window = self.backend_windows.get(backend)
+            if window is None:
+                window = self.backend_windows[backend] = RollingWindow()
+            window.observe(second, duration, error)
+            if server:
+                skey = (backend, server)
+                window = self.windows.get(skey)
+                if window is None:
+                    window = self.windows[skey] = RollingWindow()
+                window.observe(second, duration, error)
+
+    def __repr__(self) -> str:
+        total = sum(self.requests.values())
+        return f"TrafficRecorder(requests={total}, series={len(self.requests)})"
+
+
+class EjectionCounter:
+    """Counts `ejection` events from the engine's event bus per (backend, server)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def __call__(self, event: Event) -> None:
+        if event.type == "ejection" and event.backend and event.server:
+            key = (event.backend, event.server)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def __repr__(self) -> str:
+        return f"EjectionCounter({sum(self.counts.values())} ejections)"
+
+
+class SteelyardCollector(Collector):
+    """Builds the SPEC §5 metric families from live state at scrape time."""
+
+    def __init__(self, engine: Any, recorder: TrafficRecorder, ejections: EjectionCounter) -> None:
+        self.engine = engine
+        self.recorder = recorder
+        self.ejections = ejections
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        rec = self.recorder
+
+        requests = CounterMetricFamily(
+            "steelyard_requests",
+            "Requests (HTTP) or connections (TCP/UDP, code empty) by status class.",
+            labels=["listener", "backend", "server", "code"],
+        )
+        for (listener, backend, server, code), n in sorted(rec.requests.items()):
+            requests.add_metric([listener, backend, server, code], n)
+        yield requests
+
+        durations = HistogramMetricFamily(
+            "steelyard_request_duration_seconds",
+            "Request (HTTP) or connection (TCP/UDP) duration.",
+            labels=["listener", "backend"],
+        )
+        for (listener, backend), hist in sorted(rec.durations.items()):
+            durations.add_metric([listener, backend], hist.cumulative(), hist.total)
+        yield durations
+
+        connections = GaugeMetricFamily(
+            "steelyard_connections_active",
+            "Open downstream connections (UDP: sessions).",
+            labels=["listener"],
+        )
+        for name, handle in sorted(engine.listeners.items()):
+            value = getattr(handle.runtime, "connections_active", 0)
+            connections.add_metric([name], float(value if isinstance(value, int | float) else 0))
+        yield connections
+
+        active = GaugeMetricFamily(
+            "steelyard_server_active_requests",
+            "In-flight requests (HTTP) or open connections (TCP/UDP) per server.",
+            labels=["backend", "server"],
+        )
+        up = GaugeMetricFamily(
+            "steelyard_server_up",
+            "1 when the server is healthy and not ejected (admin state aside), else 0.",
+            labels=["backend", "server"],
+        )
+        weight = GaugeMetricFamily(
+            "steelyard_server_weight",
+            "The server's current weight (0-1000).",
+            labels=["backend", "server"],
+        )
+        ejections = CounterMetricFamily(
+            "steelyard_ejections",
+            "Outlier-detection ejections.",
+            labels=["backend", "server"],
+        )
+        retries = CounterMetricFamily(
+            "steelyard_retries", "Retries on another server.", labels=["backend"]
+        )
+        seen_ejections: set[tuple[str, str]] = set()
+        for bname, backend in sorted(engine.backends.items()):
+            now = backend.clock()
+            for sname, state in sorted(backend.servers.items()):
+                labels = [bname, sname]
+                active.add_metric(labels, float(state.active))
+                is_up = state.health is Health.HEALTHY and not state.ejected(now)
+                up.add_metric(labels, 1.0 if is_up else 0.0)
+                weight.add_metric(labels, float(state.weight))
+                ejections.add_metric(labels, self.ejections.counts.get((bname, sname), 0))
+                seen_ejections.add((bname, sname))
+            retries.add_metric([bname], rec.retries.get(bname, 0))
+        for key, n in sorted(self.ejections.counts.items()):
+            if key not in seen_ejections:  # a server since removed: keep its counter
+                ejections.add_metric(list(key), n)
+        for bname, n in sorted(rec.retries.items()):
+            if bname not in engine.backends:
+                retries.add_metric([bname], n)
+        yield active
+        yield up
+        yield weight
+
+        checks = CounterMetricFamily(
+            "steelyard_health_checks",
+            "Active health checks by result.",
+            labels=["backend", "server", "result"],
+        )
+        counts = getattr(engine, "check_counts", None) or {}
+        for (bname, sname, result), n in sorted(counts.items()):
+            checks.add_metric([bname, sname, str(result)], n)
+        yield checks
+        yield ejections
+        yield retries
+
+        traffic = CounterMetricFamily(
+            "steelyard_bytes",
+            "Bytes from (in) and to (out) downstream clients.",
+            labels=["listener", "direction"],
+        )
+        listeners = set(engine.listeners) | set(rec.bytes_in) | set(rec.bytes_out)
+        for name in sorted(listeners):
+            traffic.add_metric([name, "in"], rec.bytes_in.get(name, 0))
+            traffic.add_metric([name, "out"], rec.bytes_out.get(name, 0))
+        yield traffic
+
+        reloads = CounterMetricFamily(
+            "steelyard_reloads", "Successful configuration reloads.", labels=[]
+        )
+        reloads.add_metric([], getattr(engine, "reloads", 0))
+        yield reloads
+
+    def __repr__(self) -> str:
+        return f"SteelyardCollector({self.recorder!r})"
+
+
+def stats_snapshot(engine: Any, recorder: TrafficRecorder, now: float) -> dict[str, Any]:
+    """The dashboard's per-backend and per-server rates (GET /api/v1/stats)."""
+    second = int(now)
+    elapsed = now - recorder.started if recorder.started else None
+    backends = []
+    for bname, backend in engine.backends.items():
+        window = recorder.backend_windows.get(bname)
+        summary = window.summary(second, elapsed) if window else _empty_summary()
+        servers = []
+        for sname in backend.servers:
+            sw = recorder.windows.get((bname, sname))
+            entry: dict[str, Any] = {"name": sname}
+            entry.update(sw.summary(second, elapsed) if sw else _empty_summary())
+            entry["series"] = sw.series(second) if sw else [0] * WINDOW_SECONDS
+            servers.append(entry)
+        backends.append({"name": bname, **summary, "servers": servers})
+    return {"time": second, "window_s": WINDOW_SECONDS, "backends": backends}
+
+
+def _empty_summary() -> dict[str, Any]:
+    return {
+        "requests": 0,
+        "errors": 0,
+        "rps": 0.0,
+        "error_rate": 0.0,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
