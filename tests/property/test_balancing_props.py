@@ -1,0 +1,349 @@
+"""Property tests (hypothesis) for every balancing algorithm: the guarantees the literature
+gives, checked on generated server groups, weights, loads, exclusions and keys."""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+from fractions import Fraction
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from steelyard.core.balancing import (
+    ALGORITHMS,
+    BalancerSettings,
+    ConsistentHash,
+    IpHash,
+    LeastConnections,
+    LeastResponseTime,
+    Maglev,
+    PickContext,
+    PowerOfTwo,
+    Server,
+    ServerState,
+    SmoothWeightedRoundRobin,
+    WeightedRandom,
+)
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SMALL_TABLE = 1009
+
+names_st = st.lists(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.:-", min_size=1, max_size=12),
+    min_size=1,
+    max_size=8,
+    unique=True,
+)
+float_weight = st.floats(min_value=0.1, max_value=10.0, allow_nan=False, allow_infinity=False)
+int_weight = st.integers(min_value=1, max_value=6)
+key_st = st.one_of(st.none(), st.binary(min_size=0, max_size=16))
+
+
+def make(names: list[str]) -> list[ServerState]:
+    return [ServerState(Server(n, "127.0.0.1", 8000 + i)) for i, n in enumerate(names)]
+
+
+def build(algorithm: str, group: list[ServerState], weights: list[float], seed: int, **kw: object):  # type: ignore[no-untyped-def]
+    settings_ = BalancerSettings(algorithm=algorithm, table_size=SMALL_TABLE, **kw)  # type: ignore[arg-type]
+    return ALGORITHMS[algorithm](group, weights, settings_, random.Random(seed))
+
+
+# -- every algorithm ----------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    algorithm=st.sampled_from(sorted(ALGORITHMS)),
+    names=names_st,
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+)
+def test_pick_is_an_eligible_server_or_none(
+    algorithm: str, names: list[str], data: st.DataObject, seed: int
+) -> None:
+    group = make(names)
+    weights = data.draw(st.lists(float_weight, min_size=len(names), max_size=len(names)))
+    for s, a in zip(
+        group,
+        data.draw(st.lists(st.integers(0, 9), min_size=len(names), max_size=len(names))),
+        strict=True,
+    ):
+        s.active = a
+    b = build(algorithm, group, weights, seed)
+    for _ in range(5):
+        exclude = frozenset(data.draw(st.sets(st.sampled_from(names))))
+        ctx = PickContext(hash_key=data.draw(key_st), exclude=exclude)
+        s = b.pick(ctx)
+        if exclude >= set(names):
+            assert s is None
+        else:
+            assert s is not None
+            assert any(s is g for g in group)
+            assert s.name not in exclude
+
+
+# -- round robin --------------------------------------------------------------------------------
+
+
+@FAST
+@given(weights=st.lists(int_weight, min_size=1, max_size=8), k=st.integers(1, 4))
+def test_round_robin_counts_over_k_cycles_are_exact(weights: list[int], k: int) -> None:
+    names = [f"s{i}" for i in range(len(weights))]
+    b = SmoothWeightedRoundRobin(make(names), weights)
+    for _ in range(k):  # every full cycle, not only the first: checks the replay too
+        cycle = [b.pick(PickContext()) for _ in range(sum(weights))]
+        counts = collections.Counter(s.name for s in cycle if s is not None)
+        assert counts == {n: w for n, w in zip(names, weights, strict=True)}
+
+
+@FAST
+@given(weights=st.lists(float_weight, min_size=1, max_size=6))
+def test_round_robin_float_weights_follow_the_textbook_sequence(weights: list[float]) -> None:
+    b = SmoothWeightedRoundRobin(make([f"s{i}" for i in range(len(weights))]), weights)
+    current = [0.0] * len(weights)
+    total = sum(weights)
+    for _ in range(50):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: (current[i], -i))
+        current[best] -= total
+        s = b.pick(PickContext())
+        assert s is not None and s.name == f"s{best}"
+
+
+# -- weighted shares converge ---------------------------------------------------------------
+
+
+@FAST
+@given(
+    algorithm=st.sampled_from(["random", "power_of_two", "ip_hash", "consistent_hash", "maglev"]),
+    weights=st.lists(st.floats(min_value=0.5, max_value=5.0), min_size=1, max_size=5),
+    seed=st.integers(0, 2**32),
+)
+def test_weighted_shares_converge(algorithm: str, weights: list[float], seed: int) -> None:
+    names = [f"s{i}" for i in range(len(weights))]
+    b = build(algorithm, make(names), weights, seed)
+    rng = random.Random(seed)
+    picks = 3000
+    counts: collections.Counter[str] = collections.Counter()
+    for _ in range(picks):
+        s = b.pick(PickContext(hash_key=rng.getrandbits(64).to_bytes(8, "little")))
+        assert s is not None
+        counts[s.name] += 1  # idle servers: power_of_two keeps the first drawn
+    total = sum(weights)
+    for n, w in zip(names, weights, strict=True):
+        assert abs(counts[n] / picks - w / total) < 0.06
+
+
+@FAST
+@given(
+    algorithm=st.sampled_from(["least_connections", "least_response_time"]),
+    weights=st.lists(float_weight, min_size=1, max_size=6),
+)
+def test_least_load_shares_of_held_requests_follow_weights(
+    algorithm: str, weights: list[float]
+) -> None:
+    group = make([f"s{i}" for i in range(len(weights))])
+    b = build(algorithm, group, weights, 0)
+    placed = 150 * len(weights)
+    for _ in range(placed):
+        s = b.pick(PickContext())
+        assert s is not None
+        s.active += 1  # held, never released
+    total = sum(weights)
+    for s, w in zip(group, weights, strict=True):
+        assert abs(s.active / placed - w / total) <= 2 * len(weights) / placed + 1e-9
+
+
+# -- least load never picks the strictly busiest --------------------------------------------
+
+
+@FAST
+@given(
+    algorithm=st.sampled_from(["least_connections", "least_response_time", "power_of_two"]),
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+)
+def test_least_load_never_picks_the_strictly_busiest(
+    algorithm: str, data: st.DataObject, seed: int
+) -> None:
+    n = data.draw(st.integers(2, 8))
+    group = make([f"s{i}" for i in range(n)])
+    weights = data.draw(st.lists(float_weight, min_size=n, max_size=n))
+    for s in group:
+        s.active = data.draw(st.integers(0, 20))
+        if data.draw(st.booleans()):
+            s.ewma.observe(data.draw(st.floats(0.0005, 0.5)), 0.0)
+    b = build(algorithm, group, weights, seed)
+    exclude = frozenset(
+        data.draw(st.sets(st.sampled_from([s.name for s in group]), max_size=n - 2))
+    )
+    candidates = [(s, w) for s, w in zip(group, weights, strict=True) if s.name not in exclude]
+    if algorithm == "least_response_time":
+        estimates = dict(zip((s.name for s in group), b.estimates(), strict=True))
+        loads = [estimates[s.name] * (s.active + 1) / w for s, w in candidates]
+    else:
+        loads = [s.active / w for s, w in candidates]
+    ranked = sorted(loads)
+    # strictly busiest, beyond float rounding (the balancers may multiply by 1/w)
+    strict = ranked[-1] > ranked[-2] * (1 + 1e-9)
+    busiest = candidates[loads.index(ranked[-1])][0]
+    for _ in range(10):
+        s = b.pick(PickContext(exclude=exclude))
+        assert s is not None and s.name not in exclude
+        if strict:
+            assert s is not busiest
+        if algorithm != "power_of_two":  # the exact ones pick a least loaded server
+            assert loads[[c for c, _ in candidates].index(s)] <= ranked[0] * (1 + 1e-9)
+
+
+@FAST
+@given(n=st.integers(2, 10), rounds=st.integers(1, 4))
+def test_least_connections_idle_servers_share_evenly(n: int, rounds: int) -> None:
+    b = LeastConnections(make([f"s{i}" for i in range(n)]), [1.0] * n)
+    counts = collections.Counter(b.pick(PickContext()).name for _ in range(n * rounds))  # type: ignore[union-attr]
+    assert set(counts.values()) == {rounds}
+
+
+# -- consistent hashing ---------------------------------------------------------------------
+
+
+@FEW
+@given(
+    cls=st.sampled_from([ConsistentHash, IpHash]),
+    names=names_st.filter(lambda ns: len(ns) >= 2),
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+)
+def test_ring_removal_moves_only_the_removed_servers_keys(
+    cls: type[ConsistentHash], names: list[str], data: st.DataObject, seed: int
+) -> None:
+    group = make(names)
+    weights = data.draw(st.lists(float_weight, min_size=len(names), max_size=len(names)))
+    gone = data.draw(st.integers(0, len(names) - 1))
+    full = cls(group, weights)
+    rest = cls(group[:gone] + group[gone + 1 :], weights[:gone] + weights[gone + 1 :])
+    rng = random.Random(seed)
+    for _ in range(300):
+        ctx = PickContext(hash_key=rng.getrandbits(48).to_bytes(6, "little"))
+        before, after = full.pick(ctx), rest.pick(ctx)
+        assert (before is after) or (before is group[gone])
+    # about 1/N: the removed server owned its weight's share of the ring (1600 points/unit)
+    share = full.ring.shares()[full.servers.index(group[gone])]
+    assert share <= 1.3 * weights[gone] / sum(weights) + 0.01
+
+
+@FEW
+@given(names=names_st.filter(lambda ns: len(ns) >= 2), seed=st.integers(0, 2**32))
+def test_maglev_removal_moves_about_one_nth(names: list[str], seed: int) -> None:
+    group = make(names)
+    n = len(group)
+    gone = random.Random(seed).randrange(n)
+    size = 4093
+    full = Maglev(group, [1.0] * n, BalancerSettings(table_size=size))
+    rest = Maglev(
+        group[:gone] + group[gone + 1 :], [1.0] * (n - 1), BalancerSettings(table_size=size)
+    )
+    own = sum(1 for s in full.table if s is group[gone])
+    extra = sum(
+        1
+        for a, b in zip(full.table, rest.table, strict=True)
+        if a is not b and a is not group[gone]
+    )
+    assert own in (size // n, math.ceil(size / n))
+    assert extra / size <= 1 / n  # Maglev's small extra churn (Eisenbud et al. §5.3)
+
+
+@FEW
+@given(names=names_st, size=st.sampled_from([251, 1009, 4093]), seed=st.integers(0, 2**32))
+def test_maglev_floor_ceil_and_order_independent(names: list[str], size: int, seed: int) -> None:
+    group = make(names)
+    n = len(group)
+    shuffled = group[:]
+    random.Random(seed).shuffle(shuffled)
+    a = Maglev(group, [1.0] * n, BalancerSettings(table_size=size))
+    b = Maglev(shuffled, [1.0] * n, BalancerSettings(table_size=size))
+    assert a.table == b.table
+    assert set(a.slot_counts().values()) <= {size // n, math.ceil(size / n)}
+
+
+@FAST
+@given(
+    n=st.integers(1, 8),
+    factor=st.sampled_from([100, 110, 125, 150, 200]),
+    weights_kind=st.sampled_from(["equal", "integer"]),
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+)
+def test_bounded_loads_are_respected(
+    n: int, factor: int, weights_kind: str, data: st.DataObject, seed: int
+) -> None:
+    group = make([f"s{i}" for i in range(n)])
+    if weights_kind == "equal":
+        weights = [1] * n
+    else:
+        weights = data.draw(st.lists(int_weight, min_size=n, max_size=n))
+    b = ConsistentHash(
+        group,
+        weights,
+        BalancerSettings(hash_balance_factor=factor, extra={"ring_points_per_weight": 100}),
+    )
+    rng = random.Random(seed)
+    hot = [rng.getrandbits(32).to_bytes(4, "little") for _ in range(3)]  # a few hot keys
+    total_w = sum(weights)
+    for _ in range(120):
+        if rng.random() < 0.3:
+            busy = [s for s in group if s.active]
+            if busy:
+                rng.choice(busy).active -= 1
+                continue
+        placing = sum(s.active for s in group) + 1
+        s = b.pick(PickContext(hash_key=rng.choice(hot)))
+        assert s is not None
+        w = weights[group.index(s)]
+        cap = math.ceil(Fraction(factor, 100) * placing * Fraction(w, total_w))
+        assert s.active < cap
+        s.active += 1
+
+
+@FAST
+@given(n=st.integers(2, 6), seed=st.integers(0, 2**32))
+def test_bounded_loads_with_exclusions_never_pick_an_excluded_server(n: int, seed: int) -> None:
+    group = make([f"s{i}" for i in range(n)])
+    rng = random.Random(seed)
+    for s in group:
+        s.active = rng.randrange(10)
+    b = ConsistentHash(group, [1.0] * n, BalancerSettings(hash_balance_factor=100))
+    for _ in range(20):
+        exclude = frozenset(s.name for s in group if rng.random() < 0.5)
+        s = b.pick(PickContext(hash_key=rng.randbytes(4), exclude=exclude))
+        if len(exclude) == n:
+            assert s is None
+        else:
+            assert s is not None and s.name not in exclude
+
+
+@FAST
+@given(weights=st.lists(float_weight, min_size=2, max_size=6), seed=st.integers(0, 2**32))
+def test_power_of_two_draws_two_distinct_candidates(weights: list[float], seed: int) -> None:
+    p2c = PowerOfTwo(
+        make([f"s{i}" for i in range(len(weights))]),
+        weights,
+        BalancerSettings(),
+        random.Random(seed),
+    )
+    for _ in range(200):
+        i, j = p2c._draw_two(p2c.cum, p2c.total)
+        assert i != j and 0 <= i < len(weights) and 0 <= j < len(weights)
+
+
+@FAST
+@given(weights=st.lists(float_weight, min_size=1, max_size=6), seed=st.integers(0, 2**32))
+def test_random_and_least_response_time_accept_any_weights(weights: list[float], seed: int) -> None:
+    group = make([f"s{i}" for i in range(len(weights))])
+    for cls in (WeightedRandom, LeastResponseTime):
+        b = cls(group, weights, BalancerSettings(), random.Random(seed))
+        assert b.pick(PickContext()) is not None
