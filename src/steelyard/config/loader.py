@@ -43,6 +43,8 @@ class Document:
     filename: str
     data: Any
     marks: dict[Path, Marks] = field(default_factory=dict)
+    # value positions where ${...} failed: other complaints about them are noise
+    poisoned: set[tuple[int, int]] = field(default_factory=set)
 
     def locate(self, path: Path, *, key: bool = False) -> tuple[int, int]:
         """The mark of `path` (its key's when `key`), or of its longest recorded prefix."""
@@ -152,11 +154,16 @@ def analyse_text(
         return None, errors, []
     config: Config | None = None
     context = {"base_dir": base_dir or os.getcwd()}
+    # top-level `x-...` keys hold YAML anchors for reuse (as in docker compose): ignored
+    data = {k: v for k, v in doc.data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    doc.data = data
+    found: list[Problem] = []
     try:
-        config = Config.model_validate(doc.data, context=context)
+        config = Config.model_validate(data, context=context)
     except ValidationError as exc:
-        errors.extend(pydantic_problems(exc, doc))
-    errors.extend(semantic_errors(doc))
+        found.extend(pydantic_problems(exc, doc))
+    found.extend(semantic_errors(doc))
+    errors.extend(p for p in found if (p.line, p.col) not in doc.poisoned)
     warnings = lint(doc, config) if not errors else []
     errors = _dedupe(errors)
     if errors:
@@ -298,7 +305,10 @@ class _Builder:
             self.error(_pos(node.start_mark), f"YAML error: {exc}")
             return None
         if isinstance(value, str) and "$" in value:
+            before = len(self.problems)
             value = self._interpolate(value, node)
+            if len(self.problems) > before:
+                self.doc.poisoned.add(_pos(node.start_mark))
         return value
 
     def _interpolate(self, value: str, node: yaml.Node) -> str:
