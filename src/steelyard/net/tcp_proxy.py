@@ -1,0 +1,618 @@
+"""L4 TCP listener: pick a server, connect, and move bytes both ways untouched.
+
+How this works. One `TcpConnection` per accepted connection is the downstream Protocol; an
+`_Upstream` Protocol forwards the server's side of events to it. A connection goes through
+
+    PREFACE ──► CONNECTING ──► RELAY ──► CLOSED
+
+- PREFACE (only when needed): with `accept_proxy_protocol` the PROXY v1/v2 header is read and
+  stripped (a connection without one is refused) and its source address becomes the client
+  address; with `sni_routes` the TLS ClientHello is peeked at (core.sni: nothing is consumed;
+  the bytes are forwarded as they came) and its server name picks the backend: exact name, then
+  `*.` wildcard; no SNI, no match, no valid ClientHello or no hello within the listener's
+  `timeouts.request_head` -> the listener's `backend`, or close when there is none.
+- CONNECTING: downstream reading is paused; `backend.acquire()` picks a server (hash
+  algorithms hash the client IP, or the SNI name with `hash_on: sni`), the connect gets the
+  backend's `timeouts.connect`, and a failed connect is retried on a different server up to
+  `retries` times. With `proxy_protocol: v1|v2` on the backend the header goes out first, then
+  whatever the client already sent.
+- RELAY: each side's data_received writes to the other transport. Back-pressure on both legs:
+  when a transport's write buffer passes its high-water mark, its protocol's pause_writing()
+  pauses reading on the *other* transport; resume_writing() resumes it. Half-close: an EOF
+  from one side is passed on with write_eof() (shutdown(SHUT_WR)) and eof_received() returns
+  True so the other direction keeps flowing; when both sides have sent EOF, both are closed.
+  A reset (connection_lost with an error) on one side aborts the other with SO_LINGER 0, so
+  the peer sees a reset too. The idle timeout (backend `timeouts.idle`) is one call_later
+  handle per connection; data only stores the time of last activity and the handle re-arms
+  itself lazily when it fires early.
+- CLOSED: when both transports are gone, the Lease is released (held for the whole life of
+  the connection, so `least_connections` counts open connections) and one RequestRecord is
+  handed to the engine.
+
+Outcomes given to the Lease: OK for a normal end (and for an idle timeout: a quiet client is
+no fault of the server), RESET when the server reset the connection, CANCELLED when the
+client did, CONNECT_FAILED / TIMEOUT for connect attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+import struct
+import time
+from typing import Any
+
+from steelyard.core.balancing import HASHING
+from steelyard.core.balancing.base import PickContext
+from steelyard.core.load import Lease, Outcome
+from steelyard.core.proxy_protocol import ParseStatus, encode, parse_header
+from steelyard.core.records import RequestRecord
+from steelyard.core.sni import HelloStatus, SniTable, parse_client_hello
+
+log = logging.getLogger("steelyard")
+
+HIGH_WATER = 1024 * 1024  # per transport write buffer before we pause the other side
+LOW_WATER = 256 * 1024
+MAX_PREFACE = 16384 + 4096 + 512  # ClientHello (bounded by core.sni) + PROXY v2 header + slack
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Phase(enum.Enum):
+    PREFACE = "preface"
+    CONNECTING = "connecting"
+    RELAY = "relay"
+    CLOSED = "closed"
+
+
+def reset_transport(transport: asyncio.Transport | None) -> None:
+    """Abort with SO_LINGER 0: the peer gets a TCP RST, not a FIN."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    transport.abort()
+
+
+def _address(peer: Any) -> tuple[str, int]:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), int(peer[1])
+    return "", 0
+
+
+def _fmt(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class _Upstream(asyncio.Protocol):
+    """The server side of one TcpConnection: forwards every event to it."""
+
+    __slots__ = ("conn", "transport")
+
+    def __init__(self, conn: TcpConnection) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.bytes_out += len(data)
+        conn.last_activity = conn.loop.time()
+        down = conn.transport
+        if down is not None:
+            down.write(data)
+
+    def eof_received(self) -> bool:
+        self.conn.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_downstream_reading()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_downstream_reading()
+
+
+class TcpConnection(asyncio.Protocol):
+    """One downstream connection and its upstream leg (see the module docstring)."""
+
+    __slots__ = (
+        "listener",
+        "loop",
+        "transport",
+        "upstream",
+        "up_transport",
+        "phase",
+        "buffer",
+        "need_proxy",
+        "client_ip",
+        "client_port",
+        "local_ip",
+        "local_port",
+        "server_name",
+        "backend_name",
+        "lease",
+        "record",
+        "started",
+        "bytes_in",
+        "bytes_out",
+        "last_activity",
+        "idle_timeout",
+        "timer",
+        "connect_task",
+        "down_eof",
+        "up_eof",
+        "down_lost",
+        "up_lost",
+        "outcome",
+        "reading_paused",
+    )
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _Upstream | None = None
+        self.up_transport: asyncio.Transport | None = None
+        self.phase = Phase.PREFACE
+        self.buffer = bytearray()
+        self.need_proxy = False
+        self.client_ip = ""
+        self.client_port = 0
+        self.local_ip = ""
+        self.local_port = 0
+        self.server_name: str | None = None
+        self.backend_name: str | None = None
+        self.lease: Lease | None = None
+        self.record: RequestRecord | None = None
+        self.started = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.last_activity = 0.0
+        self.idle_timeout = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.down_eof = False
+        self.up_eof = False
+        self.down_lost = False
+        self.up_lost = True  # no upstream yet
+        self.outcome = Outcome.OK
+        self.reading_paused = False
+
+    # -- downstream events ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        listener = self.listener
+        self.started = self.loop.time()
+        self.last_activity = self.started
+        self.client_ip, self.client_port = _address(transport.get_extra_info("peername"))
+        self.local_ip, self.local_port = _address(transport.get_extra_info("sockname"))
+        self.record = RequestRecord(listener.name, "", time.time())
+        listener.connections.add(self)
+        if listener.closing:
+            self.close()
+            return
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        cfg = listener.config
+        self.need_proxy = bool(cfg.accept_proxy_protocol)
+        if self.need_proxy or listener.sni is not None:
+            self.timer = self.loop.call_later(listener.preface_timeout, self._preface_timeout)
+            return
+        self._connect(cfg.backend)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.phase is Phase.RELAY:
+            self.last_activity = self.loop.time()
+            up = self.up_transport
+            if up is not None:
+                up.write(data)
+            return
+        if self.phase is Phase.CLOSED:
+            return
+        self.buffer += data
+        if self.phase is Phase.PREFACE:
+            self._preface()
+
+    def eof_received(self) -> bool:
+        self.down_eof = True
+        keep_open = self.listener.ssl_context is None  # TLS has no half-close
+        if self.phase is Phase.RELAY:
+            up = self.up_transport
+            if up is not None and not up.is_closing():
+                if up.can_write_eof():
+                    up.write_eof()
+                else:
+                    up.close()
+            if self.up_eof:
+                self._close_both()
+        elif self.phase is Phase.PREFACE:
+            # the client said all it will say: decide with what we have
+            self._preface(final=True)
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.down_lost = True
+        self.transport_gone()
+        if self.phase is Phase.CONNECTING and self.connect_task is not None:
+            self.connect_task.cancel()
+        if exc is not None:
+            if self.outcome is Outcome.OK:
+                self.outcome = Outcome.CANCELLED
+            reset_transport(self.up_transport)
+        elif self.up_transport is not None and not self.up_transport.is_closing():
+            self.up_transport.close()  # flushes what is still buffered for the server
+        self._maybe_finish()
+
+    def pause_writing(self) -> None:
+        # the client is slow: stop reading from the server
+        up = self.up_transport
+        if up is not None and not up.is_closing():
+            up.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.up_transport
+        if up is not None and not up.is_closing():
+            up.resume_reading()
+
+    # -- upstream events (from _Upstream) ----------------------------------------------------
+
+    def upstream_eof(self) -> None:
+        self.up_eof = True
+        down = self.transport
+        if down is not None and not down.is_closing():
+            if down.can_write_eof():
+                down.write_eof()
+            else:
+                down.close()  # TLS downstream: no half-close, close after the flush
+        if self.down_eof:
+            self._close_both()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.up_lost = True
+        if exc is not None:
+            if self.outcome is Outcome.OK:
+                self.outcome = Outcome.RESET
+            reset_transport(self.transport)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._maybe_finish()
+
+    def pause_downstream_reading(self) -> None:
+        down = self.transport
+        if down is not None and not down.is_closing() and not self.reading_paused:
+            self.reading_paused = True
+            down.pause_reading()
+
+    def resume_downstream_reading(self) -> None:
+        down = self.transport
+        if down is not None and not down.is_closing() and self.reading_paused:
+            self.reading_paused = False
+            down.resume_reading()
+
+    # -- preface -------------------------------------------------------------------------------
+
+    def _preface(self, final: bool = False) -> None:
+        listener = self.listener
+        if self.need_proxy:
+            result = parse_header(bytes(self.buffer))
+            if result.status is ParseStatus.INCOMPLETE and not final:
+                return
+            if result.status is not ParseStatus.OK or result.header is None:
+                log.debug("%s: refused %s: no PROXY header", listener.name, self.client_ip)
+                self.outcome = Outcome.CANCELLED
+                self.close()
+                return
+            header = result.header
+            if not header.local and header.source is not None:
+                self.client_ip, self.client_port = header.source, header.source_port
+                if header.destination is not None:
+                    self.local_ip = header.destination
+                    self.local_port = header.destination_port
+            del self.buffer[: result.consumed]
+            self.need_proxy = False
+        sni = listener.sni
+        backend = listener.config.backend
+        if sni is not None:
+            if not self.buffer and not final:
+                return
+            hello = parse_client_hello(bytes(self.buffer))
+            if (
+                hello.status is HelloStatus.INCOMPLETE
+                and not final
+                and len(self.buffer) <= MAX_PREFACE
+            ):
+                return
+            if hello.status is HelloStatus.OK:
+                self.server_name = hello.server_name
+                backend = sni.lookup(hello.server_name) or backend
+        self._connect(backend)
+
+    def _preface_timeout(self) -> None:
+        self.timer = None
+        if self.phase is not Phase.PREFACE:
+            return
+        if self.need_proxy:
+            self.outcome = Outcome.CANCELLED
+            self.close()
+            return
+        self._preface(final=True)
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def _connect(self, backend_name: str | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if backend_name is None:
+            self.close()
+            return
+        self.backend_name = backend_name
+        self.phase = Phase.CONNECTING
+        assert self.transport is not None
+        self.transport.pause_reading()
+        task = self.loop.create_task(self._connect_upstream(backend_name))
+        self.connect_task = task
+        task.add_done_callback(self._connect_done)
+
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        self.connect_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: connecting failed", self.listener.name, exc_info=task.exception())
+        if self.phase is Phase.RELAY:
+            return
+        # no server took it (or the client left while we were connecting)
+        self.phase = Phase.CLOSED
+        self._close_both()
+        self._maybe_finish()
+
+    async def _connect_upstream(self, backend_name: str) -> None:
+        listener = self.listener
+        engine = listener.engine
+        backend = engine.backends.get(backend_name)
+        if backend is None:
+            log.warning("%s: unknown backend %s", listener.name, backend_name)
+            return
+        cfg = backend.config
+        retries = getattr(cfg, "retries", 0) if cfg is not None else 0
+        timeouts = getattr(cfg, "timeouts", None)
+        connect_timeout = timeouts.connect if timeouts is not None else 5.0
+        self.idle_timeout = timeouts.idle if timeouts is not None else 0.0
+        key: bytes | None = None
+        if backend.settings.algorithm in HASHING:
+            hash_on = getattr(cfg, "hash_on", "client_ip")
+            if hash_on == "sni" and self.server_name:
+                key = self.server_name.encode("ascii")
+            else:
+                key = self.client_ip.encode("ascii")
+        tried: set[str] = set()
+        record = self.record
+        assert record is not None
+        record.backend = backend_name
+        for attempt in range(retries + 1):
+            lease = backend.acquire(PickContext(key, frozenset(tried)))
+            if lease is None:
+                break
+            server = lease.server.server
+            if attempt:
+                record.retries = attempt
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    transport, upstream = await self.loop.create_connection(
+                        lambda: _Upstream(self), server.host, server.port
+                    )
+            except asyncio.CancelledError:
+                lease.release(Outcome.CANCELLED)
+                raise
+            except (OSError, TimeoutError) as exc:
+                timed_out = isinstance(exc, TimeoutError)
+                lease.release(Outcome.TIMEOUT if timed_out else Outcome.CONNECT_FAILED)
+                log.info(
+                    "%s: connect to %s/%s failed: %s",
+                    listener.name,
+                    backend_name,
+                    server.name,
+                    "timeout" if timed_out else exc,
+                )
+                tried.add(server.name)
+                continue
+            if self.down_lost or self.phase is Phase.CLOSED:
+                lease.release(Outcome.CANCELLED)
+                transport.close()
+                return
+            self._start_relay(lease, transport, upstream, backend.config)
+            return
+        log.info("%s: no server of %s could take the connection", listener.name, backend_name)
+
+    def _start_relay(
+        self, lease: Lease, transport: asyncio.BaseTransport, upstream: Any, bcfg: Any
+    ) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.lease = lease
+        self.upstream = upstream
+        self.up_transport = transport
+        self.up_lost = False
+        self.phase = Phase.RELAY
+        record = self.record
+        assert record is not None
+        record.server = lease.server.name
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        version = getattr(bcfg, "proxy_protocol", None)
+        if version:
+            transport.write(
+                encode(version, self.client_ip, self.client_port, self.local_ip, self.local_port)
+            )
+        if self.buffer:
+            transport.write(bytes(self.buffer))
+            self.buffer = bytearray()
+        if self.down_eof and transport.can_write_eof():
+            transport.write_eof()
+        self.last_activity = self.loop.time()
+        if self.idle_timeout > 0:
+            self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+        down = self.transport
+        if down is not None and not down.is_closing() and not self.down_eof:
+            down.resume_reading()
+
+    # -- timers and closing --------------------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        self.timer = None
+        if self.phase is not Phase.RELAY:
+            return
+        quiet = self.loop.time() - self.last_activity
+        if quiet >= self.idle_timeout:
+            log.debug("%s: idle timeout after %.1fs", self.listener.name, quiet)
+            self._close_both()
+            return
+        self.timer = self.loop.call_later(self.idle_timeout - quiet, self._idle_check)
+
+    def _close_both(self) -> None:
+        for tr in (self.transport, self.up_transport):
+            if tr is not None and not tr.is_closing():
+                tr.close()
+
+    def close(self) -> None:
+        """Close both sides gracefully (what is buffered is still sent)."""
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        self._close_both()
+        if self.phase is not Phase.RELAY:
+            self.phase = Phase.CLOSED
+            self._maybe_finish()
+
+    def abort(self) -> None:
+        """Cut both sides now (drain timeout, shutdown timeout)."""
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        for tr in (self.transport, self.up_transport):
+            if tr is not None:
+                tr.abort()
+        if self.phase is not Phase.RELAY:
+            self.phase = Phase.CLOSED
+            self._maybe_finish()
+
+    def transport_gone(self) -> None:
+        if self.phase is Phase.PREFACE and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _maybe_finish(self) -> None:
+        if not (self.down_lost and self.up_lost):
+            return
+        if self.connect_task is not None:
+            return  # the connect task finishes (and calls close) once cancelled
+        if self.record is None:
+            return  # finished already
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.phase = Phase.CLOSED
+        if self.lease is not None:
+            self.lease.release(self.outcome)
+        record = self.record
+        self.record = None
+        record.client = _fmt(self.client_ip, self.client_port)
+        record.bytes_in = self.bytes_in
+        record.bytes_out = self.bytes_out
+        record.duration = self.loop.time() - self.started
+        self.listener.finished(self, record)
+
+    def __repr__(self) -> str:
+        server = self.lease.server.name if self.lease is not None else None
+        return (
+            f"TcpConnection({_fmt(self.client_ip, self.client_port)} {self.phase.value} "
+            f"backend={self.backend_name} server={server} in={self.bytes_in} "
+            f"out={self.bytes_out} eof={self.down_eof}/{self.up_eof})"
+        )
+
+
+class TcpListener:
+    """The runtime of one `protocol: tcp` listener (created and driven by the Engine)."""
+
+    def __init__(self, engine: Any, listener_config: Any) -> None:
+        self.engine = engine
+        self.loop: asyncio.AbstractEventLoop = engine.loop
+        self.name: str = listener_config.name
+        self.ssl_context: Any = None  # set by the engine when the listener terminates TLS
+        self.connections: set[TcpConnection] = set()
+        self.closing = False
+        self.connections_total = 0
+        self._empty: asyncio.Event | None = None
+        self.config: Any = listener_config
+        self.sni: SniTable | None = None
+        self.preface_timeout = 10.0
+        self.update(listener_config)
+
+    def update(self, cfg: Any) -> None:
+        """Reload: new connections use the new config; open ones carry on untouched."""
+        self.config = cfg
+        routes = getattr(cfg, "sni_routes", ()) or ()
+        self.sni = SniTable((r.server_name, r.backend) for r in routes) if routes else None
+        timeouts = getattr(cfg, "timeouts", None)
+        self.preface_timeout = getattr(timeouts, "request_head", 10.0) or 10.0
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        self.connections_total += 1
+        return TcpConnection(self)
+
+    def finished(self, conn: TcpConnection, record: RequestRecord) -> None:
+        self.connections.discard(conn)
+        try:
+            self.engine.record(record)
+        except Exception:  # a broken recorder must not break the data path
+            log.exception("recording a connection failed")
+        if not self.connections and self._empty is not None:
+            self._empty.set()
+
+    def begin_shutdown(self) -> None:
+        """Stop new work: connections still reading their preface are closed."""
+        self.closing = True
+        for conn in list(self.connections):
+            if conn.phase is Phase.PREFACE:
+                conn.close()
+
+    async def wait_closed(self, timeout: float | None) -> None:
+        """Let open connections finish for up to `timeout` seconds, then cut them."""
+        if self.connections:
+            self._empty = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._empty.wait()
+            except TimeoutError:
+                pass
+        for conn in list(self.connections):
+            conn.abort()
+        # give aborted transports a turn of the loop to report connection_lost
+        for _ in range(3):
+            if not self.connections:
+                break
+            await asyncio.sleep(0)
+
+    def close_server(self, backend_name: str, state: Any) -> None:
+        """A server's drain timed out: cut what still runs on it."""
+        for conn in list(self.connections):
+            lease = conn.lease
+            if conn.backend_name == backend_name and lease is not None and lease.server is state:
+                conn.abort()
+
+    def __repr__(self) -> str:
+        return (
+            f"TcpListener({self.name} open={len(self.connections)} "
+            f"total={self.connections_total} closing={self.closing})"
+        )

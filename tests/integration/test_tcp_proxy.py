@@ -1,0 +1,501 @@
+"""L4 TCP listener: relay, half-close, resets, retries, idle timeout, PROXY protocol, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from tests.helpers.servers import free_port
+
+from steelyard.config import load_config_text
+from steelyard.core.proxy_protocol import ParseStatus, encode_v1, encode_v2, parse_header
+from steelyard.core.records import RequestRecord
+from steelyard.engine import Engine
+
+# ------------------------------------------------------------------------ tiny servers
+
+
+class TaggedEcho(asyncio.Protocol):
+    """Greets with its tag, then echoes; passes EOF on (half-close aware)."""
+
+    def __init__(self, tag: bytes, log: list[Any]) -> None:
+        self.tag = tag
+        self.log = log
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.log.append(("open", transport.get_extra_info("peername")))
+        if self.tag:
+            transport.write(self.tag + b"\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.log.append(("eof",))
+        self.transport.write(b"<after-eof>")
+        self.transport.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.log.append(("lost", type(exc).__name__ if exc else None))
+
+
+async def start_server(factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.Server, int]:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def config(listener: str, backends: str) -> Any:
+    text = f"""
+version: 1
+shutdown_timeout: 2s
+listeners:
+{listener}
+backends:
+{backends}
+"""
+    return load_config_text(text)
+
+
+async def start_engine(cfg: Any) -> Engine:
+    engine = Engine(cfg)
+    await engine.start()
+    return engine
+
+
+async def read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float = 5) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(marker), timeout)
+
+
+@pytest.fixture
+async def tagged() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def make(tag: bytes) -> tuple[int, list[Any]]:
+        log: list[Any] = []
+        server, port = await start_server(lambda: TaggedEcho(tag, log))
+        servers.append(server)
+        return port, log
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def tcp_listener(backend: str = "b", extra: str = "") -> str:
+    return f"""  - name: l4
+    protocol: tcp
+    bind: 127.0.0.1:0
+    backend: {backend}
+{extra}"""
+
+
+def backend_block(name: str, ports: list[int], extra: str = "") -> str:
+    servers = "\n".join(
+        f"      - {{address: 127.0.0.1:{p}, name: s{i}}}" for i, p in enumerate(ports)
+    )
+    return f"""  {name}:
+    algorithm: round_robin
+    servers:
+{servers}
+{extra}"""
+
+
+# ------------------------------------------------------------------------ tests
+
+
+async def test_relay_and_record(tagged: Any) -> None:
+    port, log = await tagged(b"s0")
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await read_until(reader, b"\n") == b"s0\n"
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        assert len(records) == 1
+        rec = records[0]
+        assert (rec.listener, rec.backend, rec.server) == ("l4", "b", "s0")
+        assert rec.method is None and rec.path is None
+        assert rec.bytes_in == 5
+        assert rec.bytes_out == len(b"s0\nhello<after-eof>")
+        assert rec.client.startswith("127.0.0.1:")
+        state = engine.backends["b"].servers["s0"]
+        assert state.active == 0 and state.requests_total == 1
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_half_close_keeps_other_direction(tagged: Any) -> None:
+    port, log = await tagged(b"")
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"request")
+        writer.write_eof()  # shutdown(SHUT_WR): the answer must still arrive
+        data = await asyncio.wait_for(reader.read(), 5)
+        assert data == b"request<after-eof>"
+        assert ("eof",) in log
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_upstream_eof_passed_to_client_while_client_keeps_sending() -> None:
+    """The server half-closes first; the client can still send and the server reads it."""
+    got = asyncio.get_running_loop().create_future()
+
+    class CloserFirst(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.buf = b""
+            transport.write(b"bye")
+            transport.write_eof()
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+
+        def eof_received(self) -> bool:
+            if not got.done():
+                got.set_result(self.buf)
+            return False
+
+    server, port = await start_server(CloserFirst)
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await asyncio.wait_for(reader.read(), 5) == b"bye"  # EOF arrived
+        writer.write(b"still talking")
+        writer.write_eof()
+        assert await asyncio.wait_for(got, 5) == b"still talking"
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+        server.close()
+
+
+async def test_server_reset_is_propagated() -> None:
+    class Resetter(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            sock = self.t.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.t.abort()
+
+    server, port = await start_server(Resetter)
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"x")
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+        for _ in range(100):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.backends["b"].servers["s0"].failures_total == 1  # Outcome.RESET
+    finally:
+        await engine.shutdown(1)
+        server.close()
+
+
+async def test_client_reset_is_propagated() -> None:
+    loop = asyncio.get_running_loop()
+    lost: asyncio.Future[Any] = loop.create_future()
+
+    class Watcher(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            transport.write(b"ready")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not lost.done():
+                lost.set_result(exc)
+
+    server, port = await start_server(Watcher)
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    try:
+        host, lport = engine.bound["l4"]
+        sock = socket.create_connection((host, lport))
+        sock.setblocking(False)
+        assert await asyncio.wait_for(loop.sock_recv(sock, 5), 5) == b"ready"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        exc = await asyncio.wait_for(lost, 5)
+        assert isinstance(exc, ConnectionResetError)
+        # the client went away: not the server's fault
+        assert engine.backends["b"].servers["s0"].failures_total == 0
+    finally:
+        await engine.shutdown(1)
+        server.close()
+
+
+async def test_connect_retry_on_a_different_server(tagged: Any) -> None:
+    dead = free_port()  # nothing listens here
+    port, _ = await tagged(b"alive")
+    backends = backend_block("b", [dead, port], "    retries: 1")
+    engine = await start_engine(config(tcp_listener(), backends))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        for _ in range(4):  # round robin starts on either server; every one must land
+            reader, writer = await asyncio.open_connection(host, lport)
+            assert await read_until(reader, b"\n") == b"alive\n"
+            writer.close()
+        for _ in range(100):
+            if len(records) == 4:
+                break
+            await asyncio.sleep(0.02)
+        assert all(r.server == "s1" for r in records)
+        assert any(r.retries == 1 for r in records)
+        assert engine.backends["b"].servers["s0"].failures_total >= 1
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_no_server_closes_connection() -> None:
+    dead = free_port()
+    engine = await start_engine(
+        config(tcp_listener(), backend_block("b", [dead], "    retries: 0"))
+    )
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_idle_timeout_closes_both_sides(tagged: Any) -> None:
+    port, log = await tagged(b"")
+    backends = backend_block("b", [port], "    timeouts: {idle: 300ms}")
+    engine = await start_engine(config(tcp_listener(), backends))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        # activity keeps it open past one timeout period
+        for _ in range(4):
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then silence closes it
+        for _ in range(100):
+            if any(e[0] == "lost" for e in log):
+                break
+            await asyncio.sleep(0.02)
+        assert any(e[0] == "lost" for e in log)
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_send_proxy_protocol(version: str) -> None:
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[bytes] = loop.create_future()
+
+    class Capture(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            if self.buf.endswith(b"payload") and not first.done():
+                first.set_result(self.buf)
+
+    server, port = await start_server(Capture)
+    backends = backend_block("b", [port], f"    proxy_protocol: {version}")
+    engine = await start_engine(config(tcp_listener(), backends))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"payload")
+        data = await asyncio.wait_for(first, 5)
+        result = parse_header(data)
+        assert result.status is ParseStatus.OK and result.header is not None
+        assert result.header.version == int(version[1])
+        client = writer.get_extra_info("sockname")
+        assert (result.header.source, result.header.source_port) == client[:2]
+        assert (result.header.destination, result.header.destination_port) == (host, lport)
+        assert data[result.consumed :] == b"payload"
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+        server.close()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_accept_proxy_protocol_and_pass_it_on(version: str) -> None:
+    """Inbound PROXY header stripped; its source is the client for logs and for the
+    header we send on (both ways)."""
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[bytes] = loop.create_future()
+
+    class Capture(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            if self.buf.endswith(b"body") and not first.done():
+                first.set_result(self.buf)
+
+    server, port = await start_server(Capture)
+    listener = tcp_listener(extra="    accept_proxy_protocol: true")
+    backends = backend_block("b", [port], "    proxy_protocol: v2")
+    engine = await start_engine(config(listener, backends))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        header = (encode_v1 if version == "v1" else encode_v2)(
+            "203.0.113.7", 4242, "198.51.100.1", 443
+        )
+        # the header arrives split, and with payload in the same segment
+        writer.write(header[:7])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(header[7:] + b"body")
+        data = await asyncio.wait_for(first, 5)
+        result = parse_header(data)
+        assert result.header is not None
+        assert (result.header.source, result.header.source_port) == ("203.0.113.7", 4242)
+        assert (result.header.destination, result.header.destination_port) == ("198.51.100.1", 443)
+        assert data[result.consumed :] == b"body"
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        assert records[0].client == "203.0.113.7:4242"
+    finally:
+        await engine.shutdown(1)
+        server.close()
+
+
+async def test_accept_proxy_protocol_refuses_connection_without_header(tagged: Any) -> None:
+    port, log = await tagged(b"never")
+    listener = tcp_listener(extra="    accept_proxy_protocol: true")
+    engine = await start_engine(config(listener, backend_block("b", [port])))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert log == []  # nothing reached the server
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_least_connections_counts_open_connections(tagged: Any) -> None:
+    p0, _ = await tagged(b"s0")
+    p1, _ = await tagged(b"s1")
+    backends = backend_block("b", [p0, p1]).replace("round_robin", "least_connections")
+    engine = await start_engine(config(tcp_listener(), backends))
+    try:
+        host, lport = engine.bound["l4"]
+        conns = []
+        seen = []
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection(host, lport)
+            seen.append(await read_until(reader, b"\n"))
+            conns.append(writer)
+        assert seen.count(b"s0\n") == 3 and seen.count(b"s1\n") == 3
+        servers = engine.backends["b"].servers
+        assert servers["s0"].active == 3 and servers["s1"].active == 3
+        for writer in conns[:3]:
+            writer.close()
+        for _ in range(100):
+            if servers["s0"].active + servers["s1"].active == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert servers["s0"].active + servers["s1"].active == 3
+        for writer in conns[3:]:
+            writer.close()
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_shutdown_lets_connections_finish_then_cuts(tagged: Any) -> None:
+    port, _ = await tagged(b"")
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    host, lport = engine.bound["l4"]
+    reader, writer = await asyncio.open_connection(host, lport)
+    writer.write(b"a")
+    assert await asyncio.wait_for(reader.readexactly(1), 5) == b"a"
+    task = asyncio.ensure_future(engine.shutdown(0.5))
+    await asyncio.sleep(0.1)
+    # still flowing during the grace period, new connections refused
+    writer.write(b"b")
+    assert await asyncio.wait_for(reader.readexactly(1), 5) == b"b"
+    with pytest.raises(OSError):
+        await asyncio.open_connection(host, lport)
+    await asyncio.wait_for(task, 5)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_drain_timeout_cuts_connections_of_that_server(tagged: Any) -> None:
+    port, _ = await tagged(b"")
+    backends = backend_block("b", [port], "    drain_timeout: 200ms")
+    engine = await start_engine(config(tcp_listener(), backends))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"a")
+        assert await asyncio.wait_for(reader.readexactly(1), 5) == b"a"
+        engine.backends["b"].drain("s0")
+        # open connection carries on while draining...
+        writer.write(b"b")
+        assert await asyncio.wait_for(reader.readexactly(1), 5) == b"b"
+        # ...until drain_timeout, when the engine's tick cuts it
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_reload_keeps_open_connections(tagged: Any) -> None:
+    p0, _ = await tagged(b"s0")
+    p1, _ = await tagged(b"s1")
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [p0])))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await read_until(reader, b"\n") == b"s0\n"
+        await engine.reload(config(tcp_listener(), backend_block("b", [p1]).replace("s0", "n0")))
+        reader2, writer2 = await asyncio.open_connection(host, lport)
+        assert await read_until(reader2, b"\n") == b"s1\n"
+        writer.write(b"still here")
+        assert await asyncio.wait_for(reader.readexactly(10), 5) == b"still here"
+        writer.close()
+        writer2.close()
+    finally:
+        await engine.shutdown(1)
