@@ -21,7 +21,7 @@ from typing import Any
 from steelyard import __version__
 from steelyard.core.backend import Backend
 from steelyard.core.balancing import SLOW_BUILD
-from steelyard.core.balancing.base import AdminState, BalancerSettings, Server, ServerState
+from steelyard.core.balancing.base import BalancerSettings, Server, ServerState
 from steelyard.core.clock import monotonic
 from steelyard.core.events import Event, EventBus
 from steelyard.core.records import RequestRecord
@@ -115,13 +115,20 @@ class Engine:
                 healthy_threshold=hc.healthy_threshold if hc else 2,
                 unhealthy_threshold=hc.unhealthy_threshold if hc else 3,
                 outlier=(
-                    (od.consecutive_failures, od.base_ejection_time, od.max_ejection_percent)
+                    (
+                        od.consecutive_failures,
+                        od.base_ejection_time,
+                        od.max_ejection_percent,
+                        getattr(od, "max_ejection_time", 300.0),
+                    )
                     if od
                     else None
                 ),
                 slow_start=bcfg.slow_start or 0.0,
                 panic_threshold=getattr(bcfg, "panic_threshold", 50),
                 max_connections_per_server=bcfg.max_connections_per_server,
+                queue_timeout=getattr(bcfg, "queue_timeout", 5.0),
+                max_queue=getattr(bcfg, "max_queue", 1000),
                 drain_timeout=bcfg.drain_timeout,
                 events=self.events,
             )
@@ -134,22 +141,9 @@ class Engine:
 
     def _carry_over(self, old: Backend, new: Backend, servers: list[Server]) -> None:
         """Reload: a server present before and after keeps its state and counters; admin
-        changes (drain/disable/weight) survive unless the file changed that server."""
-        old_config = {s.name: s for s in old.servers.values()}
-        for server in servers:
-            prev = old_config.get(server.name)
-            if prev is not None and not prev.removed and prev.server.address == server.address:
-                if prev.server.weight != server.weight:
-                    prev.weight = server.weight  # the file changed it: the file wins
-                    prev.admin = AdminState.ENABLED
-                prev.server = server
-                new.adopt(prev)
-            else:
-                new.add_server(server)
-        keep = {s.name for s in servers}
-        for name, state in old.servers.items():
-            if name not in keep and not state.removed:
-                old.remove_server(name)
+        changes survive unless the file changed that server (Backend.carry_over has the
+        rule; docs/health.md documents it)."""
+        new.carry_over(old, servers)
 
     def _schedule_build(self, backend: Backend) -> None:
         """Slow snapshots (rings, Maglev) are built in a worker thread; the old one serves."""
