@@ -306,9 +306,12 @@ class _Builder:
             return None
         if isinstance(value, str) and "$" in value:
             before = len(self.problems)
-            value = self._interpolate(value, node)
+            expanded = self._interpolate(value, node)
             if len(self.problems) > before:
+                # keep the text as written; complaints about it at this spot are dropped
                 self.doc.poisoned.add(_pos(node.start_mark))
+            else:
+                value = expanded
         return value
 
     def _interpolate(self, value: str, node: yaml.Node) -> str:
