@@ -6,7 +6,9 @@ upstream keepalive) and Steelyard (an http listener, a round_robin backend of th
 servers) each run pinned to core 1 and keep connections to the backends alive. wrk runs on core 0,
 once per target per round, and the rounds interleave the targets so that drift on the machine
 hits all of them alike. For each run we record req/s, p50/p99 latency (wrk's own histogram) and
-the balancer's CPU seconds (utime+stime of its whole process tree from /proc) / requests. Then
+the balancer's CPU seconds (utime+stime of its whole process tree from /proc) / requests.
+`bare-relay` (bench/bare_relay.py) is the least an HTTP relay in uvloop + httptools can do: the
+yardstick for what Python costs here, not a competitor. Then
 the whole thing again with `Connection: close` clients. At the end py-spy samples Steelyard under
 each kind of load and the top functions are printed (for bench/RESULTS.md).
 
@@ -60,7 +62,7 @@ from benchlib import (  # noqa: E402
     write_wrk_script,
 )
 
-ALL_TARGETS = ("direct", "haproxy", "nginx", "steelyard")
+ALL_TARGETS = ("direct", "haproxy", "nginx", "bare-relay", "steelyard")
 MODES: dict[str, tuple[str, ...]] = {
     "keep-alive": (),
     "close": ("Connection: close",),
@@ -448,6 +450,11 @@ def start_balancers(
         port = free_port()
         cfg = nginx_lb_conf(workdir, port, backend_ports)
         targets.append(Target("nginx", port, start_nginx(sup, "nginx-lb", cfg, LB_CPU)))
+    if "bare-relay" in wanted:
+        port = free_port()
+        argv = [str(VENV_BIN / "python"), str(REPO / "bench" / "bare_relay.py"), str(port)]
+        proc = sup.start("bare-relay", [*argv, *map(str, backend_ports)], LB_CPU)
+        targets.append(Target("bare-relay", port, proc))
     if "steelyard" in wanted:
         port = free_port()
         cfg = steelyard_conf(workdir, port, backend_ports)
