@@ -250,12 +250,13 @@ def build_request_head(
     head: RequestHead,
     headers: Headers,
     *,
+    target: bytes,
     client_ip: bytes,
     proto: bytes,
     request_id: bytes,
 ) -> bytes:
     """The head we send upstream: always HTTP/1.1, persistent unless an upgrade."""
-    lines = [b"%s %s HTTP/1.1" % (head.method, head.target)]
+    lines = [b"%s %s HTTP/1.1" % (head.method, target)]
     lines += [n + b": " + v for n, v in headers]
     if head.chunked:
         lines.append(b"Transfer-Encoding: chunked")

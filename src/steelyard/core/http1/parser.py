@@ -288,6 +288,10 @@ class RequestParser:
         self._xff: list[bytes] | None = None
         self.messages = 0  # heads seen
 
+    def set_limits(self, limits: Limits) -> None:
+        """Limits for the next messages (a reload)."""
+        self._limits = limits
+
     @property
     def in_head(self) -> bool:
         """True between messages or inside a head (not inside a body)."""
@@ -592,6 +596,7 @@ class ResponseParser:
         self._te = None
         self._conn = None
         self.started = True
+        self.complete = False
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason

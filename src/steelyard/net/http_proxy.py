@@ -1,0 +1,1198 @@
+"""The HTTP/1.1 proxy data path: asyncio Protocols on uvloop, parsing by core/http1.
+
+How this works. Each downstream connection is a DownstreamConnection (an asyncio Protocol and
+the sink of a strict RequestParser). A request head starts an Exchange, which goes through the
+phases of DESIGN.md:
+
+    on_request (route, local replies, request id) -> select_server (hash key, acquire a lease)
+    -> connect (a pooled keep-alive connection, or a new one; a failed connect is retried on a
+    different server, `retries` times) -> upstream_request (rewritten head, then the body as it
+    arrives) -> upstream_response (parsed by ResponseParser, head rewritten) -> relay (bodies
+    stream both ways) -> on_complete (release the lease with an Outcome, return the connection
+    to the pool if the response was complete and reusable, engine.record once).
+
+Requests on one connection are answered in order: while an exchange runs, further (pipelined)
+requests are parsed into a queue and reading pauses until the current response is done.
+
+Flow control: the reading leg pauses when the writing leg's transport is over its high-water
+mark (pause_writing) and resumes on resume_writing -- both ways. A request body that arrives
+while the upstream connection is still being set up is buffered up to 64 KiB, then reading
+pauses.
+
+Timers are lazy call_later handles: one per connection (request head, keep-alive idle) and one
+per exchange (response, idle), re-armed only when they fire early, so the hot path does not
+cancel and reschedule timers for every read.
+
+Choices (documented in docs/http.md): `Expect: 100-continue` is forwarded and the server's 100
+relayed (a request we answer ourselves gets its final response without a 100, and the connection
+then closes); `timeouts.request_head` runs from accept, and on a kept-alive connection from the
+first byte of the next request (before that, `timeouts.idle` applies and the connection closes
+silently); a server that fails after the response head was sent gets the downstream connection
+aborted (the response is never re-framed as complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from steelyard.core.balancing import HASHING
+from steelyard.core.balancing.base import PickContext, ServerState
+from steelyard.core.http1.headers import (
+    BODY_CHUNKED,
+    BODY_CLOSE,
+    RequestContext,
+    RequestIdGenerator,
+    build_interim,
+    build_request_head,
+    build_response_head,
+    chunk,
+    last_chunk,
+    local_response,
+    response_mode,
+    valid_request_id,
+)
+from steelyard.core.http1.parser import (
+    Headers,
+    Limits,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+)
+from steelyard.core.load import Lease, Outcome
+from steelyard.core.records import RequestRecord
+from steelyard.core.routing import CompiledRoute, HashKeys, Router
+from steelyard.errors import ProtocolError
+from steelyard.net.pool import UpstreamConnection
+
+log = logging.getLogger("steelyard.http")
+
+BUFFER_HIGH = 64 * 1024  # request body buffered while connecting, before reading pauses
+DISCARD_MAX = 64 * 1024  # request body we read and drop after a local reply, to keep alive
+
+# why downstream reading is paused (bit set)
+PAUSE_PIPELINE = 1
+PAUSE_UPSTREAM = 2
+PAUSE_BUFFER = 4
+
+# downstream timer kinds
+T_NONE = 0
+T_HEAD = 1
+T_IDLE = 2
+# exchange timer kinds
+X_NONE = 0
+X_RESPONSE = 1
+X_IDLE = 2
+
+# pipelined events
+Q_HEAD = 0
+Q_BODY = 1
+Q_END = 2
+Q_ERROR = 3
+
+
+class _Settings:
+    """A listener's compiled configuration; swapped whole on reload."""
+
+    __slots__ = (
+        "name",
+        "router",
+        "limits",
+        "request_head_timeout",
+        "idle_timeout",
+        "tunnel_timeout",
+        "proto",
+        "redirect_https",
+    )
+
+    def __init__(self, config: Any) -> None:
+        self.name: str = config.name
+        routes = getattr(config, "routes", ()) or ()
+        backend = getattr(config, "backend", None)
+        if routes:
+            self.router = Router(routes)
+        elif backend:
+            self.router = Router.single_backend(backend)
+        else:
+            self.router = Router(())
+        self.limits = Limits(max_body=int(getattr(config, "max_body_size", 0) or 0))
+        timeouts = getattr(config, "timeouts", None)
+        self.request_head_timeout = float(getattr(timeouts, "request_head", 10.0))
+        self.idle_timeout = float(getattr(timeouts, "idle", 75.0))
+        self.tunnel_timeout = float(getattr(timeouts, "tunnel", 3600.0))
+        tls = getattr(config, "tls", None) is not None
+        self.proto = b"https" if tls else b"http"
+        self.redirect_https = bool(getattr(config, "redirect_https", False)) and not tls
+
+    def __repr__(self) -> str:
+        return f"_Settings({self.name}, {self.router!r}, proto={self.proto.decode()})"
+
+
+class HttpListener:
+    """The runtime of one `protocol: http` listener; the engine binds protocol_factory."""
+
+    def __init__(self, engine: Any, config: Any) -> None:
+        self.engine = engine
+        self.loop: asyncio.AbstractEventLoop = engine.loop
+        self.connections: set[DownstreamConnection] = set()
+        self.request_ids = RequestIdGenerator(engine.rng)
+        self.hash_keys = HashKeys()
+        self.shutting_down = False
+        self._closed_waiter: asyncio.Future[None] | None = None
+        # counters (tests, metrics)
+        self.requests = 0
+        self.accepted = 0
+        self.upstream_read_pauses = 0  # an upstream paused because the client reads slowly
+        self.downstream_read_pauses = 0  # a client paused (upstream slow, pipelining, buffer)
+        self.config = config
+        self.settings = _Settings(config)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def connections_active(self) -> int:
+        return len(self.connections)
+
+    def update(self, config: Any) -> None:
+        """Reload: new requests, also on kept-alive connections, use the new settings."""
+        self.settings = _Settings(config)
+        self.config = config
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        return DownstreamConnection(self)
+
+    def begin_shutdown(self) -> None:
+        """Idle connections close now; busy ones finish their response with Connection: close."""
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.closing = True
+            if conn.idle():
+                conn.close()
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Until every connection ended; after `timeout` the rest are aborted."""
+        if not self.connections:
+            return
+        waiter = self._closed_waiter
+        if waiter is None or waiter.done():
+            waiter = self._closed_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            for conn in list(self.connections):
+                conn.abort()
+            await asyncio.sleep(0)
+
+    def connection_closed(self, conn: DownstreamConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            waiter = self._closed_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def close_server(self, backend: str, state: ServerState) -> None:
+        """Drain timeout of a server: cut what still runs on it."""
+        for conn in list(self.connections):
+            ex = conn.exchange
+            if ex is not None and ex.lease is not None and ex.lease.server is state:
+                ex.abort_server()
+
+    def __repr__(self) -> str:
+        return (
+            f"HttpListener({self.settings.name}, connections={len(self.connections)}, "
+            f"requests={self.requests}, shutting_down={self.shutting_down})"
+        )
+
+
+class DownstreamConnection(asyncio.Protocol):
+    """One client connection: parsing, pipelining queue, keep-alive, timers."""
+
+    __slots__ = (
+        "listener",
+        "loop",
+        "settings",
+        "transport",
+        "parser",
+        "client_ip",
+        "client",
+        "exchange",
+        "queue",
+        "queueing",
+        "paused",
+        "write_paused",
+        "closing",
+        "closed",
+        "peer_eof",
+        "tkind",
+        "deadline",
+        "timer",
+        "tunnel",
+        "upgrading",
+        "stash",
+        "stash_size",
+        "bytes_in",
+        "bytes_out",
+        "requests",
+    )
+
+    def __init__(self, listener: HttpListener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.settings = listener.settings
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = RequestParser(self, self.settings.limits)
+        self.client_ip = b""
+        self.client = ""
+        self.exchange: Exchange | None = None
+        self.queue: deque[tuple[int, Any]] = deque()
+        self.queueing = False
+        self.paused = 0
+        self.write_paused = False
+        self.closing = listener.shutting_down
+        self.closed = False
+        self.peer_eof = False
+        self.tkind = T_NONE
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.tunnel: Exchange | None = None
+        self.upgrading = False
+        self.stash: list[bytes] = []
+        self.stash_size = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.requests = 0
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            ip = str(peer[0])
+            self.client_ip = ip.encode()
+            self.client = f"[{ip}]:{peer[1]}" if ":" in ip else f"{ip}:{peer[1]}"
+        else:
+            self.client_ip = b"unknown"
+            self.client = "unknown"
+        listener = self.listener
+        listener.connections.add(self)
+        listener.accepted += 1
+        self._arm(T_HEAD, self.settings.request_head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.tunnel_from_downstream(data)
+            return
+        if self.upgrading:
+            self._stash(data)
+            return
+        if self.tkind == T_IDLE:
+            self._arm(T_HEAD, self.settings.request_head_timeout)
+        try:
+            leftover = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._parse_error(exc)
+            return
+        except Exception:
+            log.exception("error in the HTTP data path")
+            self.abort()
+            return
+        if leftover is not None:
+            self.upgrading = True
+            if leftover:
+                self._stash(leftover)
+
+    def eof_received(self) -> bool | None:
+        self.peer_eof = True
+        ex = self.exchange
+        if ex is None and not self.queue:
+            return None  # close
+        if ex is not None and (not ex.request_done or ex.tunnel):
+            ex.downstream_lost()
+            return None
+        return True  # half-closed: still answer what was asked
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.tkind = T_NONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        ex = self.exchange
+        if ex is not None:
+            ex.downstream_lost()
+        self.queue.clear()
+        self.listener.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.exchange
+        if ex is not None:
+            ex.downstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.exchange
+        if ex is not None:
+            ex.downstream_resume_writing()
+
+    # -- parser sink -------------------------------------------------------------------------
+
+    def on_request_head(self, head: RequestHead) -> None:
+        if self.exchange is not None or self.queue:
+            self.queueing = True
+            self.queue.append((Q_HEAD, head))
+            self._pause(PAUSE_PIPELINE)
+            return
+        self.queueing = False
+        self._start(head)
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.queueing:
+            self.queue.append((Q_BODY, data))
+            return
+        ex = self.exchange
+        if ex is not None:
+            ex.request_body(data)
+
+    def on_request_end(self, trailers: Headers | None) -> None:
+        if self.queueing:
+            self.queue.append((Q_END, trailers))
+            return
+        ex = self.exchange
+        if ex is not None:
+            ex.request_end(trailers)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _start(self, head: RequestHead) -> None:
+        self.tkind = T_NONE
+        self.settings = self.listener.settings  # a reload applies from the next request on
+        self.requests += 1
+        self.listener.requests += 1
+        ex = Exchange(self, head)
+        self.exchange = ex
+        ex.begin()
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        if self.exchange is ex:
+            self.exchange = None
+        if self.closed:
+            return
+        if (
+            ex.tunnel
+            or not keep_alive
+            or self.closing
+            or self.upgrading
+            or (self.peer_eof and not self.queue)
+        ):
+            self.close()
+            return
+        if self.queue:
+            self.loop.call_soon(self._process_queue)
+            return
+        self.parser.set_limits(self.listener.settings.limits)
+        self._resume(PAUSE_PIPELINE)
+        self._arm(T_IDLE, self.settings.idle_timeout)
+
+    def _process_queue(self) -> None:
+        q = self.queue
+        started = False
+        while q and not self.closed:
+            kind, item = q[0]
+            if kind == Q_HEAD:
+                if started or self.exchange is not None:
+                    break
+                q.popleft()
+                started = True
+                self._start(item)
+                continue
+            q.popleft()
+            ex = self.exchange
+            if kind == Q_BODY:
+                if ex is not None:
+                    ex.request_body(item)
+            elif kind == Q_END:
+                if ex is not None:
+                    ex.request_end(item)
+            else:  # Q_ERROR
+                q.clear()
+                if ex is not None:
+                    ex.request_error(item)
+                else:
+                    self._reply_error(item)
+        if not q:
+            self.queueing = False
+            if not self.closed:
+                self._resume(PAUSE_PIPELINE)
+                if self.exchange is None and not self.closing:
+                    self._arm(T_IDLE, self.settings.idle_timeout)
+
+    def _parse_error(self, exc: ProtocolError) -> None:
+        if self.queueing:
+            self.queue.append((Q_ERROR, exc))
+            self._pause(PAUSE_PIPELINE)
+            return
+        ex = self.exchange
+        if ex is not None and not ex.done:
+            ex.request_error(exc)
+            return
+        self._reply_error(exc)
+
+    def _reply_error(self, exc: ProtocolError) -> None:
+        """A request that never became an exchange: answer, record, close."""
+        head = self.parser.partial_head
+        rid = head.request_id
+        if rid is None or not valid_request_id(rid):
+            rid = self.listener.request_ids()
+        record = RequestRecord(self.settings.name, self.client, time.time())
+        record.method = head.method.decode("latin-1") if head.method else None
+        record.path = head.target.decode("latin-1") if head.target else None
+        record.status = exc.status
+        record.request_id = rid.decode()
+        record.bytes_in = self.bytes_in
+        self.write(local_response(exc.status, rid, close=True, message=exc.reason))
+        record.bytes_out = self.bytes_out
+        self.listener.engine.record(record)
+        self.upgrading = False
+        self.close()
+
+    def _stash(self, data: bytes) -> None:
+        """Bytes after an upgrade request: they belong to the tunnel, if there is one."""
+        self.stash.append(data)
+        self.stash_size += len(data)
+        if self.stash_size > BUFFER_HIGH:
+            self._pause(PAUSE_BUFFER)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _arm(self, kind: int, seconds: float) -> None:
+        self.tkind = kind
+        deadline = self.loop.time() + seconds
+        self.deadline = deadline
+        timer = self.timer
+        if timer is None:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+        elif timer.when() > deadline:
+            timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        kind = self.tkind
+        if kind == T_NONE or self.closed:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        self.tkind = T_NONE
+        if kind == T_HEAD and self.exchange is None:
+            if self.queue:
+                return
+            self._reply_error(ProtocolError(408, "request head not received in time"))
+        elif kind == T_IDLE and self.exchange is None:
+            self.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        return self.exchange is None and not self.queue and self.tunnel is None
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+            self.listener.downstream_read_pauses += 1
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def __repr__(self) -> str:
+        state = "tunnel" if self.tunnel else ("busy" if self.exchange else "idle")
+        return (
+            f"DownstreamConnection({self.client} {state} requests={self.requests} "
+            f"queued={len(self.queue)} paused={self.paused} write_paused={self.write_paused} "
+            f"closing={self.closing} closed={self.closed})"
+        )
+
+
+class Exchange:
+    """One request and its response, from the head to on_complete (the ResponseSink)."""
+
+    __slots__ = (
+        "down",
+        "loop",
+        "head",
+        "request_id",
+        "route",
+        "ctx",
+        "backend",
+        "pick",
+        "timeouts",
+        "lease",
+        "key",
+        "upstream",
+        "reused",
+        "connect_task",
+        "connect_timer",
+        "attempts",
+        "pending",
+        "pending_size",
+        "trailers",
+        "body_received",
+        "request_done",
+        "response_started",
+        "response_done",
+        "resp",
+        "mode",
+        "keep_alive",
+        "discard",
+        "done",
+        "tunnel",
+        "tkind",
+        "deadline",
+        "timer",
+        "idle_timeout",
+        "last_activity",
+        "started",
+        "record",
+    )
+
+    def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
+        self.down = down
+        self.loop = down.loop
+        self.head = head
+        self.request_id = b""
+        self.route: CompiledRoute | None = None
+        self.ctx: RequestContext | None = None
+        self.backend: Any = None
+        self.pick: PickContext | None = None
+        self.timeouts: Any = None
+        self.lease: Lease | None = None
+        self.key: tuple[str, int] = ("", 0)
+        self.upstream: UpstreamConnection | None = None
+        self.reused = False
+        self.connect_task: asyncio.Task[Any] | None = None
+        self.connect_timer: asyncio.TimerHandle | None = None
+        self.attempts = 0
+        self.pending: list[bytes] | None = None
+        self.pending_size = 0
+        self.trailers: Headers | None = None
+        self.body_received = 0
+        self.request_done = not head.has_body
+        self.response_started = False
+        self.response_done = False
+        self.resp: ResponseHead | None = None
+        self.mode = 0
+        self.keep_alive = False
+        self.discard = False
+        self.done = False
+        self.tunnel = False
+        self.tkind = X_NONE
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.idle_timeout = 60.0
+        self.started = self.loop.time()
+        self.last_activity = self.started
+        self.record = RequestRecord(down.settings.name, down.client, time.time())
+
+    # -- on_request --------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        down = self.down
+        head = self.head
+        listener = down.listener
+        settings = down.settings
+        rid = head.request_id
+        if rid is None or not valid_request_id(rid):
+            rid = listener.request_ids()
+        self.request_id = rid
+        if settings.redirect_https:
+            location = b"https://" + (head.host or b"") + head.target
+            self._local_reply(308, headers=[(b"Location", location)], body=b"")
+            return
+        route = settings.router.match(head)
+        if route is None:
+            self.local_error(404, "no route")
+            return
+        self.route = route
+        if route.needs_context:
+            self.ctx = RequestContext(
+                down.client_ip, rid, head.host or b"", head.path, head.query or b""
+            )
+        if route.redirect is not None:
+            location = route.redirect.to.render(self.ctx or RequestContext())
+            self._local_reply(route.redirect.status, headers=[(b"Location", location)], body=b"")
+            return
+        if route.respond is not None:
+            respond = route.respond
+            body = respond.body.render(self.ctx or RequestContext())
+            self._local_reply(respond.status, body=body, content_type=respond.content_type)
+            return
+        name = route.pick_backend(listener.engine.rng)
+        backend = listener.engine.backends.get(name) if name else None
+        if backend is None:
+            self.local_error(503, "backend unavailable", retry_after=True)
+            return
+        self.backend = backend
+        self.record.backend = name
+        cfg = backend.config
+        hash_key: bytes | None = None
+        algorithm = getattr(cfg, "algorithm", "round_robin")
+        if algorithm in HASHING:
+            if algorithm == "ip_hash":
+                hash_key = down.client_ip
+            else:
+                spec = getattr(cfg, "hash_on", None) or "client_ip"
+                hash_key = listener.hash_keys.get(spec).extract(head, down.client_ip)
+        self.pick = PickContext(hash_key, frozenset())
+        self.timeouts = getattr(cfg, "timeouts", None)
+        self.idle_timeout = float(getattr(self.timeouts, "idle", 60.0))
+        self._select()
+
+    # -- select_server / connect -------------------------------------------------------------
+
+    def _select(self) -> None:
+        assert self.pick is not None
+        lease = self.backend.acquire(self.pick)
+        if lease is None:
+            if self.attempts:
+                self.local_error(503, "every connect attempt failed", retry_after=True)
+            else:
+                self.local_error(503, "no server available", retry_after=True)
+            return
+        self.lease = lease
+        server = lease.server.server
+        self.record.server = lease.server.name
+        self.key = key = (server.host, server.port)
+        conn = self.down.listener.engine.pools.take(key)
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self._connect()
+
+    def _connect(self) -> None:
+        pools = self.down.listener.engine.pools
+        key = self.key
+        loop = self.loop
+        task = loop.create_task(
+            loop.create_connection(lambda: pools.new_connection(key), key[0], key[1])
+        )
+        self.connect_task = task
+        self.connect_timer = loop.call_later(
+            float(getattr(self.timeouts, "connect", 5.0)), task.cancel
+        )
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        self.connect_task = None
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
+        failed = task.cancelled() or task.exception() is not None
+        if self.done:
+            if not failed:
+                _, conn = task.result()
+                self.down.listener.engine.pools.put(conn)
+            return
+        if failed:
+            lease = self.lease
+            self.lease = None
+            assert lease is not None and self.pick is not None
+            lease.release(Outcome.CONNECT_FAILED)
+            self.attempts += 1
+            self.pick.exclude = self.pick.exclude | {lease.server.name}
+            retries = int(getattr(self.backend.config, "retries", 2))
+            if self.attempts <= retries:
+                self.record.retries += 1
+                self._select()
+            else:
+                self.local_error(503, "every connect attempt failed", retry_after=True)
+            return
+        _, conn = task.result()
+        self._attach(conn, reused=False)
+
+    # -- upstream_request --------------------------------------------------------------------
+
+    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        down = self.down
+        head = self.head
+        route = self.route
+        assert route is not None and self.lease is not None
+        self.upstream = conn
+        self.reused = reused
+        conn.exchange = self
+        parser = conn.parser
+        parser.set_sink(self)
+        parser.expect(head.method == b"HEAD")
+        headers = head.headers
+        if not route.request_actions.empty:
+            ctx = self.ctx
+            assert ctx is not None
+            ctx.server = self.lease.server.name.encode()
+            headers = route.request_actions.apply(list(headers), ctx)
+        target = route.rewrite_target(head) if route.strip_prefix is not None else head.target
+        data = build_request_head(
+            head,
+            headers,
+            target=target,
+            client_ip=down.client_ip,
+            proto=down.settings.proto,
+            request_id=self.request_id,
+        )
+        pending = self.pending
+        if pending:
+            if head.chunked:
+                data += b"".join([chunk(p) for p in pending])
+            else:
+                data += b"".join(pending)
+            self.pending = None
+            self.pending_size = 0
+        if self.request_done and head.chunked:
+            data += last_chunk(self.trailers)
+        conn.transport.write(data)  # type: ignore[union-attr]
+        down._resume(PAUSE_BUFFER)
+        if down.write_paused:
+            conn.pause_reading()
+        now = self.loop.time()
+        self.last_activity = now
+        if self.request_done:
+            self._arm(X_RESPONSE, now + float(getattr(self.timeouts, "response", 60.0)))
+        else:
+            self._arm(X_IDLE, 0.0)
+
+    def request_body(self, data: bytes) -> None:
+        self.body_received += len(data)
+        if self.discard or self.done:
+            return
+        conn = self.upstream
+        if conn is not None and not self.tunnel:
+            self.last_activity = self.loop.time()
+            conn.transport.write(chunk(data) if self.head.chunked else data)  # type: ignore[union-attr]
+            return
+        if self.pending is None:
+            self.pending = [data]
+        else:
+            self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > BUFFER_HIGH:
+            self.down._pause(PAUSE_BUFFER)
+
+    def request_end(self, trailers: Headers | None) -> None:
+        if self.request_done:
+            return
+        self.request_done = True
+        self.trailers = trailers
+        if self.done:
+            return
+        if self.response_done:
+            self._finish(self.keep_alive)
+            return
+        conn = self.upstream
+        if conn is not None:
+            if self.head.chunked:
+                conn.transport.write(last_chunk(trailers))  # type: ignore[union-attr]
+            if not self.response_started:
+                now = self.loop.time()
+                self._arm(X_RESPONSE, now + float(getattr(self.timeouts, "response", 60.0)))
+
+    def request_error(self, exc: ProtocolError) -> None:
+        """The client's body broke framing or a limit mid-request."""
+        if self.done:
+            return
+        self.request_done = True
+        self._drop_upstream()
+        self._release(Outcome.CANCELLED)
+        if self.response_started:
+            self._cut()
+            return
+        self.record.status = exc.status
+        self.down.write(local_response(exc.status, self.request_id, close=True, message=exc.reason))
+        self.response_started = self.response_done = True
+        self._finish(False)
+
+    # -- upstream_response (ResponseSink) -----------------------------------------------------
+
+    def on_interim(self, resp: ResponseHead) -> None:
+        if self.head.version == "1.1":
+            self.down.write(build_interim(resp))
+
+    def on_response_head(self, resp: ResponseHead) -> None:
+        head = self.head
+        down = self.down
+        status = resp.status
+        if status == 101 and (head.upgrade is None or resp.upgrade is None):
+            raise ProtocolError(502, "unexpected 101 response", source="upstream")
+        self.response_started = True
+        self.resp = resp
+        self.record.status = status
+        http10 = head.version == "1.0"
+        mode = response_mode(resp, http10)
+        keep = (
+            head.keep_alive
+            and self.request_done
+            and head.upgrade is None
+            and not down.closing
+            and mode != BODY_CLOSE
+        )
+        headers = resp.headers
+        route = self.route
+        if route is not None and not route.response_actions.empty:
+            ctx = self.ctx
+            assert ctx is not None and self.lease is not None
+            ctx.server = self.lease.server.name.encode()
+            headers = route.response_actions.apply(headers, ctx)
+        self.mode = mode
+        self.keep_alive = keep
+        down.write(
+            build_response_head(
+                resp,
+                headers,
+                mode=mode,
+                keep_alive=keep,
+                http10_client=http10,
+                request_id=self.request_id,
+            )
+        )
+        self.tkind = X_IDLE
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.mode == BODY_CHUNKED:
+            self.down.write(chunk(data))
+        else:
+            self.down.write(data)
+
+    def on_response_end(self, trailers: Headers | None) -> None:
+        if self.mode == BODY_CHUNKED:
+            self.down.write(last_chunk(trailers))
+        self.response_done = True
+
+    # -- upstream events (from UpstreamConnection) ---------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.tunnel:
+            self.down.write(data)
+            return
+        conn = self.upstream
+        assert conn is not None
+        try:
+            leftover = conn.parser.feed(data)
+        except ProtocolError as exc:
+            self._upstream_failed(exc.status, exc.reason, Outcome.RESET)
+            return
+        if self.done:
+            return
+        if self.response_done:
+            if leftover is not None and self.resp is not None and self.resp.status == 101:
+                self._start_tunnel(leftover)
+            else:
+                self._response_complete()
+
+    def upstream_eof(self) -> None:
+        if self.tunnel:
+            self._end_tunnel()
+            return
+        conn = self.upstream
+        if conn is None or self.done:
+            return
+        try:
+            ended = conn.parser.feed_eof()
+        except ProtocolError as exc:
+            self._upstream_failed(exc.status, exc.reason, Outcome.RESET)
+            return
+        if ended or self.response_done:
+            self._response_complete()
+        else:
+            self._upstream_failed(502, "server closed the connection", Outcome.RESET)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.tunnel:
+            self._end_tunnel()
+            return
+        if self.done or self.upstream is None:
+            return
+        self.upstream_eof()
+
+    def upstream_pause_writing(self) -> None:
+        self.down._pause(PAUSE_UPSTREAM)
+
+    def upstream_resume_writing(self) -> None:
+        self.last_activity = self.loop.time()
+        self.down._resume(PAUSE_UPSTREAM)
+
+    def downstream_pause_writing(self) -> None:
+        conn = self.upstream
+        if conn is not None:
+            conn.pause_reading()
+            self.down.listener.upstream_read_pauses += 1
+
+    def downstream_resume_writing(self) -> None:
+        self.last_activity = self.loop.time()
+        conn = self.upstream
+        if conn is not None:
+            conn.resume_reading()
+
+    # -- on_complete -------------------------------------------------------------------------
+
+    def _response_complete(self) -> None:
+        conn = self.upstream
+        resp = self.resp
+        assert resp is not None
+        self.upstream = None
+        if conn is not None:
+            parser = conn.parser
+            reusable = (
+                parser.reusable
+                and parser.complete
+                and self.request_done
+                and resp.keep_alive
+                and self.head.upgrade is None
+            )
+            if reusable:
+                self.down.listener.engine.pools.put(conn)
+            else:
+                conn.exchange = None
+                conn.close()
+        self._release(Outcome.HTTP_5XX if resp.status >= 500 else Outcome.OK)
+        if self.request_done:
+            self._finish(self.keep_alive)
+        else:
+            # the server answered before the body ended: we cannot keep this connection in step
+            self._finish(False)
+
+    def _release(self, outcome: Outcome) -> None:
+        lease = self.lease
+        if lease is not None:
+            self.lease = None
+            lease.release(outcome)
+
+    def _drop_upstream(self) -> None:
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+        task = self.connect_task
+        if task is not None:
+            task.cancel()
+
+    def _upstream_failed(self, status: int, message: str, outcome: Outcome) -> None:
+        conn = self.upstream
+        if (
+            conn is not None
+            and outcome is Outcome.RESET
+            and self.reused
+            and not self.response_started
+            and not conn.parser.started
+            and not self.head.has_body
+            and self.head.upgrade is None
+            and not self.done
+        ):
+            # a pooled connection the server closed as we reused it: nothing was processed
+            self.upstream = None
+            conn.exchange = None
+            conn.abort()
+            self.reused = False
+            self._connect()
+            return
+        self._drop_upstream()
+        if self.done:
+            return
+        self._release(outcome)
+        if self.response_started:
+            self._cut()
+        else:
+            self.local_error(status, message)
+
+    def _cut(self) -> None:
+        """The response head went out already: abort, never re-frame as complete."""
+        self.down.abort()
+        self._finish(False)
+
+    def abort_server(self) -> None:
+        self._upstream_failed(502, "server removed", Outcome.CANCELLED)
+
+    def downstream_lost(self) -> None:
+        if self.done:
+            return
+        self._drop_upstream()
+        self._release(Outcome.CANCELLED)
+        if not self.response_done and self.record.status is None:
+            self.record.status = 499  # nginx's "client closed request"
+        self._finish(False)
+
+    def _finish(self, keep_alive: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.tkind = X_NONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.upstream is not None and not self.tunnel:
+            self._drop_upstream()
+        self._release(Outcome.CANCELLED)
+        down = self.down
+        record = self.record
+        head = self.head
+        record.method = head.method.decode("latin-1")
+        record.path = head.target.decode("latin-1")
+        record.request_id = self.request_id.decode()
+        record.bytes_in = self.body_received
+        record.duration = self.loop.time() - self.started
+        record.retries = self.attempts
+        down.listener.engine.record(record)
+        down.exchange_done(self, keep_alive)
+
+    # -- local replies -----------------------------------------------------------------------
+
+    def local_error(self, status: int, message: str, *, retry_after: bool = False) -> None:
+        headers = [(b"Retry-After", b"1")] if retry_after else None
+        self._local_reply(status, message=message, headers=headers)
+
+    def _local_reply(
+        self,
+        status: int,
+        *,
+        message: str = "",
+        body: bytes | None = None,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        headers: Headers | None = None,
+    ) -> None:
+        head = self.head
+        down = self.down
+        self.response_started = self.response_done = True
+        self.record.status = status
+        keep = head.keep_alive and not down.closing and head.upgrade is None
+        if keep and not self.request_done:
+            remaining = (head.content_length or 0) - self.body_received
+            if head.content_length is not None and remaining <= DISCARD_MAX:
+                self.discard = True
+                self.pending = None
+            else:
+                keep = False
+        self.keep_alive = keep
+        data = local_response(
+            status,
+            self.request_id,
+            close=not keep,
+            message=message,
+            body=body,
+            content_type=content_type,
+            headers=headers,
+            head_only=head.method == b"HEAD",
+            http10_client=head.version == "1.0",
+        )
+        down.write(data)
+        if self.request_done or not keep:
+            self._finish(keep)
+
+    # -- tunnel (101 Switching Protocols) ----------------------------------------------------
+
+    def _start_tunnel(self, leftover: bytes) -> None:
+        down = self.down
+        conn = self.upstream
+        assert conn is not None
+        self.tunnel = True
+        down.tunnel = self
+        down.upgrading = False
+        if leftover:
+            down.write(leftover)
+        if down.stash:
+            conn.transport.write(b"".join(down.stash))  # type: ignore[union-attr]
+            down.stash = []
+            down.stash_size = 0
+        down._resume(PAUSE_BUFFER)
+        self.idle_timeout = down.settings.tunnel_timeout
+        self.last_activity = self.loop.time()
+        self._arm(X_IDLE, 0.0)
+
+    def tunnel_from_downstream(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        conn = self.upstream
+        if conn is not None:
+            conn.transport.write(data)  # type: ignore[union-attr]
+
+    def _end_tunnel(self) -> None:
+        if self.done:
+            return
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.exchange = None
+            conn.close()
+        self._release(Outcome.OK)
+        self.down.tunnel = None
+        self._finish(False)
+
+    # -- timer -------------------------------------------------------------------------------
+
+    def _arm(self, kind: int, deadline: float) -> None:
+        self.tkind = kind
+        if kind == X_IDLE:
+            deadline = self.last_activity + self.idle_timeout
+        self.deadline = deadline
+        timer = self.timer
+        if timer is None:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+        elif timer.when() > deadline:
+            timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        kind = self.tkind
+        if kind == X_NONE or self.done:
+            return
+        if kind == X_IDLE:
+            deadline = self.last_activity + self.idle_timeout
+        else:
+            deadline = self.deadline
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        self.tkind = X_NONE
+        if self.tunnel:
+            self._end_tunnel()
+        elif kind == X_RESPONSE:
+            self._upstream_failed(504, "server did not answer in time", Outcome.TIMEOUT)
+        elif not self.request_done and not self.response_started:
+            # the client stopped sending its body
+            self._drop_upstream()
+            self._release(Outcome.CANCELLED)
+            self.down.closing = True
+            self._local_reply(408, message="request body not received in time")
+            self._finish(False)
+        else:
+            self._upstream_failed(504, "server stopped sending", Outcome.TIMEOUT)
+
+    def __repr__(self) -> str:
+        return (
+            f"Exchange({self.head.method!r} {self.head.target!r} id={self.request_id!r} "
+            f"server={self.record.server} attempts={self.attempts} "
+            f"request_done={self.request_done} response_started={self.response_started} "
+            f"response_done={self.response_done} tunnel={self.tunnel} done={self.done})"
+        )

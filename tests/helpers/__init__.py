@@ -1,0 +1,1 @@
+"""Shared test helpers (test backends and clients in http_backends.py)."""

@@ -1,0 +1,580 @@
+"""Test HTTP backends and clients built on h11 (an independent HTTP/1.1 implementation).
+
+    async with http_backend("s1") as b:      # b.port, b.address ("127.0.0.1:PORT")
+        ...
+
+Every response carries `x-server: NAME`; the default body is NAME. Paths:
+
+    /echo                 JSON: {"server", "method", "target", "http_version", "headers": [[n, v]],
+                          "body" (latin-1 text), "trailers": [[n, v]]}
+    /health               200, or 503 while b.healthy is False
+    /status/NNN           that status, body NAME
+    /big/N                N bytes (Content-Length), written in 64 KiB pieces
+    /chunked              chunked body "a", "bb", "ccc" and trailers x-checksum: 42, x-end: yes
+    /stream/N             N bytes, chunked, in 64 KiB chunks
+    /delay/SECONDS        waits before the response head
+    /reset-before-head    resets the connection (RST) instead of answering
+    /reset-after-head     sends a head with Content-Length: 100 and 10 bytes, then resets
+    /close                answers with Connection: close and closes
+    /head-only            HEAD-style: answers any method with Content-Length: 5, no body
+    /no-length            body NAME delimited by closing the connection (HTTP/1.0-style)
+    /upgrade              101 to `Upgrade: echo`, then echoes bytes upper-cased
+
+`behaviour` (a Behaviour, mutable via b.behaviour) applies to every request: delay before the
+head, reset before/after the head, close after the response.
+
+Counters: b.connections (accepted), b.requests (a list of RequestSeen), b.open (now open).
+
+Clients: `request()` sends one request on a fresh socket and parses the answer with h11;
+`RawClient` sends raw bytes and reads raw answers (smuggling, pipelining, timeouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+
+
+@dataclass
+class Behaviour:
+    delay: float = 0.0  # before the response head
+    reset_before_head: bool = False
+    reset_after_head: bool = False
+    close_after_response: bool = False
+    status: int = 200
+
+
+@dataclass
+class RequestSeen:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for n, v in self.headers if n == name]
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+class HttpBackend:
+    def __init__(self, name: str, behaviour: Behaviour | None = None) -> None:
+        self.name = name
+        self.behaviour = behaviour or Behaviour()
+        self.healthy = True
+        self.connections = 0
+        self.open = 0
+        self.requests: list[RequestSeen] = []
+        self.server: asyncio.Server | None = None
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1") -> None:
+        self.server = await asyncio.start_server(self._serve, host, 0)
+        sockname = self.server.sockets[0].getsockname()
+        self.host, self.port = sockname[0], sockname[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for w in list(self._writers):
+                w.transport.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    def close_idle_connections(self) -> None:
+        """Close every open connection (as a server's keep-alive timeout would)."""
+        for w in list(self._writers):
+            w.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self._writers.add(writer)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                ok = await self._one(conn, reader, writer)
+                if not ok:
+                    break
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    break
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    break
+        except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                conn.receive_data(data)
+                continue
+            return event
+
+    async def _one(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        event = await self._next_event(conn, reader)
+        if isinstance(event, h11.ConnectionClosed):
+            return False
+        assert isinstance(event, h11.Request), event
+        target = event.target.decode("latin-1")
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers]
+        if conn.they_are_waiting_for_100_continue and not target.startswith("/no-continue"):
+            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        body = bytearray()
+        trailers: list[tuple[str, str]] = []
+        while True:
+            ev = await self._next_event(conn, reader)
+            if isinstance(ev, h11.Data):
+                body += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                trailers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in ev.headers]
+                break
+            elif isinstance(ev, h11.ConnectionClosed):
+                return False
+        seen = RequestSeen(event.method.decode(), target, headers, bytes(body), trailers)
+        self.requests.append(seen)
+        return await self._respond(conn, writer, seen, reader)
+
+    async def _respond(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        req: RequestSeen,
+        reader: asyncio.StreamReader,
+    ) -> bool:
+        b = self.behaviour
+        path = req.target.split("?", 1)[0]
+        if b.delay:
+            await asyncio.sleep(b.delay)
+        if path.startswith("/delay/"):
+            await asyncio.sleep(float(path[len("/delay/") :]))
+        if b.reset_before_head or path == "/reset-before-head":
+            _reset(writer)
+            return False
+        base = [("x-server", self.name)]
+        close = b.close_after_response or path == "/close"
+        if close:
+            base.append(("connection", "close"))
+        name = self.name.encode()
+        send = writer.write
+
+        def simple(status: int, body: bytes, extra: Iterable[tuple[str, str]] = ()) -> None:
+            headers = [*base, *extra, ("content-length", str(len(body)))]
+            send(conn.send(h11.Response(status_code=status, headers=headers)))
+            if req.method != "HEAD":
+                send(conn.send(h11.Data(data=body)))
+            send(conn.send(h11.EndOfMessage()))
+
+        if path == "/echo":
+            payload = {
+                "server": self.name,
+                "method": req.method,
+                "target": req.target,
+                "headers": req.headers,
+                "body": req.body.decode("latin-1"),
+                "trailers": req.trailers,
+            }
+            simple(b.status, json.dumps(payload).encode(), [("content-type", "application/json")])
+        elif path == "/health":
+            simple(200 if self.healthy else 503, name)
+        elif path.startswith("/status/"):
+            simple(int(path[len("/status/") :]), name)
+        elif path.startswith("/big/"):
+            n = int(path[len("/big/") :])
+            headers = [*base, ("content-length", str(n))]
+            send(conn.send(h11.Response(status_code=200, headers=headers)))
+            piece = b"x" * 65536
+            left = n
+            while left > 0:
+                part = piece[: min(left, 65536)]
+                send(conn.send(h11.Data(data=part)))
+                left -= len(part)
+                await writer.drain()
+            send(conn.send(h11.EndOfMessage()))
+        elif path.startswith("/stream/"):
+            n = int(path[len("/stream/") :])
+            send(conn.send(h11.Response(status_code=200, headers=[*base])))
+            piece = b"y" * 65536
+            left = n
+            while left > 0:
+                part = piece[: min(left, 65536)]
+                send(conn.send(h11.Data(data=part)))
+                left -= len(part)
+                await writer.drain()
+            send(conn.send(h11.EndOfMessage()))
+        elif path == "/chunked":
+            headers = [*base, ("transfer-encoding", "chunked"), ("trailer", "x-checksum, x-end")]
+            send(conn.send(h11.Response(status_code=200, headers=headers)))
+            for part in (b"a", b"bb", b"ccc"):
+                send(conn.send(h11.Data(data=part)))
+                await writer.drain()
+            send(conn.send(h11.EndOfMessage(headers=[("x-checksum", "42"), ("x-end", "yes")])))
+        elif path == "/reset-after-head" or b.reset_after_head:
+            send(
+                b"HTTP/1.1 200 OK\r\nx-server: "
+                + name
+                + b"\r\ncontent-length: 100\r\n\r\n0123456789"
+            )
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            _reset(writer)
+            return False
+        elif path == "/head-only":
+            send(b"HTTP/1.1 200 OK\r\nx-server: " + name + b"\r\ncontent-length: 5\r\n\r\n")
+            # h11 state is now out of step; keep the connection usable by restarting it
+            await writer.drain()
+            return await self._raw_continue(writer, reader)
+        elif path == "/no-length":
+            send(b"HTTP/1.1 200 OK\r\nx-server: " + name + b"\r\n\r\n" + name)
+            await writer.drain()
+            writer.close()
+            return False
+        elif path == "/upgrade":
+            send(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n"
+                b"x-server: " + name + b"\r\n\r\n"
+            )
+            await writer.drain()
+            leftover, _ = conn.trailing_data
+            if leftover:
+                send(bytes(leftover).upper())
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                send(data.upper())
+                await writer.drain()
+            return False
+        else:
+            simple(b.status, name)
+        await writer.drain()
+        if close:
+            writer.close()
+            return False
+        return True
+
+    async def _raw_continue(
+        self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader
+    ) -> bool:
+        await self._serve_rest(reader, writer)
+        return False
+
+    async def _serve_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            ok = await self._one(conn, reader, writer)
+            if not ok or conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+
+    def __repr__(self) -> str:
+        return (
+            f"HttpBackend({self.name} {self.address} connections={self.connections} "
+            f"requests={len(self.requests)})"
+        )
+
+
+@contextlib.asynccontextmanager
+async def http_backend(
+    name: str = "s1", behaviour: Behaviour | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[HttpBackend]:
+    backend = HttpBackend(name, behaviour)
+    await backend.start(host)
+    try:
+        yield backend
+    finally:
+        await backend.stop()
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    interim: list[int] = field(default_factory=list)
+    http_version: str = "1.1"
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for n, v in self.headers if n == name]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class H11Client:
+    """A keep-alive client on one connection, parsing every answer with h11."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def connect(cls, port: int, host: str = "127.0.0.1") -> H11Client:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def request(
+        self,
+        method: str = "GET",
+        target: str = "/",
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes | Iterable[bytes] = b"",
+        host: str = "test.local",
+        trailers: Iterable[tuple[str, str]] = (),
+        timeout: float = 10.0,
+    ) -> Reply:
+        hdrs = list(headers)
+        if not any(n.lower() == "host" for n, _ in hdrs):
+            hdrs.insert(0, ("host", host))
+        parts = [body] if isinstance(body, bytes) else list(body)
+        has_framing = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in hdrs)
+        if not has_framing and (len(parts) != 1 or parts[0] or method in ("POST", "PUT")):
+            if isinstance(body, bytes):
+                hdrs.append(("content-length", str(len(body))))
+            else:
+                hdrs.append(("transfer-encoding", "chunked"))
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        self.writer.write(self.conn.send(h11.Request(method=method, target=target, headers=hdrs)))
+        for part in parts:
+            if part:
+                self.writer.write(self.conn.send(h11.Data(data=part)))
+        self.writer.write(self.conn.send(h11.EndOfMessage(headers=list(trailers))))
+        await self.writer.drain()
+        return await asyncio.wait_for(self.read_reply(), timeout)
+
+    async def read_reply(self) -> Reply:
+        interim: list[int] = []
+        body = bytearray()
+        response: h11.Response | None = None
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.reader.read(65536)
+                self.conn.receive_data(data)
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                interim.append(event.status_code)
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert response is not None
+                return Reply(
+                    response.status_code,
+                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers],
+                    bytes(body),
+                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers],
+                    interim,
+                    response.http_version.decode(),
+                )
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("closed before the response ended")
+
+    @property
+    def reusable(self) -> bool:
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def request(port: int, method: str = "GET", target: str = "/", **kw: Any) -> Reply:
+    """One request on a fresh connection."""
+    client = await H11Client.connect(port)
+    try:
+        return await client.request(method, target, **kw)
+    finally:
+        await client.close()
+
+
+class RawClient:
+    """Raw bytes in, raw bytes out: for malformed input and exact-byte assertions."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, host: str = "127.0.0.1") -> RawClient:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_until_close(self, timeout: float = 10.0) -> bytes:
+        """Everything until EOF (or a reset, which also ends it)."""
+        out = bytearray()
+
+        async def run() -> None:
+            while True:
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionError:
+                    return
+                if not data:
+                    return
+                out.extend(data)
+
+        await asyncio.wait_for(run(), timeout)
+        return bytes(out)
+
+    async def read_response(self, timeout: float = 10.0) -> Reply:
+        """One response parsed with h11 (leaves following bytes in the reader's buffer)."""
+        conn = h11.Connection(h11.CLIENT)
+        # tell h11 a request went out so it parses a response
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        client = H11Client(self.reader, self.writer)
+        client.conn = conn
+        return await asyncio.wait_for(client.read_reply(), timeout)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+def parse_responses(data: bytes, methods: Iterable[str] | None = None) -> list[Reply]:
+    """Parse a byte string holding several responses (pipelining) with h11."""
+    replies: list[Reply] = []
+    methods = list(methods or [])
+    rest = data
+    i = 0
+    while rest:
+        conn = h11.Connection(h11.CLIENT)
+        method = methods[i] if i < len(methods) else "GET"
+        conn.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(rest)
+        interim: list[int] = []
+        response = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(b"")
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                interim.append(event.status_code)
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert response is not None
+                replies.append(
+                    Reply(
+                        response.status_code,
+                        [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers],
+                        bytes(body),
+                        [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers],
+                        interim,
+                    )
+                )
+                break
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+        rest = bytes(conn.trailing_data[0])
+        i += 1
+    return replies
+
+
+# -- a Steelyard engine in-process ------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    engine: Any
+    port: int
+    records: list[Any]
+
+    def listener(self, name: str = "web") -> Any:
+        return self.engine.listeners[name].runtime
+
+
+def backends_yaml(backends: dict[str, list[HttpBackend]], **options: Any) -> str:
+    """A `backends:` section for test backends; options go into every backend."""
+    lines = ["backends:"]
+    for name, servers in backends.items():
+        lines.append(f"  {name}:")
+        for key, value in options.items():
+            lines.append(f"    {key}: {json.dumps(value)}")
+        lines.append("    servers:")
+        for s in servers:
+            lines.append(f"      - {{address: '{s.address}', name: {s.name}}}")
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.asynccontextmanager
+async def steelyard(config_text: str, listener: str = "web") -> AsyncIterator[Running]:
+    """Start an Engine from YAML text (listeners bound to 127.0.0.1:0); stop it afterwards."""
+    from steelyard.config import load_config_text
+    from steelyard.engine import Engine
+
+    config = load_config_text(config_text)
+    engine = Engine(config, loop=asyncio.get_running_loop())
+    records: list[Any] = []
+    engine.recorders.append(records.append)
+    await engine.start()
+    try:
+        yield Running(engine, engine.bound[listener][1], records)
+    finally:
+        await engine.shutdown(2.0)
