@@ -511,16 +511,14 @@ def test_http_only_and_udp_only_keys() -> None:
     ]
 
 
-def test_http_listener_with_backend_or_sni_routes() -> None:
-    text = http("- backend: api\n", extra="    backend: api\n    sni_routes: []\n")
-    errs = errors(text)
-    assert errs[0].startswith(
-        f"c.yaml:{at(text, 'backend: api')}: an http listener picks its backend with routes"
-    )
-    assert (
-        errs[1]
-        == f"c.yaml:{at(text, 'sni_routes')}: 'sni_routes' is only for tcp listeners (listener 'web' is http)"
-    )
+def test_http_listener_with_backend_and_routes_or_sni_routes() -> None:
+    text = http("- backend: api\n", extra="    backend: apo\n    sni_routes: []\n")
+    assert errors(text) == [
+        f"c.yaml:{at(text, 'backend: apo')}: 'backend' on an http listener is a shorthand for a "
+        "single catch-all route; listener 'web' has routes: add a last route {backend: NAME} instead",
+        f"c.yaml:{at(text, 'apo')}: unknown backend 'apo' (did you mean 'api'?)",
+        f"c.yaml:{at(text, 'sni_routes')}: 'sni_routes' is only for tcp listeners (listener 'web' is http)",
+    ]
 
 
 def test_sni_routes_with_tls_termination(tmp_path: object) -> None:

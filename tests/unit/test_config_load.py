@@ -181,7 +181,7 @@ backends:
     assert config.version == 1
     assert config.shutdown_timeout == 30.0
     assert config.admin is None
-    assert config.log.access is None and config.log.access_enabled
+    assert config.log.access is None
     web, dns = config.listeners
     assert web.protocol == "http"
     assert (web.timeouts.request_head, web.timeouts.idle, web.timeouts.tunnel) == (
@@ -388,10 +388,18 @@ def test_load_config_relative_paths_resolve_beside_the_file(tmp_path: pathlib.Pa
     assert config.log.format == "text"
 
 
-def test_log_access_special_values() -> None:
+def test_log_access_stdout() -> None:
     assert load_config_text("log: {access: stdout}\n").log.access is None
-    off = load_config_text("log: {access: 'off'}\n").log
-    assert off.access == "off" and not off.access_enabled
+    assert load_config_text("log: {access: '-'}\n").log.access is None
+
+
+def test_http_listener_backend_shorthand() -> None:
+    config = load_config_text(
+        "listeners:\n  - {name: web, bind: 127.0.0.1:0, backend: b}\n"
+        "backends:\n  b:\n    servers: [{address: 1.2.3.4:80}]\n"
+    )
+    assert config.listeners[0].backend == "b" and config.listeners[0].routes == ()
+    assert config.warnings == ()
 
 
 def test_config_error_is_raised_with_problems() -> None:

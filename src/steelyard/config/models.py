@@ -73,8 +73,6 @@ def _file(value: str, info: ValidationInfo) -> str:
 
 
 def _output_file(value: str, info: ValidationInfo) -> str:
-    if value == "off":
-        return value
     return _resolve(value, info)
 
 
@@ -142,7 +140,7 @@ class Admin(Model):
 
 
 class Log(Model):
-    access: OutputPath | None = None  # None: stdout; "off": no access log
+    access: OutputPath | None = None  # None: stdout
     format: Literal["json", "text"] = "json"
 
     @field_validator("access", mode="before")
@@ -151,10 +149,6 @@ class Log(Model):
         if v in ("stdout", "-"):
             return None
         return v
-
-    @property
-    def access_enabled(self) -> bool:
-        return self.access != "off"
 
 
 # ---------------------------------------------------------------- listeners
@@ -272,6 +266,8 @@ class Respond(Model):
 
 
 class Route(Model):
+    _EMPTY_MEANS_DEFAULTS = ("match", "request_headers", "response_headers")
+
     match: Match = Field(default_factory=Match)
     backend: str | None = None
     split: tuple[SplitEntry, ...] | None = None

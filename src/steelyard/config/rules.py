@@ -212,12 +212,12 @@ def _listener_errors(doc: Document, base: Path, lst: dict[Any, Any], ref: Any) -
         for key in TCP_ONLY:
             if key in lst:
                 refuse(key, "is only for tcp listeners")
-    if protocol == "http" and "backend" in lst:
+    if protocol == "http" and lst.get("backend") is not None and lst.get("routes"):
         out.append(
             doc.problem(
                 (*base, "backend"),
-                f"an http listener picks its backend with routes, not 'backend' ({label}): "
-                "write routes: [{match: {path_prefix: /}, backend: NAME}]",
+                f"'backend' on an http listener is a shorthand for a single catch-all route; "
+                f"{label} has routes: add a last route {{backend: NAME}} instead",
                 key=True,
             )
         )
@@ -235,8 +235,7 @@ def _listener_errors(doc: Document, base: Path, lst: dict[Any, Any], ref: Any) -
             )
     if protocol == "udp" and lst.get("backend") is None:
         out.append(doc.problem(base, f"{label} (udp) needs a 'backend'"))
-    if protocol != "http":
-        ref((*base, "backend"), lst.get("backend"))
+    ref((*base, "backend"), lst.get("backend"))
     for k, sr in enumerate(_list(lst.get("sni_routes"))):
         if isinstance(sr, dict):
             ref((*base, "sni_routes", k, "backend"), sr.get("backend"))
@@ -387,7 +386,7 @@ def lint(doc: Document, config: Config | None) -> list[Problem]:
         used |= names
         (http_used if protocol == "http" else l4_used).update(names)
         base: Path = ("listeners", i)
-        if protocol == "http" and not routes and "routes" not in lst:
+        if protocol == "http" and not routes and lst.get("backend") is None:
             warn(base, "http listener has no routes: every request gets 404", key=False)
         if protocol == "http" and lst.get("redirect_https") is True and lst.get("tls"):
             warn(
