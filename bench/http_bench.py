@@ -63,6 +63,8 @@ from benchlib import (  # noqa: E402
 )
 
 ALL_TARGETS = ("direct", "haproxy", "nginx", "bare-relay", "steelyard")
+# not run by default: Steelyard writing its JSON access log to a file (its default is stdout)
+EXTRA_TARGETS = ("steelyard-accesslog",)
 MODES: dict[str, tuple[str, ...]] = {
     "keep-alive": (),
     "close": ("Connection: close",),
@@ -154,11 +156,17 @@ http {{
     return path
 
 
-def steelyard_conf(workdir: Path, port: int, backend_ports: list[int]) -> Path:
+def steelyard_conf(
+    workdir: Path,
+    port: int,
+    backend_ports: list[int],
+    access_log: str = '"off"',
+    name: str = "steelyard",
+) -> Path:
     servers = "\n".join(f"      - {{address: 127.0.0.1:{p}}}" for p in backend_ports)
     conf = f"""version: 1
 shutdown_timeout: 2s
-log: {{access: "off"}}
+log: {{access: {access_log}}}
 listeners:
   - name: web
     protocol: http
@@ -172,7 +180,7 @@ backends:
     servers:
 {servers}
 """
-    path = workdir / "steelyard.yaml"
+    path = workdir / f"{name}.yaml"
     path.write_text(conf)
     return path
 
@@ -292,9 +300,12 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, object]:
         if not stack or not count_s.isdigit():
             continue
         count = int(count_s)
-        frames = [FRAME_LINE.sub(")", f) for f in stack.split(";") if f]
+        # --subprocesses puts a "process PID:cmdline" frame on top; it says nothing here
+        frames = [
+            FRAME_LINE.sub(")", f) for f in stack.split(";") if f and not f.startswith("process ")
+        ]
         if not frames:
-            continue
+            frames = ["(no Python frame: native code outside any Python call)"]
         total += count
         self_c[frames[-1]] += count
         for f in set(frames):
@@ -455,15 +466,18 @@ def start_balancers(
         argv = [str(VENV_BIN / "python"), str(REPO / "bench" / "bare_relay.py"), str(port)]
         proc = sup.start("bare-relay", [*argv, *map(str, backend_ports)], LB_CPU)
         targets.append(Target("bare-relay", port, proc))
-    if "steelyard" in wanted:
+    for name in ("steelyard", "steelyard-accesslog"):
+        if name not in wanted:
+            continue
         port = free_port()
-        cfg = steelyard_conf(workdir, port, backend_ports)
+        log_to = str(workdir / "access.log") if name == "steelyard-accesslog" else '"off"'
+        cfg = steelyard_conf(workdir, port, backend_ports, log_to, name)
         exe = steelyard_cmd()
         if not Path(exe[0]).exists():
-            targets.append(Target("steelyard", port, pending=f"{exe[0]} not found (make bench)"))
+            targets.append(Target(name, port, pending=f"{exe[0]} not found (make bench)"))
         else:
-            proc = sup.start("steelyard", [*exe, "run", "-c", str(cfg)], LB_CPU)
-            targets.append(Target("steelyard", port, proc))
+            proc = sup.start(name, [*exe, "run", "-c", str(cfg)], LB_CPU)
+            targets.append(Target(name, port, proc))
     for t in targets:
         if t.pending:
             continue
@@ -486,7 +500,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=5, help="runs per target and client kind")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated subset")
+    ap.add_argument(
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated, from {', '.join(ALL_TARGETS + EXTRA_TARGETS)}",
+    )
     ap.add_argument("--modes", default=",".join(MODES), help="keep-alive,close")
     ap.add_argument("--profile-seconds", type=float, default=8.0)
     ap.add_argument("--no-profile", action="store_true")
@@ -502,6 +520,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     install_signal_handlers()
     wanted = [t for t in args.targets.split(",") if t]
+    for t in wanted:
+        if t not in ALL_TARGETS + EXTRA_TARGETS:
+            raise SystemExit(f"unknown target {t!r}; choose from {ALL_TARGETS + EXTRA_TARGETS}")
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
         if m not in MODES:
