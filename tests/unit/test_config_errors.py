@@ -495,8 +495,18 @@ def test_udp_listener_needs_backend_and_refuses_tls_keys() -> None:
         f"c.yaml:{at(text, 'name: u')}: listener 'u' (udp) needs a 'backend'",
         f"c.yaml:{at(text, 'accept_proxy_protocol')}: 'accept_proxy_protocol' is not available on "
         "udp listeners (listener 'u' is udp)",
-        f"c.yaml:{at(text, 'request_head')}: timeouts.request_head is only for http listeners "
-        "(listener 'u' is udp)",
+        f"c.yaml:{at(text, 'request_head')}: timeouts.request_head is not used by udp listeners "
+        "(listener 'u')",
+    ]
+
+
+def test_tcp_timeouts() -> None:
+    text = (
+        "listeners:\n  - name: t\n    protocol: tcp\n    bind: 127.0.0.1:1\n    backend: api\n"
+        "    timeouts: {request_head: 2s, tunnel: 1h}\n" + BACKENDS
+    )
+    assert errors(text) == [
+        f"c.yaml:{at(text, 'tunnel')}: timeouts.tunnel is not used by tcp listeners (listener 't')"
     ]
 
 

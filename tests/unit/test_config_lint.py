@@ -165,6 +165,34 @@ def test_sticky_on_l4_and_proxy_protocol_on_http() -> None:
     )
 
 
+def test_idle_timeout_on_tcp_listener() -> None:
+    text = (
+        "listeners:\n  - {name: t, protocol: tcp, bind: 127.0.0.1:0, backend: api, timeouts: {idle: 5m}}\n"
+        "backends:\n  api:\n" + ONE
+    )
+    (w,) = warnings(text)
+    assert w.startswith(
+        f"c.yaml:{at(text, 'idle')}: warning: timeouts.idle is not used by tcp listeners"
+    )
+
+
+def test_redirect_https_on_tls_listener(tmp_path: pathlib.Path) -> None:
+    import trustme
+
+    cert = trustme.CA().issue_cert("example.com")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "c.key"))
+    text = (
+        "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    redirect_https: true\n"
+        f"    tls: {{certificates: [{{cert: {tmp_path}/c.pem, key: {tmp_path}/c.key}}]}}\n"
+        "    routes: [{backend: api}]\nbackends:\n  api:\n" + ONE
+    )
+    (w,) = warnings(text)
+    assert w.startswith(
+        f"c.yaml:{at(text, 'redirect_https')}: warning: redirect_https on a listener"
+    )
+
+
 def test_http_listener_without_routes_and_redirect_loop() -> None:
     text = "listeners:\n  - {name: web, bind: 127.0.0.1:0}\n"
     assert warnings(text) == [

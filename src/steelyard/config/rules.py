@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 ROUTE_TARGETS = ("backend", "split", "redirect", "respond")
 HTTP_ONLY = ("routes", "redirect_https", "max_body_size")
-HTTP_ONLY_TIMEOUTS = ("request_head", "tunnel")
+HTTP_ONLY_TIMEOUTS = ("request_head", "tunnel", "idle")
 UDP_ONLY = ("session_idle_timeout", "max_sessions")
 NOT_UDP = ("tls", "accept_proxy_protocol")
 TCP_ONLY = ("sni_routes",)
@@ -191,12 +191,14 @@ def _listener_errors(doc: Document, base: Path, lst: dict[Any, Any], ref: Any) -
         for key in HTTP_ONLY:
             if key in lst:
                 refuse(key, "is only for http listeners")
-        for key in HTTP_ONLY_TIMEOUTS:
+        # tcp uses request_head as the time allowed for a PROXY header / TLS ClientHello
+        for key in HTTP_ONLY_TIMEOUTS if protocol == "udp" else ("tunnel",):
             if key in _map(lst.get("timeouts")):
+                hint = " (use session_idle_timeout)" if key == "idle" else ""
                 out.append(
                     doc.problem(
                         (*base, "timeouts", key),
-                        f"timeouts.{key} is only for http listeners ({label} is {protocol})",
+                        f"timeouts.{key} is not used by {protocol} listeners ({label}){hint}",
                         key=True,
                     )
                 )
@@ -388,6 +390,12 @@ def lint(doc: Document, config: Config | None) -> list[Problem]:
         base: Path = ("listeners", i)
         if protocol == "http" and not routes and lst.get("backend") is None:
             warn(base, "http listener has no routes: every request gets 404", key=False)
+        if protocol == "tcp" and "idle" in _map(lst.get("timeouts")):
+            warn(
+                (*base, "timeouts", "idle"),
+                "timeouts.idle is not used by tcp listeners: the backend's timeouts.idle "
+                "closes quiet tcp connections",
+            )
         if protocol == "http" and lst.get("redirect_https") is True and lst.get("tls"):
             warn(
                 (*base, "redirect_https"),
