@@ -4,10 +4,10 @@ They read the live ``active`` count (and latency estimate) of the ServerState ob
 built with; leases keep those up to date, so a snapshot stays correct between rebuilds.
 
 least_connections: the server with the fewest in-flight requests (HTTP) or open connections
-(TCP) per unit of weight (HAProxy ``leastconn``, nginx ``least_conn``). Exact, so O(n) per pick:
-the scan runs in C (``map`` over attribute getters, ``min``, ``list.index``). Ties are broken in
-turn: the search for the minimum starts just after the previous winner, so idle servers share
-evenly instead of the first one taking everything.
+(TCP) per unit of weight (HAProxy ``leastconn``, nginx ``least_conn``). Exact, so O(n) per pick (the live counts
+change under us, so there is nothing to keep sorted); an idle server ends the scan early. Ties
+are broken in turn: the scan starts just after the previous winner and keeps the first minimum,
+so idle servers share evenly instead of the first one taking everything.
 
 least_response_time: cost = peak-EWMA latency x (in-flight + 1) / weight (Finagle's and
 Linkerd's peak EWMA load metric; the estimate lives in core/load.PeakEwma). A server with no
@@ -29,67 +29,16 @@ import random
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
-from operator import add, attrgetter, mul, truediv
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.random_choice import positive, weighted_index
 
-_active = attrgetter("active")
-_ewma_value = attrgetter("ewma.value")
-_ewma_samples = attrgetter("ewma.samples")
 _INF = float("inf")
 MIN_ESTIMATE = 1e-6  # seconds
 
 
 class LeastConnections:
-    __slots__ = ("servers", "weights", "uniform", "index", "next")
-
-    def __init__(
-        self,
-        servers: Sequence[ServerState],
-        weights: Sequence[float],
-        settings: BalancerSettings | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.servers, self.weights = positive(servers, weights)
-        # with equal weights, active counts order servers exactly as active / weight does
-        self.uniform = len(set(self.weights)) <= 1
-        self.index = {s.name: i for i, s in enumerate(self.servers)}
-        self.next = 0
-
-    def pick(self, ctx: PickContext) -> ServerState | None:
-        servers = self.servers
-        if not servers:
-            return None
-        if self.uniform:
-            loads: list[float] = list(map(_active, servers))
-        else:
-            loads = list(map(truediv, map(_active, servers), self.weights))
-        if ctx.exclude:
-            index = self.index
-            for name in ctx.exclude:
-                i = index.get(name)
-                if i is not None:
-                    loads[i] = _INF
-        least = min(loads)
-        if least == _INF:
-            return None
-        try:
-            i = loads.index(least, self.next)
-        except ValueError:
-            i = loads.index(least)
-        self.next = i + 1 if i + 1 < len(servers) else 0
-        return servers[i]
-
-    def __repr__(self) -> str:
-        state = ", ".join(
-            f"{s.name}={s.active}/{w:g}" for s, w in zip(self.servers, self.weights, strict=True)
-        )
-        return f"LeastConnections({state}, next={self.next})"
-
-
-class LeastResponseTime:
-    __slots__ = ("servers", "weights", "inverse", "ones", "index", "next")
+    __slots__ = ("servers", "weights", "inverse", "uniform", "index", "next")
 
     def __init__(
         self,
@@ -100,49 +49,147 @@ class LeastResponseTime:
     ) -> None:
         self.servers, self.weights = positive(servers, weights)
         self.inverse = [1.0 / w for w in self.weights]
-        self.ones = [1] * len(self.servers)
+        # with equal weights, active counts order servers exactly as active / weight does
+        self.uniform = len(set(self.weights)) <= 1
+        self.index = {s.name: i for i, s in enumerate(self.servers)}
+        self.next = 0
+
+    def pick(self, ctx: PickContext) -> ServerState | None:
+        # A plain loop over list slices (rotated to start after the previous winner) measured
+        # faster than C-level map/min/index chains; an idle server ends the scan early.
+        servers = self.servers
+        if not servers:
+            return None
+        if ctx.exclude:
+            return self._pick_excluding(ctx.exclude)
+        start = self.next
+        best = servers[start]
+        if self.uniform:
+            least = best.active
+            if least:
+                for part in (servers[start + 1 :], servers[:start]):
+                    for s in part:
+                        a = s.active
+                        if a < least:
+                            least = a
+                            best = s
+                            if not a:
+                                break
+                    if not least:
+                        break
+        else:
+            inverse = self.inverse
+            low = best.active * inverse[start]
+            if low:
+                for lo, hi in ((start + 1, len(servers)), (0, start)):
+                    for s, iw in zip(servers[lo:hi], inverse[lo:hi], strict=True):
+                        load = s.active * iw
+                        if load < low:
+                            low = load
+                            best = s
+                            if not load:
+                                break
+                    if not low:
+                        break
+        i = self.index[best.name] + 1
+        self.next = i if i < len(servers) else 0
+        return best
+
+    def _pick_excluding(self, exclude: frozenset[str]) -> ServerState | None:
+        servers = self.servers
+        n = len(servers)
+        start = self.next
+        best = -1
+        low = _INF
+        for k in range(n):
+            i = start + k
+            if i >= n:
+                i -= n
+            s = servers[i]
+            if s.name in exclude:
+                continue
+            load = s.active * self.inverse[i] if not self.uniform else s.active
+            if load < low:
+                low = load
+                best = i
+        if best < 0:
+            return None
+        self.next = best + 1 if best + 1 < n else 0
+        return servers[best]
+
+    def __repr__(self) -> str:
+        state = ", ".join(
+            f"{s.name}={s.active}/{w:g}" for s, w in zip(self.servers, self.weights, strict=True)
+        )
+        return f"LeastConnections({state}, next={self.next})"
+
+
+class LeastResponseTime:
+    __slots__ = ("servers", "weights", "inverse", "index", "next")
+
+    def __init__(
+        self,
+        servers: Sequence[ServerState],
+        weights: Sequence[float],
+        settings: BalancerSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.servers, self.weights = positive(servers, weights)
+        self.inverse = [1.0 / w for w in self.weights]
         self.index = {s.name: i for i, s in enumerate(self.servers)}
         self.next = 0
 
     def estimates(self) -> list[float]:
         """The latency estimate used for each server (seconds), unknowns filled in."""
-        servers = self.servers
-        values: list[float] = list(map(_ewma_value, servers))
-        samples: list[int] = list(map(_ewma_samples, servers))
-        unknown = samples.count(0)
-        if unknown:
-            known = len(servers) - unknown
-            if known:
-                fill = sum(v for v, k in zip(values, samples, strict=True) if k) / known
-            else:
-                fill = 1.0  # nobody measured yet: all equal, cost ~ (in-flight + 1) / weight
-            values = [v if k else fill for v, k in zip(values, samples, strict=True)]
-        if min(values) < MIN_ESTIMATE:
-            values = [v if v > MIN_ESTIMATE else MIN_ESTIMATE for v in values]
-        return values
+        known = [s.ewma.value for s in self.servers if s.ewma.samples]
+        fill = sum(known) / len(known) if known else 1.0
+        return [max(s.ewma.value if s.ewma.samples else fill, MIN_ESTIMATE) for s in self.servers]
 
     def pick(self, ctx: PickContext) -> ServerState | None:
+        # one pass in Python, rotated to start after the previous winner (ties go in turn)
         servers = self.servers
-        if not servers:
+        n = len(servers)
+        if not n:
             return None
-        values = self.estimates()
-        pending = map(add, map(_active, servers), self.ones)
-        costs = list(map(mul, map(mul, values, pending), self.inverse))
-        if ctx.exclude:
-            index = self.index
-            for name in ctx.exclude:
-                i = index.get(name)
-                if i is not None:
-                    costs[i] = _INF
-        least = min(costs)
-        if least == _INF:
+        exclude = ctx.exclude
+        inverse = self.inverse
+        start = self.next
+        best: ServerState | None = None
+        best_cost = _INF
+        known_sum = 0.0
+        known = 0
+        unknown: list[tuple[ServerState, float]] = []
+        floor = MIN_ESTIMATE
+        for lo, hi in ((start, n), (0, start)):
+            for s, iw in zip(servers[lo:hi], inverse[lo:hi], strict=True):
+                if exclude and s.name in exclude:
+                    continue
+                ewma = s.ewma
+                if ewma.samples:
+                    v = ewma.value
+                    known_sum += v
+                    known += 1
+                    cost = (v if v > floor else floor) * (s.active + 1) * iw
+                    if cost < best_cost:
+                        best_cost = cost
+                        best = s
+                else:
+                    unknown.append((s, iw))
+        if unknown:
+            # costed at the mean of the known estimates: neither starved nor flooded
+            fill = known_sum / known if known else 1.0
+            if fill < floor:
+                fill = floor
+            for s, iw in unknown:
+                cost = fill * (s.active + 1) * iw
+                if cost < best_cost:
+                    best_cost = cost
+                    best = s
+        if best is None:
             return None
-        try:
-            i = costs.index(least, self.next)
-        except ValueError:
-            i = costs.index(least)
-        self.next = i + 1 if i + 1 < len(servers) else 0
-        return servers[i]
+        i = self.index[best.name] + 1
+        self.next = i if i < n else 0
+        return best
 
     def __repr__(self) -> str:
         state = ", ".join(

@@ -48,6 +48,7 @@ POINTS_PER_WEIGHT = 1600
 MAX_POINTS = 1 << 20
 MAX_SERVERS = 1 << 16  # the owner tag is 16 bits
 _active = attrgetter("active")
+_TWO_POW_M52 = 2.0**-52
 
 
 def point_counts(weights: Sequence[float], per_weight: int, max_points: int) -> list[int]:
@@ -141,12 +142,15 @@ class ConsistentHash:
         key = ctx.hash_key
         if key is None:
             return self.fallback.pick(ctx)
-        ring = self.ring
-        if not len(ring):
+        positions = self.ring.positions
+        if not positions:
             return None
-        i = ring.locate(hash64(key))
+        # ring.locate(hash64(key)), inlined: this is the hot path
+        i = bisect_left(positions, 1.0 + (hash64(key) >> 12) * _TWO_POW_M52)
+        if i == len(positions):
+            i = 0
         if self.factor is None and not ctx.exclude:
-            return self.servers[ring.owners[i]]
+            return self.servers[self.ring.owners[i]]
         return self._walk(i, ctx.exclude)
 
     def _walk(self, i: int, exclude: frozenset[str]) -> ServerState | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from operator import add
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 
@@ -78,18 +79,11 @@ class SmoothWeightedRoundRobin:
 
     def _step(self) -> ServerState:
         """One step of the scan: the textbook algorithm (and recording of the cycle)."""
-        current = self.current
-        weights = self.weights
-        best = 0
-        best_value = current[0] + weights[0]
-        current[0] = best_value
-        for i in range(1, len(current)):
-            value = current[i] + weights[i]
-            current[i] = value
-            if value > best_value:
-                best = i
-                best_value = value
-        current[best] -= self.total
+        current = list(map(add, self.current, self.weights))  # C-level passes, no Python loop
+        best_value = max(current)
+        best = current.index(best_value)  # the first maximum, as in nginx
+        current[best] = best_value - self.total
+        self.current = current
         s = self.servers[best]
         cycle = self.cycle
         if cycle is not None:

@@ -1,0 +1,123 @@
+"""Micro benchmark of the balancing algorithms: pick() cost at 3, 30 and 300 servers, and the
+build time of the tables that are slow to build (Maglev, the ketama rings).
+
+Usage: python bench/bench_pick.py [--picks N] [--repeat R]
+
+Each figure is the best of R runs (least disturbed by other load on the machine) of N picks,
+divided by N; it includes the loop and call overhead of the benchmark itself (~0.05 us).
+Servers carry random in-flight counts and latency estimates; hash algorithms get a different
+key on every pick. Not collected by pytest (testpaths = tests); never asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable
+
+from steelyard.core.balancing import (
+    ALGORITHMS,
+    BalancerSettings,
+    PickContext,
+    Server,
+    ServerState,
+)
+
+SIZES = (3, 30, 300)
+BUILD_SIZES = (3, 30, 100, 300)
+
+
+def group(n: int, rng: random.Random) -> list[ServerState]:
+    out = []
+    for i in range(n):
+        s = ServerState(Server(f"10.0.{i // 250}.{i % 250 + 1}:8080", "127.0.0.1", 8080))
+        s.active = rng.randrange(6)
+        s.ewma.observe(rng.uniform(0.001, 0.050), 0.0)
+        out.append(s)
+    return out
+
+
+def best_of(repeat: int, fn: Callable[[], None]) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def pick_cost(
+    name: str, n: int, weights: str, picks: int, repeat: int, **settings: object
+) -> float:
+    rng = random.Random(1)
+    servers = group(n, rng)
+    w = [1.0] * n if weights == "equal" else [float(rng.randint(1, 5)) for _ in range(n)]
+    if weights == "fractional":
+        w = [rng.uniform(0.1, 5.0) for _ in range(n)]
+    b = ALGORITHMS[name](servers, w, BalancerSettings(algorithm=name, **settings), rng)  # type: ignore[arg-type]
+    contexts = [PickContext(hash_key=rng.getrandbits(32).to_bytes(4, "big")) for _ in range(picks)]
+    pick = b.pick
+    for ctx in contexts[: min(picks, 4096)]:  # warm up (and let round robin record its cycle)
+        pick(ctx)
+
+    def run() -> None:
+        for ctx in contexts:
+            pick(ctx)
+
+    return best_of(repeat, run) / picks * 1e6
+
+
+def build_cost(name: str, n: int, repeat: int) -> float:
+    rng = random.Random(2)
+    servers = group(n, rng)
+    factory = ALGORITHMS[name]
+    settings = BalancerSettings(algorithm=name)
+    return best_of(repeat, lambda: factory(servers, [1.0] * n, settings, rng)) * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--picks", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    print(f"python {platform.python_version()} on {platform.machine()} ({sys.platform})")
+    print(f"pick() cost, microseconds per pick (best of {args.repeat} x {args.picks} picks)\n")
+    rows: list[tuple[str, str, dict[str, object]]] = [
+        ("round_robin", "equal", {}),
+        ("round_robin", "fractional", {}),
+        ("least_connections", "equal", {}),
+        ("least_connections", "integer", {}),
+        ("least_response_time", "equal", {}),
+        ("power_of_two", "integer", {}),
+        ("random", "integer", {}),
+        ("ip_hash", "equal", {}),
+        ("consistent_hash", "equal", {}),
+        ("consistent_hash", "equal", {"hash_balance_factor": 125}),
+        ("maglev", "equal", {}),
+    ]
+    header = f"{'algorithm':<36}" + "".join(f"{n:>10} srv" for n in SIZES)
+    print(header)
+    print("-" * len(header))
+    for name, weights, extra in rows:
+        label = f"{name} ({weights} weights)"
+        if extra:
+            label = f"{name} (factor {extra['hash_balance_factor']})"
+        cells = []
+        for n in SIZES:
+            picks = args.picks if n < 300 or name in ("round_robin",) else args.picks // 4
+            cells.append(pick_cost(name, n, weights, picks, args.repeat, **extra))
+        print(f"{label:<36}" + "".join(f"{c:>11.2f}us" for c in cells))
+    print(f"\nbuild time, milliseconds (best of {max(1, args.repeat // 2)}, equal weights)\n")
+    header = f"{'algorithm':<36}" + "".join(f"{n:>10} srv" for n in BUILD_SIZES)
+    print(header)
+    print("-" * len(header))
+    for name in ("maglev", "consistent_hash", "ip_hash", "round_robin", "least_connections"):
+        cells = [build_cost(name, n, max(1, args.repeat // 2)) for n in BUILD_SIZES]
+        print(f"{name:<36}" + "".join(f"{c:>11.1f}ms" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
