@@ -288,43 +288,82 @@ def summarise(target: Target, mode: str, samples: list[Sample]) -> Summary:
 
 
 FRAME_LINE = re.compile(r":\d+\)$")
+UNRESOLVED = re.compile(r"^0x[0-9a-f]+ \(")
+# a thread whose innermost named frame is one of these is waiting, not working (py-spy --native
+# cannot tell idle threads apart, so we do it here)
+WAITING = (
+    "uv__io_poll",  # epoll_wait in uvloop's loop: the event loop is idle
+    "pthread_cond_timedwait",
+    "pthread_cond_wait",
+    "PyThread_acquire_lock_timed",
+    "sem_wait",
+    "sem_timedwait",
+    "epoll_wait",
+    "select",
+    "poll",
+)
 
 
 def summarise_profile(raw: Path, top: int = 15) -> dict[str, object]:
-    """Top functions by self and by inclusive samples from py-spy's raw (collapsed) output."""
+    """Where a busy Steelyard spends its time, from py-spy's raw (collapsed) output.
+
+    Samples in which a thread waits (see WAITING) are dropped. `self` ranks innermost frames;
+    `inclusive` ranks every frame below the shared trunk (frames on > 90% of the samples, such
+    as `Runner.run` or `uv_run`, say nothing and are left out). `threads` is each thread's share.
+    """
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
-    total = 0
+    thread_c: Counter[str] = Counter()
+    total = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
         count = int(count_s)
-        # --subprocesses puts a "process PID:cmdline" frame on top; it says nothing here
-        frames = [
-            FRAME_LINE.sub(")", f) for f in stack.split(";") if f and not f.startswith("process ")
-        ]
+        thread = "(one thread)"
+        frames: list[str] = []
+        for f in stack.split(";"):
+            if not f or f.startswith("process "):  # --subprocesses: "process PID:cmdline"
+                continue
+            if f.startswith("thread ("):  # --threads: "thread (TID): NAME"
+                thread = f.split(": ", 1)[-1]
+                continue
+            frames.append(FRAME_LINE.sub(")", f))
+        named = [f for f in frames if not UNRESOLVED.match(f)]
+        if named and named[-1].split(" (")[0] in WAITING:
+            idle += count
+            continue
         if not frames:
-            frames = ["(no Python frame: native code outside any Python call)"]
+            frames = ["(no Python frame)"]
         total += count
+        thread_c[thread] += count
         self_c[frames[-1]] += count
         for f in set(frames):
             incl_c[f] += count
 
-    def rows(c: Counter[str]) -> list[tuple[str, float]]:
-        return [(f, n / total * 100) for f, n in c.most_common(top)] if total else []
+    def pct(n: int) -> float:
+        return n / total * 100 if total else 0.0
 
-    return {"samples": total, "self": rows(self_c), "inclusive": rows(incl_c)}
+    trunk = {f for f, n in incl_c.items() if n > 0.9 * total}
+    inclusive = Counter({f: n for f, n in incl_c.items() if f not in trunk})
+    return {
+        "samples": total,
+        "idle_samples": idle,
+        "threads": [(t, pct(n)) for t, n in thread_c.most_common()],
+        "self": [(f, pct(n)) for f, n in self_c.most_common(top)],
+        "inclusive": [(f, pct(n)) for f, n in inclusive.most_common(top)],
+    }
 
 
 def profile_steelyard(
-    target: Target, mode: str, script: Path, workdir: Path, seconds: float, conns: int
+    target: Target, mode: str, script: Path, out_dir: Path, seconds: float, conns: int
 ) -> dict[str, object] | None:
     spy = VENV_BIN / "py-spy"
     if not spy.exists() or target.proc is None:
         log("py-spy not available; no profile")
         return None
-    raw = workdir / f"pyspy-{mode}.txt"
+    raw = out_dir / f"pyspy-{mode}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.txt"
+    out_dir.mkdir(parents=True, exist_ok=True)
     argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{conns}", f"-d{round(seconds) + 2}s"]
     for h in MODES[mode]:
         argv += ["-H", h]
@@ -332,25 +371,31 @@ def profile_steelyard(
     wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         time.sleep(1.0)
-        spy_argv = [
-            str(spy), "record", "--pid", str(target.proc.pid), "--subprocesses",
-            "--duration", str(round(seconds)), "--rate", "250", "--nonblocking",
-            "--format", "raw", "--output", str(raw),
-        ]  # fmt: skip
-        p = subprocess.run(
-            ["taskset", "-c", CLIENT_CPU, *spy_argv],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 30,
-            check=False,
-        )
-        if p.returncode != 0 or not raw.exists():
-            log(f"py-spy failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        # --native shows the C side too (uvloop, httptools, libc write/read); it has to stop the
+        # process for each sample, so the rate is modest. Without it, time in C code counts as
+        # self time of the nearest Python frame (often `Runner.run`: uvloop's own loop).
+        base = [str(spy), "record", "--pid", str(target.proc.pid), "--subprocesses", "--threads",
+                "--duration", str(round(seconds)), "--format", "raw", "--output", str(raw)]  # fmt: skip
+        p = None
+        for extra in (["--native", "--rate", "100"], ["--nonblocking", "--rate", "250"]):
+            p = subprocess.run(
+                ["taskset", "-c", CLIENT_CPU, *base, *extra],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 30,
+                check=False,
+            )
+            if p.returncode == 0 and raw.exists():
+                native = "--native" in extra
+                break
+            log(f"py-spy {' '.join(extra)} failed ({p.returncode}): {p.stderr.strip()[-300:]}")
+        else:
             return None
     finally:
         wrk.wait(timeout=seconds + 30)
     prof = summarise_profile(raw)
     prof["mode"] = mode
+    prof["native"] = native
     prof["raw"] = str(raw)
     return prof
 
@@ -424,9 +469,14 @@ def markdown(
     for prof in profiles:
         out.append("")
         out.append(
-            f"py-spy, Steelyard under {prof['mode']} load ({prof['samples']} samples, "
-            "% of samples; idle time in the event loop is not sampled):"
+            f"py-spy{' --native' if prof.get('native') else ''}, Steelyard under {prof['mode']} "
+            f"load ({prof['samples']} busy samples, {prof['idle_samples']} idle ones left out; "
+            "% of busy samples):"
         )
+        out.append("")
+        threads = prof["threads"]
+        assert isinstance(threads, list)
+        out.append("Threads: " + ", ".join(f"{t} {p:.0f}%" for t, p in threads))
         out.append("")
         out.append("| self % | function | | inclusive % | function |")
         out.append("|---:|---|---|---:|---|")
@@ -565,7 +615,7 @@ def main(argv: list[str]) -> int:
             for mode in modes:
                 log(f"profiling Steelyard under {mode} load for {args.profile_seconds:.0f}s")
                 prof = profile_steelyard(
-                    sy, mode, script, workdir, args.profile_seconds, args.connections
+                    sy, mode, script, args.out, args.profile_seconds, args.connections
                 )
                 if prof:
                     profiles.append(prof)
