@@ -5,16 +5,28 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 from tests.helpers.servers import free_port
 
 from steelyard.config import load_config_text
 from steelyard.core.proxy_protocol import ParseStatus, encode_v1, encode_v2, parse_header
 from steelyard.core.records import RequestRecord
 from steelyard.engine import Engine
+
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
+
+
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Production runs on uvloop; the stdlib loop must work too."""
+    if request.param == "uvloop":
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
+
 
 # ------------------------------------------------------------------------ tiny servers
 
@@ -27,7 +39,6 @@ class TaggedEcho(asyncio.Protocol):
         self.log = log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.log.append(("open", transport.get_extra_info("peername")))
         if self.tag:
@@ -75,7 +86,8 @@ async def read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float
 
 
 @pytest.fixture
-async def tagged() -> AsyncIterator[Callable[..., Any]]:
+def tagged() -> Iterator[Callable[..., Any]]:
+    """A factory for TaggedEcho servers; they are created on the test's own loop."""
     servers: list[asyncio.Server] = []
 
     async def make(tag: bytes) -> tuple[int, list[Any]]:

@@ -42,7 +42,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, cast
 
 from steelyard.core.balancing import HASHING
 from steelyard.core.balancing.base import PickContext
@@ -99,8 +99,8 @@ class _Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance checks
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -193,8 +193,8 @@ class TcpConnection(asyncio.Protocol):
     # -- downstream events ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance checks
+        self.transport = cast(asyncio.Transport, transport)
         listener = self.listener
         self.started = self.loop.time()
         self.last_activity = self.started
@@ -205,7 +205,7 @@ class TcpConnection(asyncio.Protocol):
         if listener.closing:
             self.close()
             return
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        self.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         cfg = listener.config
         self.need_proxy = bool(cfg.accept_proxy_protocol)
         if self.need_proxy or listener.sni is not None:
@@ -437,10 +437,7 @@ class TcpConnection(asyncio.Protocol):
             return
         log.info("%s: no server of %s could take the connection", listener.name, backend_name)
 
-    def _start_relay(
-        self, lease: Lease, transport: asyncio.BaseTransport, upstream: Any, bcfg: Any
-    ) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def _start_relay(self, lease: Lease, transport: Any, upstream: Any, bcfg: Any) -> None:
         self.lease = lease
         self.upstream = upstream
         self.up_transport = transport
