@@ -136,7 +136,7 @@ def steelyard_tcp_conf(workdir: Path, port: int, bulk_port: int, http_ports: lis
     servers = "\n".join(f"      - {{address: 127.0.0.1:{p}}}" for p in http_ports)
     conf = f"""version: 1
 shutdown_timeout: 2s
-log: {{access: "off"}}
+log: {{access: /dev/null}}
 listeners:
   - name: l4
     protocol: tcp
