@@ -48,7 +48,7 @@ TICK = 4  # backend upkeep (ejections ending, slow-start ramps, removals)
 SAMPLE = 5  # record in-flight per server for the plot
 
 TICK_INTERVAL = 0.25
-SAMPLES = 400
+SAMPLES = 240
 MOVED_KEYS_SAMPLE = 20000
 
 

@@ -23,7 +23,7 @@ def latency_cdf(result: ScenarioResult, path: Path) -> Path:
     import numpy as np
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=80)
     for name, r in result.entries.items():
         if not r.latencies:
             continue
@@ -64,7 +64,7 @@ def in_flight(result: ScenarioResult, path: Path) -> Path:
     cols = 2 if len(entries) > 1 else 1
     rows = math.ceil(len(entries) / cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(6 * cols, 2.6 * rows), dpi=100, sharex=True, squeeze=False
+        rows, cols, figsize=(5.5 * cols, 2.3 * rows), dpi=80, sharex=True, squeeze=False
     )
     for k, r in enumerate(entries):
         ax = axes[k // cols][k % cols]
