@@ -658,3 +658,22 @@ def test_every_problem_is_reported_at_once() -> None:
     lines = [int(p.split(":")[1]) for p in got]
     assert lines == sorted(lines)
     assert str(info.value) == "\n".join(got)
+
+
+def test_list_entries_of_the_wrong_shape() -> None:
+    text = "listeners:\n  - web\nbackends:\n  a:\n    servers: [x]\n"
+    assert errors(text) == [
+        f"c.yaml:{at(text, 'web')}: listeners[0]: expected a mapping, got 'web'",
+        f"c.yaml:{at(text, 'x]')}: servers[0]: expected a mapping, got 'x'",
+    ]
+
+
+def test_booleans_are_not_numbers() -> None:
+    text = "backends:\n  a:\n    servers: [{address: 1.1.1.1:80, weight: true}]\n"
+    assert errors(text) == [f"c.yaml:{at(text, 'true')}: weight: expected a number, got True"]
+
+
+def test_unknown_yaml_tag() -> None:
+    text = "version: !!python/object:os.system x\n"
+    (err,) = errors(text)
+    assert err.startswith("c.yaml:1:10: YAML error: could not determine a constructor")

@@ -298,11 +298,10 @@ class _Builder:
     def _scalar(self, node: yaml.Node) -> Any:
         try:
             value = self.loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError as exc:
-            self.error(_pos(node.start_mark), f"YAML error: {exc.problem}")
-            return None
         except yaml.YAMLError as exc:
-            self.error(_pos(node.start_mark), f"YAML error: {exc}")
+            problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
+            self.error(_pos(node.start_mark), f"YAML error: {problem}")
+            self.doc.poisoned.add(_pos(node.start_mark))
             return None
         if isinstance(value, str) and "$" in value:
             before = len(self.problems)
@@ -417,6 +416,9 @@ def _label(loc: Path) -> str:
 
 def _short_label(loc: Path) -> str:
     """The key path inside the innermost listener/route/server/backend: `timeouts.connect`."""
+    if loc and isinstance(loc[-1], int):
+        keys = [p for p in loc[:-1] if isinstance(p, str)]
+        return f"{keys[-1]}[{loc[-1]}]" if keys else ""
     start = 0
     for i, p in enumerate(loc):
         if isinstance(p, int) or (i == 1 and loc[0] == "backends"):

@@ -89,6 +89,14 @@ def _as_tuple(value: Any) -> Any:
     return value
 
 
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Name = Annotated[str, AfterValidator(_name)]
@@ -240,7 +248,7 @@ class Match(Model):
 
 class SplitEntry(Model):
     backend: str
-    weight: int = Field(default=1, ge=0, le=1000)
+    weight: Int = Field(default=1, ge=0, le=1000)
 
 
 class HeaderRules(Model):
@@ -260,7 +268,7 @@ class Redirect(Model):
 
 
 class Respond(Model):
-    status: int = Field(default=200, ge=100, le=599)
+    status: Int = Field(default=200, ge=100, le=599)
     body: str = ""
     content_type: str = "text/plain; charset=utf-8"
 
@@ -317,7 +325,7 @@ class Listener(Model):
     max_body_size: Size = 0  # 0 = unlimited
     redirect_https: bool = False
     session_idle_timeout: Duration = 30.0  # udp
-    max_sessions: int = Field(default=10000, ge=1)  # udp
+    max_sessions: Int = Field(default=10000, ge=1)  # udp
 
     @field_validator("bind")
     @classmethod
@@ -339,7 +347,7 @@ class Listener(Model):
 
 class Server(Model):
     address: str
-    weight: int = Field(default=1, ge=0, le=1000)
+    weight: Int = Field(default=1, ge=0, le=1000)
     name: Name
 
     @model_validator(mode="before")
@@ -372,8 +380,8 @@ class HealthCheck(Model):
     host: str | None = None
     interval: Duration = 5.0
     timeout: Duration = 2.0
-    healthy_threshold: int = Field(default=2, ge=1)
-    unhealthy_threshold: int = Field(default=3, ge=1)
+    healthy_threshold: Int = Field(default=2, ge=1)
+    unhealthy_threshold: Int = Field(default=3, ge=1)
 
     @field_validator("expect_status", mode="before")
     @classmethod
@@ -397,10 +405,10 @@ class HealthCheck(Model):
 
 
 class OutlierDetection(Model):
-    consecutive_failures: int = Field(default=5, ge=1)
+    consecutive_failures: Int = Field(default=5, ge=1)
     base_ejection_time: Duration = 30.0
     max_ejection_time: Duration = 300.0
-    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+    max_ejection_percent: Int = Field(default=50, ge=0, le=100)
 
 
 class Sticky(Model):
@@ -442,15 +450,15 @@ class Backend(Model):
     sticky: Sticky | None = None
     proxy_protocol: Literal["v1", "v2"] | None = None
     slow_start: Duration | None = None
-    panic_threshold: float = Field(default=50.0, ge=0, le=100)
+    panic_threshold: Float = Field(default=50.0, ge=0, le=100)
     drain_timeout: Duration = 30.0
-    retries: int = Field(default=2, ge=0, le=100)
+    retries: Int = Field(default=2, ge=0, le=100)
     timeouts: BackendTimeouts = Field(default_factory=BackendTimeouts)
-    max_connections_per_server: int = Field(default=0, ge=0)
+    max_connections_per_server: Int = Field(default=0, ge=0)
     queue_timeout: Duration = 5.0
-    max_queue: int = Field(default=1000, ge=0)
-    table_size: int = 65537
-    hash_balance_factor: int | None = None
+    max_queue: Int = Field(default=1000, ge=0)
+    table_size: Int = 65537
+    hash_balance_factor: Int | None = None
     tls: UpstreamTLS | None = None
 
     @field_validator("algorithm")
@@ -509,7 +517,7 @@ class Backend(Model):
 class Config(Model):
     _EMPTY_MEANS_DEFAULTS = ("admin", "log")
 
-    version: int = 1
+    version: Int = 1
     shutdown_timeout: Duration = 30.0
     admin: Admin | None = None
     listeners: tuple[Listener, ...] = ()
