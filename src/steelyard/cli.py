@@ -35,6 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    # pass-through commands parse their own options: argparse.REMAINDER does not capture an
+    # option that comes first (`steelyard simulate --list`, `steelyard ctl --admin URL ...`)
+    if raw and raw[0] == "simulate":
+        from steelyard.simulate import main as simulate_main
+
+        return simulate_main(raw[1:])
+    if raw and raw[0] == "ctl":
+        from steelyard.admin.ctl import main as ctl_main
+
+        return ctl_main(raw[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
