@@ -427,7 +427,13 @@ class AdminServer:
         engine = self.engine
         if seg == ["status"]:
             _allow(method, "GET")
-            return Response.json(200, engine.status())
+            status = engine.status()
+            for listener in status.get("listeners", ()):
+                bound = engine.bound.get(listener.get("name"))
+                if bound is not None:  # beyond SPEC: the address actually bound (port 0)
+                    host, port = bound
+                    listener["address"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return Response.json(200, status)
         if seg == ["backends"]:
             _allow(method, "GET")
             return Response.json(

@@ -236,8 +236,7 @@
     const table = el("table", { class: "servers" }, [thead, tbody]);
     const chart = svg("svg", {
       class: "chart",
-      viewBox: "0 0 600 190",
-      preserveAspectRatio: "none",
+      viewBox: "0 0 600 170",
       role: "img",
       "aria-label": "requests per second per server, last 60 seconds",
       "data-max": "0",
@@ -384,7 +383,11 @@
   }
 
   function drawChart(view, b, sstats) {
-    const W = 600, H = 190, L = 34, R = 8, T = 8, B = 20;
+    // the viewBox follows the element's size, so text and lines are never stretched
+    const W = Math.max(200, Math.round(view.chart.clientWidth || 600));
+    const H = Math.max(100, Math.round(view.chart.clientHeight || 170));
+    const L = 34, R = 10, T = 10, B = 20;
+    view.chart.setAttribute("viewBox", "0 0 " + W + " " + H);
     const series = b.servers.map((s, i) => ({
       name: s.name,
       colour: PALETTE[i % PALETTE.length],
@@ -404,8 +407,9 @@
       label.textContent = value >= 10 || value === 0 ? value.toFixed(0) : value.toFixed(1);
       chart.appendChild(label);
     }
-    for (const [x, text] of [[L, "-60s"], [L + plotW / 2, "-30s"], [W - R, "now"]]) {
-      const label = svg("text", { class: "axis-label", x: x, y: H - 5, "text-anchor": "middle" });
+    const ticks = [[L, "-60s", "start"], [L + plotW / 2, "-30s", "middle"], [W - R, "now", "end"]];
+    for (const [x, text, anchor] of ticks) {
+      const label = svg("text", { class: "axis-label", x: x, y: H - 5, "text-anchor": anchor });
       label.textContent = text;
       chart.appendChild(label);
     }
@@ -440,7 +444,8 @@
     const hash = status.config_hash ? status.config_hash.slice(0, 10) : "–";
     $("meta-config").textContent = (status.config_file || "(inline)") + " · " + hash;
     $("meta-listeners").textContent =
-      status.listeners.map((l) => l.name + " " + l.protocol + " " + l.bind).join(", ") || "none";
+      status.listeners.map((l) => l.name + " " + l.protocol + " " + (l.address || l.bind)).join(", ") ||
+      "none";
   }
 
   function renderEvents() {
