@@ -677,3 +677,18 @@ def test_unknown_yaml_tag() -> None:
     text = "version: !!python/object:os.system x\n"
     (err,) = errors(text)
     assert err.startswith("c.yaml:1:10: YAML error: could not determine a constructor")
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    rows = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        prev = f"*a{i - 1}"
+        rows.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
+    text = "\n".join(rows) + "\n"
+    errs = errors(text)
+    assert any("expands to more than" in e for e in errs)
+
+
+def test_recursive_alias_is_refused() -> None:
+    errs = errors("x-loop: &a [*a]\n")
+    assert any("nested too deeply" in e for e in errs)

@@ -215,6 +215,9 @@ def compose(
         loader.dispose()
 
 
+_MAX_NODES = 100_000
+
+
 def _pos(mark: yaml.Mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
@@ -232,6 +235,7 @@ class _Builder:
         self.env = env
         self.problems = problems
         self.depth = 0
+        self.nodes = 0  # aliases can make a small file expand enormously ("billion laughs")
 
     def error(self, pos: tuple[int, int], message: str) -> None:
         self.problems.append(Problem(self.doc.filename, pos[0], pos[1], message))
@@ -239,9 +243,17 @@ class _Builder:
     def build(self, node: yaml.Node, path: Path, key_pos: tuple[int, int] | None) -> Any:
         self.doc.marks.setdefault(path, Marks(key_pos, _pos(node.start_mark)))
         self.depth += 1
+        self.nodes += 1
         try:
             if self.depth > 100:
                 self.error(_pos(node.start_mark), "the config is nested too deeply")
+                return None
+            if self.nodes > _MAX_NODES:
+                if self.nodes == _MAX_NODES + 1:
+                    self.error(
+                        _pos(node.start_mark),
+                        f"the config expands to more than {_MAX_NODES} values (aliases?)",
+                    )
                 return None
             if isinstance(node, yaml.MappingNode):
                 return self._mapping(node, path)
