@@ -29,11 +29,13 @@ import random
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
+from operator import attrgetter
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.random_choice import positive, weighted_index
 
 _INF = float("inf")
+_ewma_value = attrgetter("ewma.value")  # 0.0 while a PeakEwma has no sample
 MIN_ESTIMATE = 1e-6  # seconds
 
 
@@ -156,33 +158,28 @@ class LeastResponseTime:
         start = self.next
         best: ServerState | None = None
         best_cost = _INF
-        known_sum = 0.0
-        known = 0
         unknown: list[tuple[ServerState, float]] = []
         floor = MIN_ESTIMATE
         for lo, hi in ((start, n), (0, start)):
             for s, iw in zip(servers[lo:hi], inverse[lo:hi], strict=True):
-                if exclude and s.name in exclude:
-                    continue
                 ewma = s.ewma
-                if ewma.samples:
-                    v = ewma.value
-                    known_sum += v
-                    known += 1
-                    cost = (v if v > floor else floor) * (s.active + 1) * iw
-                    if cost < best_cost:
-                        best_cost = cost
-                        best = s
-                else:
+                if not ewma.samples:
                     unknown.append((s, iw))
+                    continue
+                v = ewma.value
+                cost = (v if v > floor else floor) * (s.active + 1) * iw
+                if cost < best_cost and not (exclude and s.name in exclude):
+                    best_cost = cost
+                    best = s
         if unknown:
             # costed at the mean of the known estimates: neither starved nor flooded
-            fill = known_sum / known if known else 1.0
+            known = n - len(unknown)
+            fill = sum(map(_ewma_value, servers)) / known if known else 1.0
             if fill < floor:
                 fill = floor
             for s, iw in unknown:
                 cost = fill * (s.active + 1) * iw
-                if cost < best_cost:
+                if cost < best_cost and not (exclude and s.name in exclude):
                     best_cost = cost
                     best = s
         if best is None:
