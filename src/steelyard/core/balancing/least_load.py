@@ -4,9 +4,9 @@ They read the live ``active`` count (and latency estimate) of the ServerState ob
 built with; leases keep those up to date, so a snapshot stays correct between rebuilds.
 
 least_connections: the server with the fewest in-flight requests (HTTP) or open connections
-(TCP) per unit of weight (HAProxy ``leastconn``, nginx ``least_conn``). Exact, so O(n) per pick (the live counts
-change under us, so there is nothing to keep sorted); an idle server ends the scan early. Ties
-are broken in turn: the scan starts just after the previous winner and keeps the first minimum,
+(TCP) per unit of weight (HAProxy ``leastconn``, nginx ``least_conn``). Exact, so O(n) per
+pick (the live counts change under us, so there is nothing to keep sorted); an idle server ends
+the scan early. Ties are broken in turn: the scan starts just after the previous winner and keeps the first minimum,
 so idle servers share evenly instead of the first one taking everything.
 
 least_response_time: cost = peak-EWMA latency x (in-flight + 1) / weight (Finagle's and
@@ -40,7 +40,7 @@ MIN_ESTIMATE = 1e-6  # seconds
 
 
 class LeastConnections:
-    __slots__ = ("servers", "weights", "inverse", "uniform", "index", "next")
+    __slots__ = ("servers", "weights", "uniform", "index", "next")
 
     def __init__(
         self,
@@ -50,7 +50,6 @@ class LeastConnections:
         rng: random.Random | None = None,
     ) -> None:
         self.servers, self.weights = positive(servers, weights)
-        self.inverse = [1.0 / w for w in self.weights]
         # with equal weights, active counts order servers exactly as active / weight does
         self.uniform = len(set(self.weights)) <= 1
         self.index = {s.name: i for i, s in enumerate(self.servers)}
@@ -80,12 +79,12 @@ class LeastConnections:
                     if not least:
                         break
         else:
-            inverse = self.inverse
-            low = best.active * inverse[start]
+            weights = self.weights
+            low = best.active / weights[start]
             if low:
                 for lo, hi in ((start + 1, len(servers)), (0, start)):
-                    for s, iw in zip(servers[lo:hi], inverse[lo:hi], strict=True):
-                        load = s.active * iw
+                    for s, w in zip(servers[lo:hi], weights[lo:hi], strict=True):
+                        load = s.active / w
                         if load < low:
                             low = load
                             best = s
@@ -110,7 +109,7 @@ class LeastConnections:
             s = servers[i]
             if s.name in exclude:
                 continue
-            load = s.active * self.inverse[i] if not self.uniform else s.active
+            load = s.active / self.weights[i]
             if load < low:
                 low = load
                 best = i
