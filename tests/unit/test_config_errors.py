@@ -692,3 +692,11 @@ def test_alias_bomb_is_refused_quickly() -> None:
 def test_recursive_alias_is_refused() -> None:
     errs = errors("x-loop: &a [*a]\n")
     assert any("nested too deeply" in e for e in errs)
+
+
+def test_backend_names_must_fit_in_a_url() -> None:
+    text = "backends:\n  my api:\n    servers: []\n  a/b:\n    servers: []\n"
+    assert errors(text) == [
+        f"c.yaml:{at(text, 'my api')}: invalid backend name 'my api': no spaces or '/'",
+        f"c.yaml:{at(text, 'a/b')}: invalid backend name 'a/b': no spaces or '/'",
+    ]

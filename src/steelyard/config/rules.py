@@ -103,9 +103,15 @@ def semantic_errors(doc: Document) -> list[Problem]:
 def _backend_errors(doc: Document, backends: dict[Any, Any]) -> list[Problem]:
     out: list[Problem] = []
     for bname, b in backends.items():
+        base: Path = ("backends", bname)
+        if isinstance(bname, str) and (
+            not bname or "/" in bname or any(c.isspace() for c in bname)
+        ):
+            out.append(
+                doc.problem(base, f"invalid backend name {bname!r}: no spaces or '/'", key=True)
+            )
         if not isinstance(b, dict):
             continue
-        base: Path = ("backends", bname)
         if "name" in b:
             out.append(
                 doc.problem(
