@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from steelyard.config.units import (
     is_loopback,
@@ -147,3 +149,23 @@ def test_status_ranges() -> None:
     for bad in ("2xx", "399-200", "700", "", True):
         with pytest.raises(ValueError):
             parse_status_ranges(bad)
+
+
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.sampled_from(sorted(UNITS))), min_size=1, max_size=4
+    )
+)
+def test_compound_durations_add_up(parts: list[tuple[int, str]]) -> None:
+    text = "".join(f"{n}{unit}" for n, unit in parts)
+    assert parse_duration(text) == pytest.approx(sum(n * UNITS[u] for n, u in parts))
+
+
+@given(
+    st.integers(0, 2**40), st.sampled_from([("", 1), ("KiB", 1024), ("MiB", 1024**2), ("KB", 1000)])
+)
+def test_sizes_scale(n: int, unit: tuple[str, int]) -> None:
+    assert parse_size(f"{n}{unit[0]}") == n * unit[1]
