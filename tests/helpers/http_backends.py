@@ -17,6 +17,8 @@ Every response carries `x-server: NAME`; the default body is NAME. Paths:
     /reset-after-head     sends a head with Content-Length: 100 and 10 bytes, then resets
     /close                answers with Connection: close and closes
     /head-only            HEAD-style: answers any method with Content-Length: 5, no body
+    /stall                a head with Content-Length: 100, 10 bytes, then silence (30s)
+    /hop                  a response carrying hop-by-hop fields (Connection: x-secret, ...)
     /no-length            body NAME delimited by closing the connection (HTTP/1.0-style)
     /upgrade              101 to `Upgrade: echo`, then echoes bytes upper-cased
 
@@ -50,6 +52,7 @@ class Behaviour:
     reset_after_head: bool = False
     close_after_response: bool = False
     status: int = 200
+    read_delay: float = 0.0  # before reading a request body (uploads back up)
 
 
 @dataclass
@@ -133,6 +136,8 @@ class HttpBackend:
                     break
         except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is stopping
         finally:
             self.open -= 1
             self._writers.discard(writer)
@@ -161,6 +166,8 @@ class HttpBackend:
             writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         body = bytearray()
         trailers: list[tuple[str, str]] = []
+        if self.behaviour.read_delay:
+            await asyncio.sleep(self.behaviour.read_delay)
         while True:
             ev = await self._next_event(conn, reader)
             if isinstance(ev, h11.Data):
@@ -261,6 +268,24 @@ class HttpBackend:
         elif path == "/head-only":
             send(b"HTTP/1.1 200 OK\r\nx-server: " + name + b"\r\ncontent-length: 5\r\n\r\n")
             # h11 state is now out of step; keep the connection usable by restarting it
+            await writer.drain()
+            return await self._raw_continue(writer, reader)
+        elif path == "/stall":
+            send(
+                b"HTTP/1.1 200 OK\r\nx-server: "
+                + name
+                + b"\r\ncontent-length: 100\r\n\r\n0123456789"
+            )
+            await writer.drain()
+            await asyncio.sleep(30)
+            return False
+        elif path == "/hop":
+            send(
+                b"HTTP/1.1 200 OK\r\nx-server: " + name + b"\r\nConnection: x-secret\r\n"
+                b"X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n"
+                b"Trailer: x-t\r\nUpgrade: foo\r\nTE: trailers\r\nX-Request-Id: from-server\r\n"
+                b"content-length: 2\r\n\r\nok"
+            )
             await writer.drain()
             return await self._raw_continue(writer, reader)
         elif path == "/no-length":
@@ -550,7 +575,7 @@ class Running:
         return self.engine.listeners[name].runtime
 
 
-def backends_yaml(backends: dict[str, list[HttpBackend]], **options: Any) -> str:
+def backends_yaml(backends: dict[str, list[Any]], **options: Any) -> str:
     """A `backends:` section for test backends; options go into every backend."""
     lines = ["backends:"]
     for name, servers in backends.items():
@@ -578,3 +603,46 @@ async def steelyard(config_text: str, listener: str = "web") -> AsyncIterator[Ru
         yield Running(engine, engine.bound[listener][1], records)
     finally:
         await engine.shutdown(2.0)
+
+
+def proxy_config(
+    backends: dict[str, list[Any]],
+    routes: str | None = None,
+    listener: str = "",
+    **backend_options: Any,
+) -> str:
+    """YAML for one http listener `web` on 127.0.0.1:0 in front of test backends.
+
+    routes: the YAML list under `routes:` (indented by 6); default: everything to the first
+    backend. listener: extra YAML lines for the listener (indented by 4).
+    """
+    if routes is None:
+        first = next(iter(backends))
+        routes = f"      - match: {{path_prefix: /}}\n        backend: {first}\n"
+    text = "version: 1\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+    if listener:
+        text += listener.rstrip("\n") + "\n"
+    text += "    routes:\n" + routes.rstrip("\n") + "\n"
+    return text + backends_yaml(backends, **backend_options)
+
+
+@dataclass
+class DeadServer:
+    """A server address nobody listens on (connections are refused)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        # bound and kept, never listening: connecting is refused, and nobody else gets the port
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((self.host, 0))
+        self.port = self._sock.getsockname()[1]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -407,27 +407,24 @@ class DownstreamConnection(asyncio.Protocol):
         started = False
         while q and not self.closed:
             kind, item = q[0]
-            if kind == Q_HEAD:
+            if kind in (Q_HEAD, Q_ERROR):
                 if started or self.exchange is not None:
-                    break
+                    break  # the next request waits for the current response
                 q.popleft()
+                if kind == Q_ERROR:
+                    q.clear()
+                    self._reply_error(item)
+                    return
                 started = True
                 self._start(item)
                 continue
             q.popleft()
             ex = self.exchange
-            if kind == Q_BODY:
-                if ex is not None:
+            if ex is not None:
+                if kind == Q_BODY:
                     ex.request_body(item)
-            elif kind == Q_END:
-                if ex is not None:
-                    ex.request_end(item)
-            else:  # Q_ERROR
-                q.clear()
-                if ex is not None:
-                    ex.request_error(item)
                 else:
-                    self._reply_error(item)
+                    ex.request_end(item)
         if not q:
             self.queueing = False
             if not self.closed:
@@ -437,12 +434,24 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _parse_error(self, exc: ProtocolError) -> None:
         if self.queueing:
+            if not self.parser.in_head:
+                # a queued request's body broke: that request is never started
+                q = self.queue
+                while q and q[-1][0] != Q_HEAD:
+                    q.pop()
+                if q:
+                    q.pop()
             self.queue.append((Q_ERROR, exc))
             self._pause(PAUSE_PIPELINE)
             return
         ex = self.exchange
-        if ex is not None and not ex.done:
-            ex.request_error(exc)
+        if ex is not None and not ex.done and not ex.request_done:
+            ex.request_error(exc)  # the current request's body broke
+            return
+        if ex is not None or self.queue:  # a later request: answer in order
+            self.queueing = True
+            self.queue.append((Q_ERROR, exc))
+            self._pause(PAUSE_PIPELINE)
             return
         self._reply_error(exc)
 
@@ -753,6 +762,8 @@ class Exchange:
             assert ctx is not None
             ctx.server = self.lease.server.name.encode()
             headers = route.request_actions.apply(list(headers), ctx)
+        if head.host is None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
+            headers = [(b"Host", self.lease.server.address.encode()), *headers]
         target = route.rewrite_target(head) if route.strip_prefix is not None else head.target
         data = build_request_head(
             head,
@@ -876,7 +887,7 @@ class Exchange:
                 request_id=self.request_id,
             )
         )
-        self.tkind = X_IDLE
+        self._arm(X_IDLE, 0.0)  # reschedules only if the idle deadline is the nearer one
 
     def on_response_body(self, data: bytes) -> None:
         if self.mode == BODY_CHUNKED:
@@ -1063,7 +1074,6 @@ class Exchange:
         record.request_id = self.request_id.decode()
         record.bytes_in = self.body_received
         record.duration = self.loop.time() - self.started
-        record.retries = self.attempts
         down.listener.engine.record(record)
         down.exchange_done(self, keep_alive)
 
