@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -239,8 +240,9 @@ def core_busy_seconds() -> dict[str, tuple[float, float]]:
                 continue
             name, *vals = line.split()
             v = [int(x) for x in vals]
-            # user nice system idle iowait irq softirq steal ...
-            busy = v[0] + v[1] + v[2] + v[5] + v[6]
+            # user nice system idle iowait irq softirq steal ...; irq/softirq time is not
+            # charged to any process, so it is left out to compare with per-process times
+            busy = v[0] + v[1] + v[2]
             steal = v[7] if len(v) > 7 else 0
             out[name] = (busy / CLK_TCK, steal / CLK_TCK)
     return out
@@ -271,6 +273,12 @@ class CoreMeter:
 
     def __repr__(self) -> str:
         return f"CoreMeter(cores={sorted(self._before)})"
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's waited-for children (wrk, iperf3 clients)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 # ----------------------------------------------------------------------------- readiness

@@ -53,7 +53,15 @@ from benchlib import (  # noqa: E402
     wait_tcp,
     write_wrk_script,
 )
-from http_bench import MODES, Sample, Summary, Target, measure, summarise  # noqa: E402
+from http_bench import (  # noqa: E402
+    LEGEND,
+    MODES,
+    Sample,
+    Summary,
+    Target,
+    measure_quiet,
+    summarise,
+)
 
 ALL_TARGETS = ("direct", "haproxy", "nginx", "steelyard")
 # issue 5's targets, Steelyard / HAProxy in the same run
@@ -249,17 +257,19 @@ def markdown(
     out.append("")
     out.append("Versions: " + ", ".join(f"{k} `{v}`" for k, v in vers.items()))
     out.append("")
+    out.append(LEGEND)
+    out.append("")
     out.append(
         "| target | clients | req/s (median) | min–max | p50 ms | p99 ms | LB CPU µs/req | "
-        "LB core: LB / others | client core busy | errors |"
+        "LB core busy | others | client core busy | errors |"
     )
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in summaries:
         if s.pending:
-            out.append(f"| {s.target} | {s.mode} | pending: {s.pending} | | | | | | | |")
+            out.append(f"| {s.target} | {s.mode} | pending: {s.pending} | | | | | | | | |")
             continue
         lb = "—" if s.lb_core_busy != s.lb_core_busy else f"{s.lb_core_busy * 100:.0f}%"
-        busy = f"{lb} / {s.other_on_lb_core * 100:.0f}%"
+        busy = f"{lb} | {s.others * 100:.0f}%"
         out.append(
             f"| {s.target} | {s.mode} | {fmt_num(s.rps_median)} | "
             f"{fmt_num(s.rps_min)}–{fmt_num(s.rps_max)} | {fmt_num(s.p50_ms, 2)} | "
@@ -335,6 +345,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--targets", default=",".join(ALL_TARGETS))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--max-others", type=float, default=0.25)
+    ap.add_argument("--retry-budget", type=int, default=8)
     # accepted so that run.sh can pass the HTTP benchmark's flags through
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--profile-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -426,12 +438,14 @@ def main(argv: list[str]) -> int:
         samples: dict[tuple[str, str], list[Sample]] = {
             (t.name, m): [] for t in targets for m in modes
         }
+        helpers = [backends.pid, iperf.pid]
+        retry_budget = [args.retry_budget]
         for mode in modes:
             for t in live:
                 run_wrk(t.url, script, 1, args.connections, headers=MODES[mode])
             for i in range(args.runs):
                 for t in live:
-                    s = measure(t, mode, script, args.duration, args.connections)
+                    s = measure_quiet(t, mode, script, args, helpers, retry_budget)
                     samples[(t.name, mode)].append(s)
                     log(
                         f"L4 {mode:10s} run {i + 1}/{args.runs} {t.name:9s} {s.rps:10,.0f} req/s "
