@@ -1,0 +1,236 @@
+"""Access logs (SPEC §6): every key, JSON and text, to a file and to stdout, HTTP and L4."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from test_admin_support import close_servers, record, running, start_named_servers
+
+from steelyard.logs import AccessLog, format_text
+
+HTTP_KEYS = [
+    "time",
+    "listener",
+    "client",
+    "method",
+    "path",
+    "status",
+    "backend",
+    "server",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "retries",
+    "request_id",
+]
+L4_KEYS = [k for k in HTTP_KEYS if k not in ("method", "path", "status", "request_id")]
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_rfc3339(text: str) -> None:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text), text
+    datetime.fromisoformat(text)
+
+
+def test_json_lines_have_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "json")
+    start = time.time()
+    log(record(status=201, duration=0.0125, bytes_in=12, bytes_out=34, retries=1, when=start))
+    log(record(listener="cache", backend="redis", server="r1", status=None, method=None))
+    log.close()
+    http, l4 = read_lines(path)
+    assert list(http) == HTTP_KEYS
+    assert list(l4) == L4_KEYS
+    assert_rfc3339(http["time"])
+    assert abs(datetime.fromisoformat(http["time"]).timestamp() - start) < 0.001
+    assert http["listener"] == "web" and http["client"] == "127.0.0.1:55555"
+    assert (http["method"], http["path"], http["status"]) == ("GET", "/secret/path?x=1", 201)
+    assert (http["backend"], http["server"]) == ("api", "a")
+    assert (http["bytes_in"], http["bytes_out"], http["retries"]) == (12, 34, 1)
+    assert http["duration_ms"] == 12.5
+    assert http["request_id"] == "req-1"
+    assert (l4["listener"], l4["backend"], l4["server"]) == ("cache", "redis", "r1")
+
+
+def test_text_format_and_escaping(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "text")
+    log(record(status=200, duration=0.002))
+    evil = record(path='/a"b\n2020-01-01 forged line', status=400, server=None, backend=None)
+    log(evil)
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2  # the newline in the path did not split the line
+    assert re.fullmatch(
+        r'\S+Z web 127\.0\.0\.1:55555 "GET /secret/path\?x=1" 200 api/a in=100 out=1000 '
+        r"2\.0ms retries=0 id=req-1",
+        lines[0],
+    ), lines[0]
+    assert '\\"b\\x0a2020' in lines[1]
+    assert " -/- " in lines[1]
+    l4 = format_text(record(listener="db", status=None, method=None))
+    assert '"' not in l4 and "id=" not in l4
+
+
+def test_off_writes_nothing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    log = AccessLog("off")
+    log(record())
+    log.close()
+    assert capsys.readouterr().out == ""
+    assert not (Path.cwd() / "off").exists()
+
+
+def test_logger_is_steelyard_access(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, rec: logging.LogRecord) -> None:
+            seen.append(rec.getMessage())
+
+    handler = Collect()
+    logging.getLogger("steelyard.access").addHandler(handler)
+    try:
+        log = AccessLog(str(tmp_path / "a.log"))
+        log(record())
+        log.close()
+    finally:
+        logging.getLogger("steelyard.access").removeHandler(handler)
+    assert len(seen) == 1 and json.loads(seen[0])["request_id"] == "req-1"
+
+
+CONFIG = """\
+version: 1
+listeners:
+  - name: web
+    protocol: http
+    bind: 127.0.0.1:0
+    routes:
+      - match: {{path_prefix: /}}
+        backend: app
+  - name: raw
+    protocol: tcp
+    bind: 127.0.0.1:0
+    backend: app
+backends:
+  app:
+    servers:
+      - {{address: 127.0.0.1:{port}, name: one}}
+"""
+
+
+async def test_real_http_and_tcp_traffic_is_logged(tmp_path: Path) -> None:
+    servers = await start_named_servers(["one"])
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    try:
+        async with running(CONFIG.format(port=servers[0][2])) as engine:
+            engine.recorders.append(log)
+            host, port = engine.bound["web"]
+            ids = []
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                for i in range(3):
+                    r = await client.get(f"/item/{i}?q={i}")
+                    assert r.status_code == 200
+                    ids.append(r.headers["x-request-id"])
+                r = await client.post(
+                    "/upload", content=b"z" * 500, headers={"X-Request-Id": "mine-1"}
+                )
+                assert r.status_code == 200
+                ids.append("mine-1")
+            # one TCP connection carrying one HTTP request, byte for byte
+            thost, tport = engine.bound["raw"]
+            reader, writer = await asyncio.open_connection(thost, tport)
+            request = b"GET /via-tcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            writer.write(request)
+            reply = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert reply.startswith(b"HTTP/1.1 200")
+            for _ in range(100):
+                if log.lines >= 5:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        log.close()
+        close_servers(servers)
+    lines = read_lines(path)
+    http = [line for line in lines if line["listener"] == "web"]
+    tcp = [line for line in lines if line["listener"] == "raw"]
+    assert len(http) == 4 and len(tcp) == 1
+    for line, rid in zip(http, ids, strict=True):
+        assert list(line) == HTTP_KEYS
+        assert line["request_id"] == rid
+        assert line["status"] == 200
+        assert (line["backend"], line["server"]) == ("app", "one")
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", line["client"])
+        assert_rfc3339(line["time"])
+        assert line["duration_ms"] >= 0 and line["retries"] == 0
+    assert [line["path"] for line in http[:3]] == ["/item/0?q=0", "/item/1?q=1", "/item/2?q=2"]
+    assert (http[3]["method"], http[3]["bytes_in"]) == ("POST", 500)
+    (raw,) = tcp
+    assert list(raw) == L4_KEYS
+    assert (raw["backend"], raw["server"]) == ("app", "one")
+    assert raw["bytes_in"] == len(request) and raw["bytes_out"] == len(reply)
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", raw["client"])
+
+
+def test_steelyard_run_logs_json_to_stdout_by_default(tmp_path: Path) -> None:
+    """Black box: the default destination is stdout, one JSON object per line."""
+    cfg = tmp_path / "steelyard.yaml"
+    cfg.write_text(
+        """\
+version: 1
+listeners:
+  - name: web
+    protocol: http
+    bind: 127.0.0.1:0
+    routes:
+      - match: {path_prefix: /}
+        respond: {status: 204}
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "steelyard", "run", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = None
+        deadline = time.monotonic() + 30
+        assert proc.stderr is not None and proc.stdout is not None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            match = re.search(r"listener web on \S+:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+        assert port, "steelyard run did not log its listener"
+        for i in range(2):
+            r = httpx.get(f"http://127.0.0.1:{port}/x?n={i}", timeout=10)
+            assert r.status_code == 204
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [line["path"] for line in lines] == ["/x?n=0", "/x?n=1"]
+    for line in lines:
+        assert list(line) == HTTP_KEYS
+        assert line["status"] == 204 and line["listener"] == "web"
