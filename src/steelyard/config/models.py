@@ -8,7 +8,10 @@ live in rules.py so that every problem in a file is reported at once.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import ssl
 import typing
 from typing import Annotated, Any, Literal
 
@@ -174,8 +177,6 @@ class Certificate(Model):
 
     @model_validator(mode="after")
     def _pair(self) -> Certificate:
-        import ssl
-
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             ctx.load_cert_chain(self.cert, self.key)
@@ -216,8 +217,6 @@ class Match(Model):
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
         if v is not None:
-            import re
-
             try:
                 re.compile(v)
             except re.error as exc:
@@ -419,8 +418,6 @@ class Sticky(Model):
     @field_validator("cookie")
     @classmethod
     def _cookie(cls, v: str) -> str:
-        import re
-
         if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", v):
             raise ValueError(f"invalid cookie name {v!r}")
         return v
@@ -568,17 +565,9 @@ class Config(Model):
 
 
 def _choice_message(key: str, value: str, choices: tuple[str, ...]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {key} {value!r}{hint}; expected one of: {', '.join(choices)}"
-
-
-def _fmt(seconds: float) -> str:
-    if seconds < 1 and seconds != 0:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
 
 
 # convenient aliases for code that also has runtime Backend/Server/Listener classes
