@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browsers
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,8 +19,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src/steelyard/core
 
-test: $(STAMP) lint
+test: $(STAMP) lint browsers
 	$(BIN)/pytest -n 2 -q
+
+# the dashboard tests drive Debian's chromium through Playwright (no `playwright install`)
+browsers:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 bench: $(STAMP)
 	bash bench/run.sh $(BENCH_ARGS)
