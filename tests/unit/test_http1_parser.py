@@ -1,0 +1,385 @@
+"""The strict HTTP/1.1 parsers: fed whole, one byte at a time and at random split points."""
+
+from __future__ import annotations
+
+import h11
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steelyard.core.http1.parser import (
+    Headers,
+    Limits,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+)
+from steelyard.errors import ProtocolError
+
+
+class Collect:
+    """A sink that records events as tuples."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def on_request_head(self, head: RequestHead) -> None:
+        self.events.append(("head", head))
+
+    def on_request_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_request_end(self, trailers: Headers | None) -> None:
+        self.events.append(("end", trailers))
+
+    def on_interim(self, head: ResponseHead) -> None:
+        self.events.append(("interim", head))
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.events.append(("head", head))
+
+    def on_response_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_response_end(self, trailers: Headers | None) -> None:
+        self.events.append(("end", trailers))
+
+    def merged(self) -> list[tuple[str, object]]:
+        """Body pieces joined, so different splits compare equal."""
+        out: list[tuple[str, object]] = []
+        for kind, value in self.events:
+            if kind == "body" and out and out[-1][0] == "body":
+                out[-1] = ("body", out[-1][1] + value)  # type: ignore[operator]
+            else:
+                out.append((kind, value))
+        return out
+
+
+def feed_request(chunks: list[bytes], limits: Limits | None = None) -> Collect:
+    sink = Collect()
+    parser = RequestParser(sink, limits or Limits())
+    for c in chunks:
+        parser.feed(c)
+    return sink
+
+
+def summary(events: list[tuple[str, object]]) -> list[object]:
+    out: list[object] = []
+    for kind, value in events:
+        if kind == "head" and isinstance(value, RequestHead):
+            out.append(
+                (
+                    "head",
+                    value.method,
+                    value.target,
+                    value.path,
+                    value.query,
+                    value.version,
+                    tuple(value.headers),
+                    value.host,
+                    value.content_length,
+                    value.chunked,
+                    value.keep_alive,
+                    value.upgrade,
+                    value.expect_continue,
+                    value.request_id,
+                    value.forwarded_for,
+                )
+            )
+        elif kind in ("head", "interim") and isinstance(value, ResponseHead):
+            out.append(("head", value.status, value.reason, tuple(value.headers), value.chunked))
+        else:
+            out.append((kind, value))
+    return out
+
+
+PIPELINE = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: r1\r\n"
+    b"X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nConnection: keep-alive, X-Drop\r\n"
+    b"X-Drop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Kept: k\r\n\r\n"
+    b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 11\r\n\r\nhello world"
+    b"PUT /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n"
+    b"Expect: 100-continue\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 9\r\nSet-Cookie: a=1\r\n\r\n"
+    b"GET /last HTTP/1.0\r\n\r\n"
+)
+
+
+def test_pipeline_whole() -> None:
+    events = feed_request([PIPELINE]).merged()
+    kinds = [k for k, _ in events]
+    assert kinds == ["head", "end", "head", "body", "end", "head", "body", "end", "head", "end"]
+    first = events[0][1]
+    assert isinstance(first, RequestHead)
+    assert first.path == b"/a" and first.query == b"x=1"
+    assert first.request_id == b"r1"
+    assert first.forwarded_for == b"1.1.1.1, 2.2.2.2"
+    assert first.headers == [(b"Host", b"example.com"), (b"X-Kept", b"k")]
+    assert first.keep_alive
+    post = events[2][1]
+    assert isinstance(post, RequestHead) and post.content_length == 11
+    assert events[3] == ("body", b"hello world")
+    put = events[5][1]
+    assert isinstance(put, RequestHead) and put.chunked and put.expect_continue
+    assert events[6] == ("body", b"hello world")
+    assert events[7] == ("end", [(b"X-Sum", b"9")])  # Set-Cookie may not be a trailer
+    last = events[8][1]
+    assert isinstance(last, RequestHead)
+    assert last.version == "1.0" and not last.keep_alive and last.host is None
+
+
+def test_pipeline_one_byte_at_a_time() -> None:
+    whole = summary(feed_request([PIPELINE]).merged())
+    bytewise = summary(feed_request([PIPELINE[i : i + 1] for i in range(len(PIPELINE))]).merged())
+    assert bytewise == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(PIPELINE)), max_size=12))
+def test_pipeline_random_splits(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    chunks = [PIPELINE[a:b] for a, b in zip([0, *points], [*points, len(PIPELINE)], strict=True)]
+    assert summary(feed_request(chunks).merged()) == summary(feed_request([PIPELINE]).merged())
+
+
+BAD = {
+    "cl+te": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+    ),
+    "two cl": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        400,
+    ),
+    "same cl twice": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+        400,
+    ),
+    "bad chunk": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n", 400),
+    "space colon": (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+    "bare lf": (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n", 400),
+    "te gzip": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    "te gzip, chunked": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        400,
+    ),
+    "te http/1.0": (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    "no host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "two hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+    "http/2.0": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400),
+    "http/0.9": (b"GET /\r\n\r\n", 400),
+    "connect": (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n", 400),
+    "relative target": (b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "star not options": (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "uri too long": (b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    "head too large": (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 65536 + b"\r\n\r\n", 431),
+    "too many headers": (
+        b"GET / HTTP/1.1\r\nHost: a\r\n"
+        + b"".join(b"X%d: v\r\n" % i for i in range(100))
+        + b"\r\n",
+        431,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_refused(name: str, bytewise: bool) -> None:
+    data, status = BAD[name]
+    chunks = [data[i : i + 1] for i in range(len(data))] if bytewise else [data]
+    sink = Collect()
+    with pytest.raises(ProtocolError) as info:
+        parser = RequestParser(sink)
+        for c in chunks:
+            parser.feed(c)
+    assert info.value.status == status
+    if name != "bad chunk":  # a broken body follows a good head
+        assert not any(k == "head" for k, _ in sink.events)  # never handed on
+
+
+def test_head_limit_holds_without_buffering_everything() -> None:
+    parser = RequestParser(Collect())
+    parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: ")
+    with pytest.raises(ProtocolError) as info:
+        for _ in range(100):
+            parser.feed(b"v" * 4096)  # a header value that never ends
+    assert info.value.status == 431
+
+
+def test_body_limit() -> None:
+    limits = Limits(max_body=10)
+    with pytest.raises(ProtocolError) as info:
+        feed_request([b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n"], limits)
+    assert info.value.status == 413
+    sink = Collect()
+    parser = RequestParser(sink, limits)
+    parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n")
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(b"6\r\nabcdef\r\n0\r\n\r\n")
+    assert info.value.status == 413
+    ok = feed_request(
+        [b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789"], limits
+    )
+    assert ok.merged()[1] == ("body", b"0123456789")
+
+
+def test_connection_close_and_upgrade() -> None:
+    sink = Collect()
+    parser = RequestParser(sink)
+    rest = parser.feed(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nFRAME"
+    )
+    head = sink.events[0][1]
+    assert isinstance(head, RequestHead)
+    assert head.upgrade == b"websocket"
+    assert rest == b"FRAME"
+    sink = Collect()
+    RequestParser(sink).feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: close\r\n\r\n"
+    )
+    head = sink.events[0][1]
+    assert isinstance(head, RequestHead)
+    assert head.upgrade is None and not head.keep_alive
+
+
+def test_absolute_form_target() -> None:
+    sink = feed_request([b"GET http://Example.com:81/p?q=1 HTTP/1.1\r\nHost: other\r\n\r\n"])
+    head = sink.events[0][1]
+    assert isinstance(head, RequestHead)
+    assert head.target == b"/p?q=1" and head.host == b"Example.com:81"
+    assert head.headers == [(b"Host", b"Example.com:81")]
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+def feed_response(
+    chunks: list[bytes], head_request: bool = False
+) -> tuple[Collect, ResponseParser]:
+    sink = Collect()
+    parser = ResponseParser(sink)
+    parser.expect(head_request)
+    for c in chunks:
+        parser.feed(c)
+    return sink, parser
+
+
+RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: x-hop\r\nX-Hop: 1\r\nX-Ok: 1\r\n\r\nhello",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", RESPONSES)
+def test_responses_split_anywhere(data: bytes) -> None:
+    whole, p1 = feed_response([data])
+    bytewise, p2 = feed_response([data[i : i + 1] for i in range(len(data))])
+    assert summary(whole.merged()) == summary(bytewise.merged())
+    assert whole.events[-1][0] == "end"
+    assert p1.complete and p1.reusable and p2.complete and p2.reusable
+
+
+def test_response_hop_by_hop_and_trailers() -> None:
+    sink, _ = feed_response([RESPONSES[0]])
+    head = sink.events[0][1]
+    assert isinstance(head, ResponseHead)
+    assert head.headers == [(b"X-Ok", b"1")] and head.content_length == 5
+    sink, _ = feed_response([RESPONSES[2]])
+    assert sink.events[-1] == ("end", [(b"X-T", b"1")])
+    assert sink.merged()[1] == ("body", b"abc")
+
+
+def test_interim_then_final() -> None:
+    sink, _ = feed_response([RESPONSES[1]])
+    assert [k for k, _ in sink.events] == ["interim", "head", "end"]
+
+
+def test_response_to_head_has_no_body() -> None:
+    sink, parser = feed_response([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"], True)
+    assert [k for k, _ in sink.events] == ["head", "end"]
+    assert parser.complete and parser.reusable
+    # the connection carries on: a fresh response parses
+    parser.expect(False)
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.events[-2:] == [("body", b"ok"), ("end", None)]
+
+
+def test_response_until_close() -> None:
+    sink, parser = feed_response([b"HTTP/1.1 200 OK\r\n\r\nabc", b"def"])
+    head = sink.events[0][1]
+    assert isinstance(head, ResponseHead) and head.until_close and not head.keep_alive
+    assert parser.feed_eof() is True
+    assert sink.merged()[1:] == [("body", b"abcdef"), ("end", None)]
+    assert not parser.reusable
+
+
+def test_response_cut_short() -> None:
+    _, parser = feed_response([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"])
+    assert parser.feed_eof() is False
+    assert not parser.complete
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n",
+    ],
+)
+def test_invalid_responses_are_502(data: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        feed_response([data])
+    assert info.value.status == 502 and info.value.source == "upstream"
+
+
+def test_101_returns_tunnel_bytes() -> None:
+    sink = Collect()
+    parser = ResponseParser(sink)
+    parser.expect(False)
+    rest = parser.feed(b"HTTP/1.1 101 Switching\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nDATA")
+    assert rest == b"DATA"
+    assert [k for k, _ in sink.events] == ["head", "end"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    body=st.binary(max_size=2000),
+    pieces=st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=10),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=8),
+)
+def test_h11_encoded_messages_parse_the_same(
+    body: bytes, pieces: list[int], cuts: list[int]
+) -> None:
+    """h11 as the oracle: what h11 encodes, our parser reads back exactly, however it is split."""
+    conn = h11.Connection(h11.CLIENT)
+    data = conn.send(
+        h11.Request(
+            method="POST",
+            target="/x",
+            headers=[("host", "h"), ("transfer-encoding", "chunked"), ("x-a", "1")],
+        )
+    )
+    i = 0
+    for n in pieces:
+        part = body[i : i + n]
+        i += n
+        if part:
+            data += conn.send(h11.Data(data=part))
+    if body[i:]:
+        data += conn.send(h11.Data(data=body[i:]))
+    data += conn.send(h11.EndOfMessage(headers=[("x-trailer", "t")]))
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    events = feed_request(chunks).merged()
+    got_body = b"".join(v for k, v in events if k == "body")  # type: ignore[misc]
+    assert got_body == body
+    assert events[-1] == ("end", [(b"x-trailer", b"t")])
