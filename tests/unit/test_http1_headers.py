@@ -6,6 +6,7 @@ import random
 
 import h11
 import pytest
+from tests.unit.test_http1_parser import Collect
 
 from steelyard.core.http1.headers import (
     BODY_CHUNKED,
@@ -25,7 +26,6 @@ from steelyard.core.http1.headers import (
     valid_request_id,
 )
 from steelyard.core.http1.parser import RequestHead, RequestParser, ResponseHead
-from tests.unit.test_http1_parser import Collect
 
 
 def parse_request(data: bytes) -> RequestHead:
@@ -132,7 +132,7 @@ def test_response_framing(resp: ResponseHead, http10: bool, mode: int) -> None:
         else:
             assert isinstance(ev, h11.EndOfMessage)
             break
-    assert body == (b"" if mode == BODY_NONE or mode == BODY_CLOSE else b"abc")
+    assert body == (b"" if mode in (BODY_NONE, BODY_CLOSE) else b"abc")
 
 
 def test_local_response_names_request_id() -> None:

@@ -7,11 +7,11 @@ import re
 from collections import Counter
 
 import pytest
+from tests.unit.test_http1_parser import Collect
 
 from steelyard.config import load_config_text
 from steelyard.core.http1.parser import RequestHead, RequestParser
 from steelyard.core.routing import HashKey, Router, normalize_host
-from tests.unit.test_http1_parser import Collect
 
 
 def routes(yaml_routes: str) -> Router:
