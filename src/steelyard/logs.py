@@ -32,8 +32,17 @@ access_log = logging.getLogger("steelyard.access")
 OFF = "off"
 
 
+_second_cache: list[Any] = [None, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]: one per loop
+
+
 def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds and a Z; the date part is formatted once per second."""
+    second = int(ts)
+    if _second_cache[0] != second:
+        _second_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0] = second
+    millis = min(int((ts - second) * 1000), 999)
+    return f"{_second_cache[1]}.{millis:03d}Z"
 
 
 def record_fields(rec: RequestRecord) -> dict[str, Any]:

@@ -118,6 +118,10 @@ class RollingWindow:
         self.hists: list[list[int]] = [[0] * (len(LATENCY_BOUNDS) + 1) for _ in range(span)]
 
     def observe(self, second: int, duration: float, error: bool) -> None:
+        self.observe_bucket(second, bisect_left(LATENCY_BOUNDS, duration), error)
+
+    def observe_bucket(self, second: int, bucket: int, error: bool) -> None:
+        """`bucket` = bisect_left(LATENCY_BOUNDS, duration), computed once by the caller."""
         i = second % self.span
         stamp = self.stamps[i]
         if stamp != second:
@@ -132,7 +136,7 @@ class RollingWindow:
         self.counts[i] += 1
         if error:
             self.errors[i] += 1
-        self.hists[i][bisect_left(LATENCY_BOUNDS, duration)] += 1
+        self.hists[i][bucket] += 1
 
     def series(self, now_second: int, length: int | None = None) -> list[int]:
         """Requests in each of the last `length` complete seconds, oldest first."""
@@ -194,67 +198,106 @@ def _percentile_ms(hist: list[int], total: int, q: float) -> float | None:
     return round(LATENCY_BOUNDS[-1] * 1000, 3)
 
 
-class TrafficRecorder:
-    """The hot-path side: called with every RequestRecord (append it to engine.recorders)."""
+class _Series:
+    """Everything one (listener, backend, server) updates, resolved once per key."""
 
-    __slots__ = (
-        "requests",
-        "durations",
-        "bytes_in",
-        "bytes_out",
-        "retries",
-        "windows",
-        "backend_windows",
-        "started",
-    )
+    __slots__ = ("codes", "hist", "io", "retries", "backend_window", "server_window")
+
+    def __init__(
+        self,
+        hist: DurationHistogram,
+        io: list[int],
+        retries: list[int] | None,
+        backend_window: RollingWindow | None,
+        server_window: RollingWindow | None,
+    ) -> None:
+        self.codes = [0] * 6  # index status // 100; 0 = no status (L4) or out of range
+        self.hist = hist
+        self.io = io  # [bytes_in, bytes_out] of the listener, shared
+        self.retries = retries  # [n] of the backend, shared
+        self.backend_window = backend_window
+        self.server_window = server_window
+
+
+class TrafficRecorder:
+    """The hot-path side: called with every RequestRecord (append it to engine.recorders).
+
+    One dict lookup per record finds the record's `_Series`; the rest is list increments.
+    """
+
+    __slots__ = ("series", "durations", "io", "retries", "windows", "backend_windows", "started")
 
     def __init__(self, started: float = 0.0) -> None:
-        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.series: dict[tuple[str, str | None, str | None], _Series] = {}
         self.durations: dict[tuple[str, str], DurationHistogram] = {}
-        self.bytes_in: dict[str, int] = {}
-        self.bytes_out: dict[str, int] = {}
-        self.retries: dict[str, int] = {}
+        self.io: dict[str, list[int]] = {}
+        self.retries: dict[str, list[int]] = {}
         self.windows: dict[tuple[str, str], RollingWindow] = {}
         self.backend_windows: dict[str, RollingWindow] = {}
         self.started = started  # wall clock; the dashboard's rates divide by min(age, 60 s)
 
     def __call__(self, rec: RequestRecord) -> None:
-        listener = rec.listener
-        backend = rec.backend or ""
-        server = rec.server or ""
+        series = self.series.get((rec.listener, rec.backend, rec.server))
+        if series is None:
+            series = self._new_series(rec.listener, rec.backend, rec.server)
         status = rec.status
-        key = (listener, backend, server, code_class(status))
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        if status is not None and 100 <= status < 600:
+            series.codes[status // 100] += 1
+        else:
+            series.codes[0] += 1
+        duration = rec.duration
+        hist = series.hist
+        hist.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        hist.total += duration
+        hist.count += 1
+        io = series.io
+        io[0] += rec.bytes_in
+        io[1] += rec.bytes_out
+        if rec.retries and series.retries is not None:
+            series.retries[0] += rec.retries
+        window = series.backend_window
+        if window is not None:
+            second = int(rec.time + duration)
+            bucket = bisect_left(LATENCY_BOUNDS, duration)
+            error = status is not None and status >= 500
+            window.observe_bucket(second, bucket, error)
+            window = series.server_window
+            if window is not None:
+                window.observe_bucket(second, bucket, error)
 
-        hkey = (listener, backend)
+    def _new_series(self, listener: str, backend: str | None, server: str | None) -> _Series:
+        hkey = (listener, backend or "")
         hist = self.durations.get(hkey)
         if hist is None:
             hist = self.durations[hkey] = DurationHistogram()
-        duration = rec.duration
-        hist.observe(duration)
-
-        self.bytes_in[listener] = self.bytes_in.get(listener, 0) + rec.bytes_in
-        self.bytes_out[listener] = self.bytes_out.get(listener, 0) + rec.bytes_out
+        io = self.io.setdefault(listener, [0, 0])
+        retries = backend_window = server_window = None
         if backend:
-            if rec.retries:
-                self.retries[backend] = self.retries.get(backend, 0) + rec.retries
-            second = int(rec.time + duration)
-            error = status is not None and status >= 500
-            window = self.backend_windows.get(backend)
-            if window is None:
-                window = self.backend_windows[backend] = RollingWindow()
-            window.observe(second, duration, error)
+            retries = self.retries.setdefault(backend, [0])
+            backend_window = self.backend_windows.get(backend)
+            if backend_window is None:
+                backend_window = self.backend_windows[backend] = RollingWindow()
             if server:
-                skey = (backend, server)
-                window = self.windows.get(skey)
-                if window is None:
-                    window = self.windows[skey] = RollingWindow()
-                window.observe(second, duration, error)
+                server_window = self.windows.get((backend, server))
+                if server_window is None:
+                    server_window = self.windows[(backend, server)] = RollingWindow()
+        series = _Series(hist, io, retries, backend_window, server_window)
+        self.series[(listener, backend, server)] = series
+        return series
+
+    def requests(self) -> dict[tuple[str, str, str, str], int]:
+        """(listener, backend, server, code) -> count, for the label sets seen so far."""
+        out: dict[tuple[str, str, str, str], int] = {}
+        for (listener, backend, server), series in self.series.items():
+            for index, n in enumerate(series.codes):
+                if n:
+                    key = (listener, backend or "", server or "", _CODE_CLASS[index])
+                    out[key] = out.get(key, 0) + n
+        return out
 
     def __repr__(self) -> str:
-        total = sum(self.requests.values())
-        return f"TrafficRecorder(requests={total}, series={len(self.requests)})"
+        total = sum(sum(s.codes) for s in self.series.values())
+        return f"TrafficRecorder(requests={total}, series={len(self.series)})"
 
 
 class EjectionCounter:
@@ -294,7 +337,7 @@ class SteelyardCollector(Collector):
             "Requests (HTTP) or connections (TCP/UDP, code empty) by status class.",
             labels=["listener", "backend", "server", "code"],
         )
-        for (listener, backend, server, code), n in sorted(rec.requests.items()):
+        for (listener, backend, server, code), n in sorted(rec.requests().items()):
             requests.add_metric([listener, backend, server, code], n)
         yield requests
 
@@ -351,11 +394,11 @@ class SteelyardCollector(Collector):
                 weight.add_metric(labels, float(state.weight))
                 ejections.add_metric(labels, self.ejections.counts.get((bname, sname), 0))
                 seen_ejections.add((bname, sname))
-            retries.add_metric([bname], rec.retries.get(bname, 0))
+            retries.add_metric([bname], rec.retries.get(bname, [0])[0])
         for key, n in sorted(self.ejections.counts.items()):
             if key not in seen_ejections:  # a server since removed: keep its counter
                 ejections.add_metric(list(key), n)
-        for bname, n in sorted(rec.retries.items()):
+        for bname, (n,) in sorted(rec.retries.items()):
             if bname not in engine.backends:
                 retries.add_metric([bname], n)
         yield active
@@ -379,10 +422,10 @@ class SteelyardCollector(Collector):
             "Bytes from (in) and to (out) downstream clients.",
             labels=["listener", "direction"],
         )
-        listeners = set(engine.listeners) | set(rec.bytes_in) | set(rec.bytes_out)
-        for name in sorted(listeners):
-            traffic.add_metric([name, "in"], rec.bytes_in.get(name, 0))
-            traffic.add_metric([name, "out"], rec.bytes_out.get(name, 0))
+        for name in sorted(set(engine.listeners) | set(rec.io)):
+            bytes_in, bytes_out = rec.io.get(name, (0, 0))
+            traffic.add_metric([name, "in"], bytes_in)
+            traffic.add_metric([name, "out"], bytes_out)
         yield traffic
 
         reloads = CounterMetricFamily(
