@@ -48,6 +48,57 @@ async def test_healthz_200_while_serving_503_while_shutting_down() -> None:
         engine.shutting_down = False
 
 
+async def test_healthz_503_during_a_real_shutdown() -> None:
+    """Shutdown waits for in-flight requests; the admin listener stops last and says 503."""
+    gate = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await gate.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
+        await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    text = f"""\
+version: 1
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - name: web
+    protocol: http
+    bind: 127.0.0.1:0
+    routes:
+      - match: {{path_prefix: /}}
+        backend: slow
+backends:
+  slow:
+    servers:
+      - {{address: 127.0.0.1:{port}, name: s}}
+"""
+    try:
+        async with running(text) as engine:
+            host, web = engine.bound["web"]
+            async with httpx.AsyncClient(timeout=10) as client:
+                request = asyncio.create_task(client.get(f"http://{host}:{web}/"))
+                await asyncio.wait_for(arrived.wait(), 5)
+                r = await client.get(admin_url(engine) + "/healthz")
+                assert r.status_code == 200
+                shutdown = asyncio.create_task(engine.shutdown(10.0))
+                await wait_for(lambda: engine.shutting_down)
+                r = await client.get(admin_url(engine) + "/healthz")
+                assert r.status_code == 503
+                assert r.json() == {"status": "shutting down"}
+                gate.set()
+                assert (await request).text == "slow"
+                await asyncio.wait_for(shutdown, 10)
+    finally:
+        gate.set()
+        upstream.close()
+
+
 async def test_status_shape() -> None:
     async with (
         running(basic_config(), filename="inline.yaml") as engine,
