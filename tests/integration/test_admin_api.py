@@ -629,3 +629,21 @@ async def test_head_and_static_files() -> None:
             assert (await client.get(bad)).status_code == 404, bad
         r = await client.head("/healthz")
         assert r.status_code == 200 and r.content == b""
+
+
+async def test_reload_rotates_the_token(tmp_path: Path) -> None:
+    path = tmp_path / "steelyard.yaml"
+    path.write_text(basic_config(token="old-token"))
+    async with (
+        running(path.read_text(), config_path=str(path), filename=str(path)) as engine,
+        httpx.AsyncClient(base_url=admin_url(engine)) as client,
+    ):
+        old = {"Authorization": "Bearer old-token"}
+        new = {"Authorization": "Bearer new-token"}
+        assert (await client.get("/api/v1/status", headers=new)).status_code == 401
+        path.write_text(basic_config(token="new-token"))
+        r = await client.post("/api/v1/reload", headers=old)
+        assert r.status_code == 200, r.text
+        assert (await client.get("/api/v1/status", headers=old)).status_code == 401
+        assert (await client.get("/api/v1/status", headers=new)).status_code == 200
+        assert (await client.get("/metrics", headers=new)).status_code == 200

@@ -217,8 +217,8 @@ class AdminServer:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         cfg = engine.config.admin
-        self.bind: str = cfg.bind
-        self.token: str | None = cfg.token or None
+        self.bind: str = cfg.bind  # a new bind takes a restart; the token follows reloads
+        self._token: str | None = cfg.token or None
         self.host, self.port = _split_bind(self.bind)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -235,6 +235,15 @@ class AdminServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = SteelyardCollector(engine, self.recorder, self.ejections)
         self.registry.register(self.collector)
+
+    @property
+    def token(self) -> str | None:
+        """The token of the running config (a reload may rotate it; removing the admin
+        section from the file keeps the last one)."""
+        cfg = getattr(self.engine.config, "admin", None)
+        if cfg is not None:
+            self._token = cfg.token or None
+        return self._token
 
     @property
     def url(self) -> str:
@@ -313,7 +322,9 @@ class AdminServer:
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            pass
+            pass  # stop(): end quietly
+        except Exception:
+            log.exception("admin: connection handler failed")
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -530,12 +541,13 @@ class AdminServer:
     # -- helpers -------------------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:
-        if self.token is None:
+        token = self.token
+        if token is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credentials.strip().encode(), self.token.encode()
+            credentials.strip().encode(), token.encode()
         ):
             raise ApiError(401, "missing or wrong token (Authorization: Bearer TOKEN)")
 
