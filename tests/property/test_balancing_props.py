@@ -347,3 +347,38 @@ def test_random_and_least_response_time_accept_any_weights(weights: list[float],
     for cls in (WeightedRandom, LeastResponseTime):
         b = cls(group, weights, BalancerSettings(), random.Random(seed))
         assert b.pick(PickContext()) is not None
+
+
+@FAST
+@given(
+    weights=st.lists(st.sampled_from([1.0, 2.0, 3.0, 0.5, 0.25]), min_size=1, max_size=10),
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+)
+def test_least_connections_matches_the_definition(
+    weights: list[float], data: st.DataObject, seed: int
+) -> None:
+    """Fewest active per weight; ties go to the first server at or after the one following the
+    previous winner (whichever internal scan is used: uniform, weight classes or plain)."""
+    n = len(weights)
+    group = make([f"s{i}" for i in range(n)])
+    for s in group:
+        s.active = data.draw(st.integers(0, 4))
+    b = LeastConnections(group, weights)
+    rng = random.Random(seed)
+    start = 0
+    for _ in range(60):
+        exclude = frozenset(s.name for s in group if rng.random() < 0.15)
+        allowed = [i for i in range(n) if group[i].name not in exclude]
+        if allowed:
+            want = min(allowed, key=lambda i: (group[i].active / weights[i], (i - start) % n))
+            start = (want + 1) % n
+        got = b.pick(PickContext(exclude=exclude))
+        assert got is (group[want] if allowed else None)
+        if got is not None:
+            if rng.random() < 0.7:
+                got.active += 1
+            else:
+                busy = [s for s in group if s.active]
+                if busy:
+                    rng.choice(busy).active -= 1

@@ -26,7 +26,7 @@ exact sampling without replacement in O(log n), no rejection loop.
 from __future__ import annotations
 
 import random
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
 from operator import attrgetter
@@ -37,10 +37,11 @@ from steelyard.core.balancing.random_choice import positive, weighted_index
 _INF = float("inf")
 _ewma_value = attrgetter("ewma.value")  # 0.0 while a PeakEwma has no sample
 MIN_ESTIMATE = 1e-6  # seconds
+MAX_WEIGHT_CLASSES = 8
 
 
 class LeastConnections:
-    __slots__ = ("servers", "weights", "uniform", "index", "next")
+    __slots__ = ("servers", "weights", "uniform", "classes", "index", "next")
 
     def __init__(
         self,
@@ -52,6 +53,14 @@ class LeastConnections:
         self.servers, self.weights = positive(servers, weights)
         # with equal weights, active counts order servers exactly as active / weight does
         self.uniform = len(set(self.weights)) <= 1
+        # with a few distinct weights (typical, and slow start adds a few ramping ones), scan
+        # each weight class on integer counts and divide once per class
+        groups: dict[float, list[int]] = {}
+        for i, w in enumerate(self.weights):
+            groups.setdefault(w, []).append(i)
+        self.classes: list[tuple[float, list[int], list[ServerState]]] = []
+        if not self.uniform and len(groups) <= MAX_WEIGHT_CLASSES:
+            self.classes = [(w, ix, [self.servers[i] for i in ix]) for w, ix in groups.items()]
         self.index = {s.name: i for i, s in enumerate(self.servers)}
         self.next = 0
 
@@ -78,6 +87,8 @@ class LeastConnections:
                                 break
                     if not least:
                         break
+        elif self.classes:
+            best = self._pick_by_class(start)
         else:
             weights = self.weights
             low = best.active / weights[start]
@@ -94,6 +105,37 @@ class LeastConnections:
                         break
         i = self.index[best.name] + 1
         self.next = i if i < len(servers) else 0
+        return best
+
+    def _pick_by_class(self, start: int) -> ServerState:
+        """The least loaded per weight, scanning each weight class in rotation order."""
+        n = len(self.servers)
+        index = self.index
+        best = self.servers[start]
+        best_load = _INF
+        best_distance = n
+        for w, ix, members in self.classes:
+            k = bisect_left(ix, start)
+            rotated = members[k:] + members[:k] if k else members
+            cand = rotated[0]
+            least = cand.active
+            if least:
+                for s in rotated:
+                    a = s.active
+                    if a < least:
+                        least = a
+                        cand = s
+                        if not a:
+                            break
+            load = least / w
+            if load <= best_load:
+                distance = index[cand.name] - start
+                if distance < 0:
+                    distance += n
+                if load < best_load or distance < best_distance:
+                    best = cand
+                    best_load = load
+                    best_distance = distance
         return best
 
     def _pick_excluding(self, exclude: frozenset[str]) -> ServerState | None:
