@@ -16,6 +16,7 @@ from steelyard.config import load_config_text
 from steelyard.core.proxy_protocol import ParseStatus, encode_v1, encode_v2, parse_header
 from steelyard.core.records import RequestRecord
 from steelyard.engine import Engine
+from steelyard.net import tcp_proxy
 
 pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
 
@@ -26,6 +27,15 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
     if request.param == "uvloop":
         return uvloop.EventLoopPolicy()
     return asyncio.DefaultEventLoopPolicy()
+
+
+@pytest.fixture(autouse=True, params=["splice", "protocol"])
+def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the splice fast path (where the OS has it) and on the Protocol relay."""
+    if request.param == "splice" and not tcp_proxy.SPLICE_SUPPORTED:
+        pytest.skip("no splice(2) here")
+    monkeypatch.setattr(tcp_proxy, "SPLICE_DEFAULT", request.param == "splice")
+    return str(request.param)
 
 
 # ------------------------------------------------------------------------ tiny servers
@@ -123,7 +133,7 @@ def backend_block(name: str, ports: list[int], extra: str = "") -> str:
 # ------------------------------------------------------------------------ tests
 
 
-async def test_relay_and_record(tagged: Any) -> None:
+async def test_relay_and_record(tagged: Any, relay_mode: str) -> None:
     port, log = await tagged(b"s0")
     engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
     records: list[RequestRecord] = []
@@ -149,6 +159,8 @@ async def test_relay_and_record(tagged: Any) -> None:
         assert rec.client.startswith("127.0.0.1:")
         state = engine.backends["b"].servers["s0"]
         assert state.active == 0 and state.requests_total == 1
+        runtime = engine.listeners["l4"].runtime
+        assert runtime.spliced_total == (1 if relay_mode == "splice" else 0)
     finally:
         await engine.shutdown(1)
 

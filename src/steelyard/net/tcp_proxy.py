@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import logging
+import os
 import socket
 import struct
 import time
@@ -57,6 +59,13 @@ HIGH_WATER = 1024 * 1024  # per transport write buffer before we pause the other
 LOW_WATER = 256 * 1024
 MAX_PREFACE = 16384 + 4096 + 512  # ClientHello (bounded by core.sni) + PROXY v2 header + slack
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+# splice(2) fast path (Linux): bytes go socket -> pipe -> socket inside the kernel
+SPLICE_SUPPORTED = hasattr(os, "splice") and hasattr(os, "SPLICE_F_MOVE")
+SPLICE_CHUNK = 1024 * 1024  # bytes per splice() call, and the pipe size we ask for
+SPLICE_ROUNDS = 16  # splice() rounds per wakeup before yielding to other connections
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+SPLICE_DEFAULT = os.environ.get("STEELYARD_SPLICE", "1") != "0"
 
 
 class Phase(enum.Enum):
@@ -157,6 +166,7 @@ class TcpConnection(asyncio.Protocol):
         "up_lost",
         "outcome",
         "reading_paused",
+        "splice",
     )
 
     def __init__(self, listener: TcpListener) -> None:
@@ -189,6 +199,7 @@ class TcpConnection(asyncio.Protocol):
         self.up_lost = True  # no upstream yet
         self.outcome = Outcome.OK
         self.reading_paused = False
+        self.splice: SpliceRelay | None = None
 
     # -- downstream events ---------------------------------------------------------------------
 
@@ -226,6 +237,11 @@ class TcpConnection(asyncio.Protocol):
         self.buffer += data
         if self.phase is Phase.PREFACE:
             self._preface()
+        elif self.transport is not None:
+            # CONNECTING: a pause_reading() from connection_made may be undone when the loop
+            # starts reading after it returns (uvloop), so pause again: at most one read is
+            # buffered while we connect
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.down_eof = True
@@ -245,6 +261,8 @@ class TcpConnection(asyncio.Protocol):
         return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.splice is not None:
+            return  # the transport was detached: the splice relay owns the socket now
         self.down_lost = True
         self.transport_gone()
         if self.phase is Phase.CONNECTING and self.connect_task is not None:
@@ -271,6 +289,8 @@ class TcpConnection(asyncio.Protocol):
     # -- upstream events (from _Upstream) ----------------------------------------------------
 
     def upstream_eof(self) -> None:
+        if self.splice is not None:
+            return
         self.up_eof = True
         down = self.transport
         if down is not None and not down.is_closing():
@@ -282,6 +302,8 @@ class TcpConnection(asyncio.Protocol):
             self._close_both()
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        if self.splice is not None:
+            return
         self.up_lost = True
         if exc is not None:
             if self.outcome is Outcome.OK:
@@ -460,9 +482,40 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         if self.idle_timeout > 0:
             self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+        if self.listener.use_splice and self._start_splice():
+            return
         down = self.transport
         if down is not None and not down.is_closing() and not self.down_eof:
             down.resume_reading()
+
+    def _start_splice(self) -> bool:
+        """Hand both sockets to a SpliceRelay when nothing is buffered in either transport."""
+        down, up = self.transport, self.up_transport
+        if down is None or up is None or self.down_eof or down.is_closing() or up.is_closing():
+            return False
+        if down.get_write_buffer_size() or up.get_write_buffer_size():
+            return False  # e.g. a server greeting still on its way: stay on the Protocol path
+        down_sock = down.get_extra_info("socket")
+        up_sock = up.get_extra_info("socket")
+        if down_sock is None or up_sock is None:
+            return False
+        try:
+            relay = SpliceRelay(self, os.dup(down_sock.fileno()), os.dup(up_sock.fileno()))
+        except OSError as exc:
+            log.debug("%s: splice unavailable: %s", self.listener.name, exc)
+            return False
+        self.splice = relay
+        self.listener.spliced_total += 1
+        down.abort()  # closes the transports' descriptors; our duplicates keep the sockets
+        up.abort()
+        relay.start()
+        return True
+
+    def splice_finished(self, outcome: Outcome) -> None:
+        if self.outcome is Outcome.OK:
+            self.outcome = outcome
+        self.down_lost = self.up_lost = True
+        self._maybe_finish()
 
     # -- timers and closing --------------------------------------------------------------------
 
@@ -478,6 +531,9 @@ class TcpConnection(asyncio.Protocol):
         self.timer = self.loop.call_later(self.idle_timeout - quiet, self._idle_check)
 
     def _close_both(self) -> None:
+        if self.splice is not None:
+            self.splice.close(Outcome.OK)
+            return
         for tr in (self.transport, self.up_transport):
             if tr is not None and not tr.is_closing():
                 tr.close()
@@ -497,6 +553,9 @@ class TcpConnection(asyncio.Protocol):
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+        if self.splice is not None:
+            self.splice.close(Outcome.CANCELLED)
+            return
         for tr in (self.transport, self.up_transport):
             if tr is not None:
                 tr.abort()
@@ -539,6 +598,183 @@ class TcpConnection(asyncio.Protocol):
         )
 
 
+class _Leg:
+    """One direction of a SpliceRelay: src socket -> pipe -> dst socket."""
+
+    __slots__ = ("src", "dst", "rfd", "wfd", "pending", "eof", "waiting_write", "upstream_src")
+
+    def __init__(self, src: int, dst: int, upstream_src: bool) -> None:
+        self.src = src
+        self.dst = dst
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.wfd, _F_SETPIPE_SZ, SPLICE_CHUNK)
+        except OSError:
+            pass  # the default (64 KiB) pipe works, just with more calls
+        self.pending = 0  # bytes sitting in the pipe
+        self.eof = False
+        self.waiting_write = False
+        self.upstream_src = upstream_src  # True: server -> client
+
+    def close(self) -> None:
+        for fd in (self.rfd, self.wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class SpliceRelay:
+    """Zero-copy relay of an established connection pair with splice(2) through pipes.
+
+    Each direction moves bytes socket -> pipe -> socket without copying them into Python.
+    Back-pressure: when the destination socket is full, the leg stops watching its source
+    (remove_reader) and waits for the destination to become writable (add_writer).
+    Half-close: a source EOF becomes shutdown(SHUT_WR) on the destination once the pipe is
+    empty; both EOFs close the pair. A reset on either side resets the other (SO_LINGER 0).
+    """
+
+    __slots__ = ("conn", "loop", "down", "up", "legs", "closed")
+
+    def __init__(self, conn: TcpConnection, down_fd: int, up_fd: int) -> None:
+        self.conn = conn
+        self.loop = conn.loop
+        self.down = down_fd
+        self.up = up_fd
+        self.closed = False
+        legs: list[_Leg] = []
+        try:
+            legs.append(_Leg(down_fd, up_fd, upstream_src=False))
+            legs.append(_Leg(up_fd, down_fd, upstream_src=True))
+        except OSError:
+            for leg in legs:
+                leg.close()
+            os.close(down_fd)
+            os.close(up_fd)
+            raise
+        self.legs = legs
+
+    def start(self) -> None:
+        for leg in self.legs:
+            self.loop.add_reader(leg.src, self._readable, leg)
+
+    def _readable(self, leg: _Leg) -> None:
+        self._pump(leg)
+
+    def _writable(self, leg: _Leg) -> None:
+        self._pump(leg)
+
+    def _pump(self, leg: _Leg) -> None:
+        if self.closed:
+            return
+        conn = self.conn
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        moved = 0
+        failed_side: bool | None = None  # True: the server's socket failed, False: client's
+        try:
+            for _ in range(SPLICE_ROUNDS):
+                if leg.pending == 0 and not leg.eof:
+                    try:
+                        n = os.splice(leg.src, leg.wfd, SPLICE_CHUNK, flags=flags)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        failed_side = leg.upstream_src
+                        raise
+                    if n == 0:
+                        leg.eof = True
+                    leg.pending = n
+                if leg.pending:
+                    try:
+                        m = os.splice(leg.rfd, leg.dst, leg.pending, flags=flags)
+                    except BlockingIOError:
+                        m = 0
+                    except OSError:
+                        failed_side = not leg.upstream_src
+                        raise
+                    if m == 0:
+                        self._wait_writable(leg)
+                        return
+                    leg.pending -= m
+                    moved += m
+                if leg.eof and leg.pending == 0:
+                    break
+        except OSError as exc:
+            if failed_side is None:
+                raise
+            log.debug(
+                "splice relay: %s side failed: %s", "server" if failed_side else "client", exc
+            )
+            # whoever failed, the peer on the other side must see a reset too
+            self.close(Outcome.RESET if failed_side else Outcome.CANCELLED, reset=True)
+            return
+        finally:
+            if moved:
+                if leg.upstream_src:
+                    conn.bytes_out += moved
+                else:
+                    conn.bytes_in += moved
+                conn.last_activity = self.loop.time()
+        if leg.waiting_write:
+            leg.waiting_write = False
+            self.loop.remove_writer(leg.dst)
+            if not leg.eof:
+                self.loop.add_reader(leg.src, self._readable, leg)
+        if leg.eof and leg.pending == 0:
+            self._leg_done(leg)
+
+    def _wait_writable(self, leg: _Leg) -> None:
+        if not leg.waiting_write:
+            leg.waiting_write = True
+            self.loop.remove_reader(leg.src)
+            self.loop.add_writer(leg.dst, self._writable, leg)
+
+    def _leg_done(self, leg: _Leg) -> None:
+        self.loop.remove_reader(leg.src)
+        try:
+            socket_shutdown(leg.dst)
+        except OSError:
+            pass
+        if all(lg.eof and lg.pending == 0 for lg in self.legs):
+            self.close(Outcome.OK)
+
+    def close(self, outcome: Outcome, reset: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for leg in self.legs:
+            self.loop.remove_reader(leg.src)
+            if leg.waiting_write:
+                self.loop.remove_writer(leg.dst)
+            leg.close()
+        for fd in (self.down, self.up):
+            if reset:
+                try:
+                    with socket.socket(fileno=os.dup(fd)) as s:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.conn.splice_finished(outcome)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        legs = ", ".join(f"pending={lg.pending} eof={lg.eof}" for lg in self.legs)
+        return f"SpliceRelay({state}: {legs})"
+
+
+def socket_shutdown(fd: int) -> None:
+    """shutdown(fd, SHUT_WR) on a raw descriptor (without taking ownership of it)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.detach()
+
+
 class TcpListener:
     """The runtime of one `protocol: tcp` listener (created and driven by the Engine)."""
 
@@ -550,15 +786,20 @@ class TcpListener:
         self.connections: set[TcpConnection] = set()
         self.closing = False
         self.connections_total = 0
+        self.spliced_total = 0  # connections handed to the splice fast path
         self._empty: asyncio.Event | None = None
         self.config: Any = listener_config
         self.sni: SniTable | None = None
         self.preface_timeout = 10.0
+        # the splice fast path: plain TCP on both legs (TLS termination needs the bytes)
+        self.use_splice = SPLICE_SUPPORTED and SPLICE_DEFAULT
         self.update(listener_config)
 
     def update(self, cfg: Any) -> None:
         """Reload: new connections use the new config; open ones carry on untouched."""
         self.config = cfg
+        if getattr(cfg, "tls", None) is not None:
+            self.use_splice = False
         routes = getattr(cfg, "sni_routes", ()) or ()
         self.sni = SniTable((r.server_name, r.backend) for r in routes) if routes else None
         timeouts = getattr(cfg, "timeouts", None)
@@ -611,5 +852,6 @@ class TcpListener:
     def __repr__(self) -> str:
         return (
             f"TcpListener({self.name} open={len(self.connections)} "
-            f"total={self.connections_total} closing={self.closing})"
+            f"total={self.connections_total} spliced={self.spliced_total} "
+            f"closing={self.closing})"
         )
