@@ -50,6 +50,8 @@ def run(config_path: str) -> int:
         print(f"{config_path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return 1
     setup_logging()
+    for warning in getattr(config, "warnings", ()):
+        log.warning("%s", warning)
     return run_loop(lambda: serve(config, config_path))
 
 
@@ -79,6 +81,8 @@ async def serve(
     async def reload() -> None:
         try:
             await engine.reload()
+            for warning in getattr(engine.config, "warnings", ()):
+                log.warning("%s", warning)
             log.info("reloaded %s", config_path)
         except ConfigError as exc:
             for problem in exc.problems:
