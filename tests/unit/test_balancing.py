@@ -3,6 +3,7 @@ properties the literature promises, with plain function calls and seeded random 
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import os
@@ -32,6 +33,7 @@ from steelyard.core.balancing import (
 )
 from steelyard.core.balancing.hashing import (
     hash64,
+    key_position,
     maglev_offset_skip,
     name_hash,
     ring_point_bytes,
@@ -391,6 +393,17 @@ def test_ring_weights_and_growing_weight_only_pulls_keys_in() -> None:
     full = owner_map(ConsistentHash(group, [1.0, 1.0, 1.0, 1.0, 1.0]), ks)
     moved = [k for k in ks if slow[k] != full[k]]
     assert moved and all(full[k] == group[4].name for k in moved)
+
+
+@pytest.mark.parametrize("n", [1, 2, 40])
+def test_ring_bucket_index_agrees_with_a_plain_binary_search(n: int) -> None:
+    ring = ConsistentHash(many(n), [1.0] * n).ring
+    rng = random.Random(n)
+    probes = [rng.getrandbits(64) for _ in range(3000)] + [0, 2**64 - 1]
+    probes += [int((p - 1.0) * 2**52) << 12 for p in ring.positions[:50]]  # exactly on points
+    for h in probes:
+        plain = bisect.bisect_left(ring.positions, key_position(h))
+        assert ring.locate(h) == (plain if plain < len(ring) else 0)
 
 
 def test_point_counts_are_capped() -> None:

@@ -32,6 +32,7 @@ import random
 from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
+from itertools import repeat
 from operator import attrgetter
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
@@ -47,6 +48,7 @@ from steelyard.core.balancing.random_choice import WeightedRandom, positive
 POINTS_PER_WEIGHT = 1600
 MAX_POINTS = 1 << 20
 MAX_SERVERS = 1 << 16  # the owner tag is 16 bits
+BUCKET_POINTS = 16
 _active = attrgetter("active")
 _TWO_POW_M52 = 2.0**-52
 
@@ -61,7 +63,7 @@ def point_counts(weights: Sequence[float], per_weight: int, max_points: int) -> 
 class HashRing:
     """The ring itself: sorted positions in [1, 2) and, in parallel, the owner's index."""
 
-    __slots__ = ("positions", "owners")
+    __slots__ = ("positions", "owners", "shift", "starts")
 
     def __init__(self, names: Sequence[str], counts: Sequence[int]) -> None:
         if len(names) > MAX_SERVERS:
@@ -82,13 +84,22 @@ class HashRing:
         if owners.itemsize == 2 and array("H", b"\x01\x00")[0] != 1:  # big-endian machine
             owners.byteswap()
         self.owners = owners
+        # A bucket index on the top bits of the position (about BUCKET_POINTS points per
+        # bucket): a lookup bisects one bucket instead of the whole ring.
+        bits = max(1, min(20, (len(points) // BUCKET_POINTS).bit_length()))
+        self.shift = 64 - bits
+        step = 2.0**-bits
+        bounds = [1.0 + b * step for b in range(1 << bits)]
+        self.starts = list(map(bisect_left, repeat(self.positions), bounds))
+        self.starts.append(len(points))
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def locate(self, h: int) -> int:
         """Index of the point that owns the 64-bit key hash ``h``."""
-        i = bisect_left(self.positions, key_position(h))
+        b = h >> self.shift
+        i = bisect_left(self.positions, key_position(h), self.starts[b], self.starts[b + 1])
         return i if i < len(self.positions) else 0
 
     def shares(self) -> list[float]:
@@ -142,15 +153,19 @@ class ConsistentHash:
         key = ctx.hash_key
         if key is None:
             return self.fallback.pick(ctx)
-        positions = self.ring.positions
+        ring = self.ring
+        positions = ring.positions
         if not positions:
             return None
         # ring.locate(hash64(key)), inlined: this is the hot path
-        i = bisect_left(positions, 1.0 + (hash64(key) >> 12) * _TWO_POW_M52)
+        h = hash64(key)
+        b = h >> ring.shift
+        starts = ring.starts
+        i = bisect_left(positions, 1.0 + (h >> 12) * _TWO_POW_M52, starts[b], starts[b + 1])
         if i == len(positions):
             i = 0
         if self.factor is None and not ctx.exclude:
-            return self.servers[self.ring.owners[i]]
+            return self.servers[ring.owners[i]]
         return self._walk(i, ctx.exclude)
 
     def _walk(self, i: int, exclude: frozenset[str]) -> ServerState | None:
