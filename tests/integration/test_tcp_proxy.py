@@ -523,3 +523,141 @@ async def test_reload_keeps_open_connections(tagged: Any) -> None:
         writer2.close()
     finally:
         await engine.shutdown(1)
+
+
+async def test_back_pressure_pauses_the_fast_side(relay_mode: str) -> None:
+    """A server that writes 64 MiB to a client that does not read: the proxy stops reading
+    from the server (its own buffers stay bounded) and the server sees pause_writing."""
+    loop = asyncio.get_running_loop()
+    paused: asyncio.Future[None] = loop.create_future()
+    total = 64 * 1024 * 1024
+    chunk = b"x" * (1024 * 1024)
+
+    class Firehose(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.sent = 0
+            self.blocked = False
+            self.more()
+
+        def more(self) -> None:
+            while self.sent < total and not self.blocked:
+                self.t.write(chunk)
+                self.sent += len(chunk)
+            if self.sent >= total:
+                self.t.write_eof()
+
+        def pause_writing(self) -> None:
+            self.blocked = True
+            if not paused.done():
+                paused.set_result(None)
+
+        def resume_writing(self) -> None:
+            self.blocked = False
+            self.more()
+
+    server, port = await start_server(Firehose)
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    try:
+        host, lport = engine.bound["l4"]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, lport))
+        await asyncio.wait_for(paused, 10)  # the server had to stop: nobody drains it
+        await asyncio.sleep(0.2)
+        (conn,) = engine.listeners["l4"].runtime.connections
+        if relay_mode == "protocol":
+            buffered = conn.transport.get_write_buffer_size()
+            assert buffered <= tcp_proxy.HIGH_WATER + 1024 * 1024, buffered
+        else:
+            assert conn.splice is not None
+        assert conn.bytes_out < total / 2  # far from everything was pulled in
+        # now read it all: the flow resumes and every byte arrives
+        received = 0
+        while received < total:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+            assert data
+            received += len(data)
+        assert received == total
+        sock.close()
+    finally:
+        await engine.shutdown(1)
+        server.close()
+
+
+async def test_proxy_header_then_sni(tagged: Any) -> None:
+    """accept_proxy_protocol and sni_routes together: header stripped, hello peeked."""
+    import ssl
+
+    pa, _ = await tagged(b"A")
+    pb, log_b = await tagged(b"B")
+    listener = tcp_listener(
+        "a",
+        "    accept_proxy_protocol: true\n"
+        "    sni_routes:\n"
+        "      - {server_name: b.example.net, backend: bb}",
+    )
+    backends = backend_block("a", [pa]) + "\n" + backend_block("bb", [pb])
+    engine = await start_engine(config(listener, backends))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        ctx = ssl.create_default_context()
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_hostname="b.example.net")
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        hello = outgoing.read()
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(encode_v2("192.0.2.9", 999, "192.0.2.1", 443) + hello)
+        assert await read_until(reader, b"\n") == b"B\n"
+        assert await asyncio.wait_for(reader.readexactly(len(hello)), 5) == hello
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        assert records[0].client == "192.0.2.9:999" and records[0].backend == "bb"
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_reload_swaps_sni_routes_for_new_connections(tagged: Any) -> None:
+    pa, _ = await tagged(b"A")
+    pb, _ = await tagged(b"B")
+
+    def cfg(target: str) -> Any:
+        listener = tcp_listener(
+            "a",
+            "    timeouts: {request_head: 200ms}\n"
+            f"    sni_routes:\n      - {{server_name: x.example.net, backend: {target}}}",
+        )
+        return config(listener, backend_block("a", [pa]) + "\n" + backend_block("bb", [pb]))
+
+    engine = await start_engine(cfg("a"))
+    try:
+        host, lport = engine.bound["l4"]
+        import ssl
+
+        def hello() -> bytes:
+            ctx = ssl.create_default_context()
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = ctx.wrap_bio(incoming, outgoing, server_hostname="x.example.net")
+            with pytest.raises(ssl.SSLWantReadError):
+                obj.do_handshake()
+            return outgoing.read()
+
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(hello())
+        assert await read_until(reader, b"\n") == b"A\n"
+        await engine.reload(cfg("bb"))
+        reader2, writer2 = await asyncio.open_connection(host, lport)
+        writer2.write(hello())
+        assert await read_until(reader2, b"\n") == b"B\n"
+        writer.close()
+        writer2.close()
+    finally:
+        await engine.shutdown(1)

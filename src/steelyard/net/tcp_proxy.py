@@ -805,6 +805,11 @@ class TcpListener:
         timeouts = getattr(cfg, "timeouts", None)
         self.preface_timeout = getattr(timeouts, "request_head", 10.0) or 10.0
 
+    @property
+    def connections_active(self) -> int:
+        """Open downstream connections (the `steelyard_connections_active` gauge)."""
+        return len(self.connections)
+
     def protocol_factory(self) -> asyncio.Protocol:
         self.connections_total += 1
         return TcpConnection(self)

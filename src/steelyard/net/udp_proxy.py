@@ -198,6 +198,11 @@ class UdpListener(asyncio.DatagramProtocol):
             _, oldest = next(iter(self.sessions.items()))
             oldest.close(Outcome.OK)
 
+    @property
+    def connections_active(self) -> int:
+        """Open sessions (the `steelyard_connections_active` gauge counts them for UDP)."""
+        return len(self.sessions)
+
     def protocol_factory(self) -> UdpListener:
         return self
 
