@@ -483,3 +483,34 @@ def test_a_scenario_file_and_a_trace_relative_to_it(
     assert main([str(scenario), "--algorithms", "consistent_hash", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "scenario mine: 3 requests" in out
+
+
+def test_steelyard_cli_hands_simulate_its_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from steelyard.cli import main as cli_main
+
+    assert cli_main(["simulate", "--list"]) == 0
+    assert capsys.readouterr().out.split() == list(BUILTIN_NAMES)
+    assert cli_main(["simulate", "canary", "--requests", "500", "--jobs", "1"]) == 0
+    assert "scenario canary: 500 requests" in capsys.readouterr().out
+
+
+def test_the_scenario_example_in_the_docs_is_valid(tmp_path: Path) -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "simulator.md"
+    text = doc.read_text()
+    start = text.index("```yaml\nname: my-workload")
+    block = text[start + len("```yaml\n") : text.index("```", start + 8)]
+    scenario = load_scenario_text(block, "simulator.md", tmp_path)
+    assert [e.action for e in scenario.events] == [
+        "slow",
+        "fail",
+        "recover",
+        "join",
+        "leave",
+        "drain",
+    ]
+    assert scenario.lb.outlier_detection is not None and scenario.lb.health_check is not None
+    assert [a.name for a in scenario.algorithms][-1] == "modulo"
+    # runs with the trace swapped for Poisson arrivals
+    runnable = block.replace("arrivals: {poisson: 1200}", "arrivals: {poisson: 300}")
+    result = run_scenario(load_scenario_text(runnable), requests=2000, jobs=1)
+    assert set(result.entries) == {a.name for a in scenario.algorithms}

@@ -128,7 +128,7 @@ def test_builtin_scenario_reproduces_the_advice(name: str) -> None:
 def test_shipped_defaults_reproduce_the_advice(name: str) -> None:
     scenario = load_scenario(name)
     assert scenario.requests == 100_000 and scenario.seed == 1
-    assert scenario.description and scenario.advice
+    assert scenario.description and scenario.advice and scenario.rule
     assert builtin_text(name).startswith(f"name: {name}\n")
     for entry in scenario.algorithms:
         assert entry.algorithm in ALGORITHMS or entry.algorithm in BASELINES

@@ -18,41 +18,52 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> None:
+    """PNG with a 128-colour palette: a third of the size, no visible difference."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    with Image.open(buf) as image:
+        image.convert("RGB").quantize(colors=128).save(path, format="PNG", optimize=True)
+
+
 def latency_cdf(result: ScenarioResult, path: Path) -> Path:
-    """Latency CDF per algorithm, log-scaled time axis, the tail stretched (1 - p on log)."""
+    """Latency CDF per algorithm: log time axis, logit probability axis (the tail visible)."""
     import numpy as np
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=80)
+    low = math.inf
     for name, r in result.entries.items():
         if not r.latencies:
             continue
         arr = np.sort(np.asarray(r.latencies) * 1000.0)
-        arr = np.maximum(arr, 1e-3)
-        p = np.arange(1, len(arr) + 1) / len(arr)
-        # thin to ~2000 points, keeping the tail
-        if len(arr) > 2000:
-            idx = np.unique(
-                np.concatenate(
-                    [
-                        np.linspace(0, len(arr) - 1, 1500).astype(int),
-                        np.arange(len(arr) - 500, len(arr)),
-                    ]
-                )
-            )
+        p = (np.arange(len(arr)) + 0.5) / len(arr)
+        low = min(low, float(arr[int(len(arr) * 0.001)]))
+        if len(arr) > 3000:  # thin out, keeping every point of the last 1%
+            head = np.linspace(0, len(arr) * 0.99, 2000).astype(int)
+            tail = np.arange(int(len(arr) * 0.99), len(arr), max(1, len(arr) // 100000))
+            idx = np.unique(np.concatenate([head, tail]))
             arr, p = arr[idx], p[idx]
-        ax.plot(arr, p, label=name, linewidth=1.4)
+        ax.plot(np.maximum(arr, 1e-3), p, label=name, linewidth=1.4)
     ax.set_xscale("log")
+    ax.set_yscale("logit")
+    ax.set_ylim(0.01, 0.9999)
+    if math.isfinite(low):
+        ax.set_xlim(left=max(low, 1e-3))
+    ax.set_yticks([0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999])
+    ax.set_yticklabels(["1%", "10%", "50%", "90%", "99%", "99.9%", "99.99%"])
     ax.set_xlabel("latency (ms, log scale)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_ylim(0, 1.0)
-    ax.axhline(0.99, color="grey", linewidth=0.6, linestyle=":")
-    ax.text(ax.get_xlim()[0], 0.99, " p99", va="bottom", fontsize=8, color="grey")
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylabel("requests at most this slow")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"{result.scenario.name}: latency CDF ({result.requests} requests)")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -83,7 +94,7 @@ def in_flight(result: ScenarioResult, path: Path) -> Path:
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(len(labels), 10))
     fig.suptitle(f"{result.scenario.name}: in-flight requests per server", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path
 

@@ -154,7 +154,8 @@ class AlgorithmEntry:
 class Scenario:
     name: str
     description: str = ""
-    advice: str = ""  # the rule of thumb this scenario checks (for the docs)
+    rule: str = ""  # the rule of thumb this scenario checks, one line (for the docs)
+    advice: str = ""  # the rule explained (for the docs)
     requests: int = 100_000
     seed: int = 1
     servers: tuple[ServerSpec, ...] = ()
@@ -453,6 +454,7 @@ def _algorithm(value: object, where: str, servers: set[str]) -> AlgorithmEntry:
 _TOP = (
     "name",
     "description",
+    "rule",
     "advice",
     "requests",
     "seed",
@@ -493,6 +495,7 @@ def parse_scenario(data: object, source: str = "<string>", base: Path | None = N
     return Scenario(
         name=str(d.get("name", Path(source).stem)),
         description=str(d.get("description", "")).strip(),
+        rule=str(d.get("rule", "")).strip(),
         advice=str(d.get("advice", "")).strip(),
         requests=int(_number(d.get("requests", 100_000), f"{source}: requests", minimum=1)),
         seed=int(_number(d.get("seed", 1), f"{source}: seed", integer=True)),
