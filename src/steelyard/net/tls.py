@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from steelyard.core.sni import SniTable
 
@@ -47,11 +47,11 @@ def certificate_names(cert_path: str) -> list[str]:
     leaf = certs[0]
     names: list[str] = []
     try:
-        san = leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
     if san is not None:
-        names = [n.lower().rstrip(".") for n in san.value.get_values_for_type(x509.DNSName)]
+        names = [n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName)]
     if not names:
         for attr in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
             value = attr.value
