@@ -200,6 +200,8 @@ async def _read_response(reader: asyncio.StreamReader, spec: CheckSpec) -> tuple
         if not data:
             break
         received += len(data)
+        if not cb.headers_done and received > MAX_CHECK_HEAD:
+            return False, "invalid response (head too large)"
         parser.feed_data(data)
         if cb.headers_done and (
             spec.expect_body is None
@@ -208,8 +210,6 @@ async def _read_response(reader: asyncio.StreamReader, spec: CheckSpec) -> tuple
             or not spec.status_ok(parser.get_status_code())
         ):
             break
-        if not cb.headers_done and received > MAX_CHECK_HEAD:
-            return False, "invalid response (head too large)"
     if not cb.headers_done:
         return False, "connection closed before a response" if not received else "invalid response"
     status = parser.get_status_code()
@@ -289,7 +289,11 @@ class HealthSupervisor:
             if spec.tls is not None and ssl_ctx is None:
                 ok, reason = False, "tls setup failed"
             else:
-                ok, reason = await probe(spec, ssl_ctx)
+                try:
+                    ok, reason = await probe(spec, ssl_ctx)
+                except Exception as exc:  # never let one odd answer end the checking
+                    log.exception("health check %s/%s: unexpected error", bname, sname)
+                    ok, reason = False, f"error: {type(exc).__name__}"
             backend = self.engine.backends.get(bname)
             if backend is None or sname not in backend.servers:
                 return
