@@ -32,7 +32,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from steelyard.core.balancing.base import Health
 from steelyard.core.events import Event
@@ -55,6 +54,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
     5.0,
     10.0,
 )
+
+_BUCKET_LABELS: tuple[str, ...] = tuple(repr(b) for b in DURATION_BUCKETS)  # le="0.0005"...
 
 # status -> code label; index = status // 100
 _CODE_CLASS: tuple[str, ...] = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -91,9 +92,9 @@ class DurationHistogram:
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         running = 0
-        for bound, n in zip(DURATION_BUCKETS, self.counts, strict=False):
+        for label, n in zip(_BUCKET_LABELS, self.counts, strict=False):
             running += n
-            out.append((floatToGoString(bound), running))
+            out.append((label, running))
         out.append(("+Inf", self.count))
         return out
 
