@@ -514,3 +514,37 @@ def test_the_scenario_example_in_the_docs_is_valid(tmp_path: Path) -> None:
     runnable = block.replace("arrivals: {poisson: 1200}", "arrivals: {poisson: 300}")
     result = run_scenario(load_scenario_text(runnable), requests=2000, jobs=1)
     assert set(result.entries) == {a.name for a in scenario.algorithms}
+
+
+BUSY_FAILING = """
+name: busy-failing
+servers:
+  - {{name: s1, capacity: 8, service_time: {{exponential: 50ms}}}}
+  - {{name: s2, capacity: 8, service_time: {{exponential: 50ms}}}}
+events:
+  - {{at: 5s, action: fail, server: s2}}
+  - {{at: 12s, action: recover, server: s2}}
+workload:
+  arrivals: {{poisson: 200}}
+lb: {lb}
+algorithms: [round_robin]
+"""
+
+
+@pytest.mark.parametrize("lb", ["{}", "{retries: 1}", "{retries: 2, instances: 2}"])
+def test_every_request_either_completes_or_counts_as_an_error(lb: str) -> None:
+    scenario = load_scenario_text(BUSY_FAILING.format(lb=lb))
+    tasks, n, _ = prepare(scenario, requests=4000, seed=9)
+    sim = Simulation(*tasks[0])
+    r = sim.run()
+    assert len(r.latencies) + round(r.errors * n) == n
+    # ~5 requests were in service on s2 when it failed: they are reset, retries or not
+    assert round(r.errors * n) >= 1
+    for backend in sim.instances:  # every lease was released
+        assert all(s.active == 0 for s in backend.servers.values())
+    if scenario.lb.instances > 1:
+        # each instance has its own ServerStates and saw its own half of the requests
+        a, b = (sim.instances[k].servers["s1"] for k in (0, 1))
+        assert a is not b
+        totals = [sum(s.requests_total for s in i.servers.values()) for i in sim.instances]
+        assert totals[0] == pytest.approx(totals[1], rel=0.05)

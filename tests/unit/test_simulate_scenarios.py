@@ -44,6 +44,8 @@ def check_slow_server(res: ScenarioResult) -> None:
         assert p99(e[name]) * 5 < rr, (name, p99(e[name]), rr)
         # they steer around s5: it gets far less than its 20% share
         assert e[name].share["s5"] < 0.15
+    if "power_of_two" in e:  # load-aware too: two choices are enough to avoid s5
+        assert p99(e["power_of_two"]) * 5 < rr
     assert e["round_robin"].share["s5"] == pytest.approx(0.2, abs=0.001)
     assert hottest(e["round_robin"]) > 10 * hottest(e["least_connections"])
 
