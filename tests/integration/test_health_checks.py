@@ -309,3 +309,24 @@ async def test_probe_refused_on_a_closed_port() -> None:
     await server.stop()
     assert await probe(spec(port)) == (False, "connection refused")
     assert await probe(spec(port, "http")) == (False, "connection refused")
+
+
+async def test_every_flip_is_logged_on_the_steelyard_logger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    check = (
+        f"{{type: http, path: /health, interval: {INTERVAL}s, timeout: 150ms, "
+        "healthy_threshold: 1, unhealthy_threshold: 1}"
+    )
+    caplog.set_level("INFO", logger="steelyard")
+    async with two_backends() as (s1, s2), steelyard(config([s1, s2], check=check)) as sy:
+        await until(lambda: state_of(sy.engine, "s1") == "healthy")
+        s1.health = "503"
+        await until(lambda: state_of(sy.engine, "s1") == "unhealthy")
+    flips = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "steelyard" and r.getMessage().startswith("health ")
+    ]
+    assert "health backend=api server=s1 state=healthy reason=status 200" in flips
+    assert "health backend=api server=s1 state=unhealthy reason=status 503" in flips
