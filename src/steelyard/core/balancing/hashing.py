@@ -96,10 +96,3 @@ def doubles_from_le(data: bytes) -> array[float]:
     if _BIG_ENDIAN:
         out.byteswap()
     return out
-
-
-def doubles_to_le(values: array[float]) -> bytes:
-    if _BIG_ENDIAN:
-        values = array("d", values)
-        values.byteswap()
-    return values.tobytes()
