@@ -3,7 +3,8 @@
 How this works (Karger et al., "Consistent Hashing and Random Trees", STOC 1997; the ketama
 library, last.fm 2007): every server puts points on a circle, round(POINTS_PER_WEIGHT x weight)
 of them, at stable hashes of its name (hashing.ring_point_bytes). A key hashes to a position
-and belongs to the first point at or after it (binary search, O(log n)). Removing a server
+and belongs to the first point at or after it (binary search, O(log n); a bucket index on the
+top bits of the position narrows it to a few points). Removing a server
 removes only its points, so only its own keys move, each to the next point on the ring; the
 other keys stay where they were. A server's points are a prefix of one stream per name, so a
 weight change (slow start) only adds or removes that server's points.
@@ -204,7 +205,8 @@ class IpHash(ConsistentHash):
     """The ``ip_hash`` algorithm: the same ring, keyed on the client's IP address bytes.
 
     The caller passes the peer (or PROXY-protocol) address as ``ctx.hash_key``; it must use one
-    representation consistently (e.g. the packed address). Never bounded: a client always
+    representation everywhere (the HTTP and TCP listeners both pass the ASCII text form, so a
+    client lands on the same server through either). Never bounded: a client always
     reaches its own server while that server is eligible.
     """
 
