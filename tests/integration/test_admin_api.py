@@ -647,3 +647,67 @@ async def test_reload_rotates_the_token(tmp_path: Path) -> None:
         assert (await client.get("/api/v1/status", headers=old)).status_code == 401
         assert (await client.get("/api/v1/status", headers=new)).status_code == 200
         assert (await client.get("/metrics", headers=new)).status_code == 200
+
+
+async def test_expect_100_continue_and_head_on_the_event_stream() -> None:
+    async with running(basic_config()) as engine:
+        reader, writer = await asyncio.open_connection("127.0.0.1", engine.admin.port)
+        body = json.dumps({"weight": 9}).encode()
+        writer.write(
+            b"PUT /api/v1/backends/api/servers/a/weight HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert engine.backends["api"].servers["a"].weight == 9
+        # HEAD on the event stream answers the head and does not hang
+        writer.write(b"HEAD /api/v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert b"HTTP/1.1 200 " in rest and b"text/event-stream" in rest
+
+
+def test_admin_bind_failure_exits_3(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cfg = tmp_path / "steelyard.yaml"
+    cfg.write_text(basic_config().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "steelyard", "run", "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 3
+    assert f"127.0.0.1:{port}" in result.stderr and "admin" in result.stderr
+
+
+async def test_admin_on_ipv6_loopback() -> None:
+    import socket
+
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    text = basic_config().replace("bind: 127.0.0.1:0", "bind: '[::1]:0'")
+    async with running(text) as engine:
+        url = admin_url(engine)
+        assert url.startswith("http://[::1]:")
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/api/v1/backends")).status_code == 200

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_admin_support import admin_url, basic_config, running
+from test_admin_support import admin_url, basic_config, running, wait_for
 
 PY = sys.executable
 
@@ -209,3 +209,23 @@ def test_ctl_against_steelyard_run(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+async def test_events_follows_the_stream() -> None:
+    async with running(basic_config()) as engine:
+        url = admin_url(engine)
+        engine.backends["api"].drain("a")
+        code, out, err = await ctl("--admin", url, "events", "--history", "5", "--count", "1")
+        assert code == 0, err
+        fields = out.split()
+        assert fields[1:5] == ["drain", "api/a", "draining", "admin"]
+        base = len(engine.events.subscribers)
+        proc = asyncio.create_task(ctl("--admin", url, "events", "--count", "2", "--json"))
+        # publish once the ctl's stream has subscribed
+        await wait_for(lambda: len(engine.events.subscribers) > base, timeout=30)
+        engine.backends["api"].disable("b")
+        engine.backends["api"].enable("b")
+        code, out, err = await asyncio.wait_for(proc, 60)
+        assert code == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        assert [(e["type"], e["server"]) for e in events] == [("disable", "b"), ("enable", "b")]

@@ -2,7 +2,8 @@
 
     steelyard ctl [--admin URL] [--token T] [--json] COMMAND
       status | servers [BACKEND] | drain B/S | enable B/S | disable B/S | weight B/S N |
-      add B ADDRESS [--weight N] [--name NAME] | remove B/S | reload
+      add B ADDRESS [--weight N] [--name NAME] | remove B/S | reload |
+      events [--history N] [--count N]
 
 --admin takes a full URL (default http://127.0.0.1:9901, or $STEELYARD_ADMIN); the token comes
 from --token or $STEELYARD_ADMIN_TOKEN. Output is a readable table, or the API's JSON with
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--weight", type=int, default=None)
     add.add_argument("--name", default=None)
     sub.add_parser("reload", parents=[common], help="re-read the config file")
+    events = sub.add_parser("events", parents=[common], help="follow the event stream")
+    events.add_argument("--history", type=int, default=0, help="first show the last N events")
+    events.add_argument("--count", type=int, default=0, help="stop after N events")
     return parser
 
 
@@ -111,6 +115,22 @@ class Client:
         self.base = base.rstrip("/")
         self.token = token
         self.timeout = timeout
+
+    def stream(self, path: str) -> Any:
+        """An open response for a server-sent-event stream (no read timeout)."""
+        headers = {"Accept": "text/event-stream", "User-Agent": "steelyard-ctl"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base + path, headers=headers)
+        try:
+            return urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as exc:
+            payload = _decode(exc.read())
+            message = payload.get("error") if isinstance(payload, dict) else None
+            raise CtlError(f"{exc.code} {exc.reason}: {message or 'request failed'}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CtlError(f"cannot reach the admin API at {self.base}: {reason}") from None
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None
@@ -324,7 +344,42 @@ def run(args: argparse.Namespace) -> int:
             took = (time.monotonic() - started) * 1000
             print(f"reloaded (config hash {result.get('config_hash')}, {took:.0f} ms)", file=out)
         return EXIT_OK
+    if command == "events":
+        return follow_events(client, args, out)
     raise UsageError(f"unknown command {command!r}")
+
+
+def follow_events(client: Client, args: argparse.Namespace, out: Any) -> int:
+    """Print events as they come: one line each (or the JSON of each with --json)."""
+    history = max(0, min(200, args.history))
+    seen = 0
+    with client.stream(f"/api/v1/events?history={history}") as resp:
+        try:
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not line.startswith("data:"):
+                    continue
+                event = _decode(line[5:].strip().encode())
+                if not isinstance(event, dict):
+                    continue
+                if args.json:
+                    print(json.dumps(event), file=out, flush=True)
+                else:
+                    who = event.get("backend") or "-"
+                    if event.get("server"):
+                        who += "/" + str(event["server"])
+                    print(
+                        f"{event.get('time')}  {event.get('type', ''):9} {who:24} "
+                        f"{event.get('state') or '-':10} {event.get('reason') or ''}".rstrip(),
+                        file=out,
+                        flush=True,
+                    )
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
 
 
 def main(argv: list[str]) -> int:
@@ -344,3 +399,5 @@ def main(argv: list[str]) -> int:
         for detail in exc.details:
             print(f"  {detail}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130

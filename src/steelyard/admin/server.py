@@ -175,6 +175,12 @@ class _RequestParser:
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.head_size = 0
+        self.expect_continue = False
+
+    def on_headers_complete(self) -> None:
+        # curl sends `Expect: 100-continue` before bodies over 1 KiB and waits for the answer
+        if self.headers.get("expect", "").lower() == "100-continue":
+            self.expect_continue = True
 
     def feed(self, data: bytes) -> None:
         self.parser.feed_data(data)
@@ -306,12 +312,18 @@ class AdminServer:
                 except httptools.HttpParserError:
                     await self._send(writer, Response.json(400, {"error": "malformed request"}))
                     return
+                if parser.expect_continue and not parser.ready:
+                    parser.expect_continue = False
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 while parser.ready:
                     request = parser.ready.popleft()
                     result = await self._dispatch(request)
                     if isinstance(result, _EventStream):
-                        await self._stream_events(writer, result)
-                        return
+                        if request.method == "HEAD":
+                            result = Response(200, b"", "text/event-stream; charset=utf-8")
+                        else:
+                            await self._stream_events(writer, result)
+                            return
                     keep = request.keep_alive and not self._closing
                     if request.method == "HEAD":
                         result = Response(result.status, b"", result.content_type, result.headers)
