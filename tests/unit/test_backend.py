@@ -805,3 +805,15 @@ def test_ejected_until_is_infinite_while_out() -> None:
     assert b.get("a").ejected_until == math.inf
     s: ServerState = b.get("a")
     assert s.state(1e9) == "ejected"
+
+
+def test_reload_adding_checks_keeps_serving_until_the_threshold_says_otherwise() -> None:
+    bus = EventBus()
+    old = make(("a", "b"), events=bus)
+    new = reload(old, servers("a", "b"), health_checked=True, unhealthy_threshold=2, events=bus)
+    assert new.get("a").health is Health.HEALTHY
+    assert new.observe_check("a", True, "status 200", 0.0) is False  # no spurious flip
+    assert new.observe_check("a", False, "status 503", 0.0) is False
+    assert "a" in picks(new, 10)
+    assert new.observe_check("a", False, "status 503", 0.0) is True
+    assert events_of(bus, "health")[-1].state == "unhealthy"

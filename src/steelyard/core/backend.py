@@ -180,7 +180,9 @@ class Backend:
         state = ServerState(
             server, health=Health.UNKNOWN if self.health_checked else Health.HEALTHY
         )
-        state.ext["health"] = HealthState(self.healthy_threshold, self.unhealthy_threshold)
+        state.ext["health"] = HealthState(
+            self.healthy_threshold, self.unhealthy_threshold, state.health
+        )
         detector = self._new_detector()
         if detector is not None:
             state.ext["outlier"] = detector
