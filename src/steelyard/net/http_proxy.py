@@ -78,14 +78,12 @@ PAUSE_PIPELINE = 1
 PAUSE_UPSTREAM = 2
 PAUSE_BUFFER = 4
 
-# downstream timer kinds
+# what the connection's one timer is waiting for
 T_NONE = 0
-T_HEAD = 1
-T_IDLE = 2
-# exchange timer kinds
-X_NONE = 0
-X_RESPONSE = 1
-X_IDLE = 2
+T_HEAD = 1  # the request head (listener timeouts.request_head): 408
+T_IDLE = 2  # the next request on a kept-alive connection (listener timeouts.idle): close
+X_RESPONSE = 3  # the response head (backend timeouts.response): 504
+X_IDLE = 4  # progress of a running exchange (backend timeouts.idle, or the tunnel timeout)
 
 # pipelined events
 Q_HEAD = 0
@@ -398,8 +396,11 @@ class DownstreamConnection(asyncio.Protocol):
         if self.queue:
             self.loop.call_soon(self._process_queue)
             return
-        self.parser.set_limits(self.listener.settings.limits)
-        self._resume(PAUSE_PIPELINE)
+        settings = self.listener.settings
+        if settings is not self.settings:
+            self.parser.set_limits(settings.limits)
+        if self.paused:
+            self._resume(PAUSE_PIPELINE)
         self._arm(T_IDLE, self.settings.idle_timeout)
 
     def _process_queue(self) -> None:
@@ -482,9 +483,16 @@ class DownstreamConnection(asyncio.Protocol):
 
     # -- timers ------------------------------------------------------------------------------
 
+    # One lazy timer per connection serves every timeout: arming only moves `deadline`; the
+    # handle is rescheduled only when the new deadline is nearer than the pending one, and a
+    # handle that fires early re-arms itself for the remainder. So a busy keep-alive connection
+    # does not create or cancel a timer per request.
+
     def _arm(self, kind: int, seconds: float) -> None:
+        self._arm_at(kind, self.loop.time() + seconds)
+
+    def _arm_at(self, kind: int, deadline: float) -> None:
         self.tkind = kind
-        deadline = self.loop.time() + seconds
         self.deadline = deadline
         timer = self.timer
         if timer is None:
@@ -498,16 +506,24 @@ class DownstreamConnection(asyncio.Protocol):
         kind = self.tkind
         if kind == T_NONE or self.closed:
             return
-        if self.loop.time() < self.deadline:
-            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+        ex = self.exchange
+        if kind == X_IDLE and ex is not None:
+            deadline = ex.last_activity + ex.idle_timeout
+        else:
+            deadline = self.deadline
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
             return
         self.tkind = T_NONE
-        if kind == T_HEAD and self.exchange is None:
-            if self.queue:
-                return
-            self._reply_error(ProtocolError(408, "request head not received in time"))
-        elif kind == T_IDLE and self.exchange is None:
-            self.close()
+        if kind >= X_RESPONSE:
+            if ex is not None:
+                ex.timed_out(kind)
+        elif ex is None:
+            if kind == T_HEAD:
+                if not self.queue:
+                    self._reply_error(ProtocolError(408, "request head not received in time"))
+            else:
+                self.close()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -580,10 +596,9 @@ class Exchange:
         "discard",
         "done",
         "tunnel",
-        "tkind",
-        "deadline",
-        "timer",
+        "out",
         "idle_timeout",
+        "response_timeout",
         "last_activity",
         "started",
         "record",
@@ -619,10 +634,9 @@ class Exchange:
         self.discard = False
         self.done = False
         self.tunnel = False
-        self.tkind = X_NONE
-        self.deadline = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.out: list[bytes] | None = None  # downstream writes gathered during one read
         self.idle_timeout = 60.0
+        self.response_timeout = 60.0
         self.started = self.loop.time()
         self.last_activity = self.started
         self.record = RequestRecord(down.settings.name, down.client, time.time())
@@ -677,8 +691,9 @@ class Exchange:
                 spec = getattr(cfg, "hash_on", None) or "client_ip"
                 hash_key = listener.hash_keys.get(spec).extract(head, down.client_ip)
         self.pick = PickContext(hash_key, frozenset())
-        self.timeouts = getattr(cfg, "timeouts", None)
-        self.idle_timeout = float(getattr(self.timeouts, "idle", 60.0))
+        self.timeouts = timeouts = getattr(cfg, "timeouts", None)
+        self.idle_timeout = float(getattr(timeouts, "idle", 60.0))
+        self.response_timeout = float(getattr(timeouts, "response", 60.0))
         self._select()
 
     # -- select_server / connect -------------------------------------------------------------
@@ -790,9 +805,9 @@ class Exchange:
         now = self.loop.time()
         self.last_activity = now
         if self.request_done:
-            self._arm(X_RESPONSE, now + float(getattr(self.timeouts, "response", 60.0)))
+            down._arm_at(X_RESPONSE, now + self.response_timeout)
         else:
-            self._arm(X_IDLE, 0.0)
+            down._arm_at(X_IDLE, now + self.idle_timeout)
 
     def request_body(self, data: bytes) -> None:
         self.body_received += len(data)
@@ -826,8 +841,7 @@ class Exchange:
             if self.head.chunked:
                 conn.transport.write(last_chunk(trailers))  # type: ignore[union-attr]
             if not self.response_started:
-                now = self.loop.time()
-                self._arm(X_RESPONSE, now + float(getattr(self.timeouts, "response", 60.0)))
+                self.down._arm_at(X_RESPONSE, self.loop.time() + self.response_timeout)
 
     def request_error(self, exc: ProtocolError) -> None:
         """The client's body broke framing or a limit mid-request."""
@@ -846,9 +860,22 @@ class Exchange:
 
     # -- upstream_response (ResponseSink) -----------------------------------------------------
 
+    def _emit(self, data: bytes) -> None:
+        out = self.out
+        if out is None:
+            self.down.write(data)
+        else:
+            out.append(data)
+
+    def _flush(self) -> None:
+        out = self.out
+        self.out = None
+        if out:
+            self.down.write(out[0] if len(out) == 1 else b"".join(out))
+
     def on_interim(self, resp: ResponseHead) -> None:
         if self.head.version == "1.1":
-            self.down.write(build_interim(resp))
+            self._emit(build_interim(resp))
 
     def on_response_head(self, resp: ResponseHead) -> None:
         head = self.head
@@ -877,7 +904,7 @@ class Exchange:
             headers = route.response_actions.apply(headers, ctx)
         self.mode = mode
         self.keep_alive = keep
-        down.write(
+        self._emit(
             build_response_head(
                 resp,
                 headers,
@@ -887,17 +914,20 @@ class Exchange:
                 request_id=self.request_id,
             )
         )
-        self._arm(X_IDLE, 0.0)  # reschedules only if the idle deadline is the nearer one
+        down._arm_at(X_IDLE, self.last_activity + self.idle_timeout)
 
     def on_response_body(self, data: bytes) -> None:
+        out = self.out
         if self.mode == BODY_CHUNKED:
-            self.down.write(chunk(data))
-        else:
+            data = chunk(data)
+        if out is None:
             self.down.write(data)
+        else:
+            out.append(data)
 
     def on_response_end(self, trailers: Headers | None) -> None:
         if self.mode == BODY_CHUNKED:
-            self.down.write(last_chunk(trailers))
+            self._emit(last_chunk(trailers))
         self.response_done = True
 
     # -- upstream events (from UpstreamConnection) ---------------------------------------------
@@ -909,11 +939,14 @@ class Exchange:
             return
         conn = self.upstream
         assert conn is not None
+        self.out = []
         try:
             leftover = conn.parser.feed(data)
         except ProtocolError as exc:
+            self._flush()
             self._upstream_failed(exc.status, exc.reason, Outcome.RESET)
             return
+        self._flush()
         if self.done:
             return
         if self.response_done:
@@ -1059,14 +1092,12 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        self.tkind = X_NONE
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        down = self.down
+        if down.tkind >= X_RESPONSE:
+            down.tkind = T_NONE
         if self.upstream is not None and not self.tunnel:
             self._drop_upstream()
         self._release(Outcome.CANCELLED)
-        down = self.down
         record = self.record
         head = self.head
         record.method = head.method.decode("latin-1")
@@ -1102,6 +1133,8 @@ class Exchange:
             if head.content_length is not None and remaining <= DISCARD_MAX:
                 self.discard = True
                 self.pending = None
+                self.last_activity = now = self.loop.time()
+                down._arm_at(X_IDLE, now + self.idle_timeout)
             else:
                 keep = False
         self.keep_alive = keep
@@ -1137,8 +1170,8 @@ class Exchange:
             down.stash_size = 0
         down._resume(PAUSE_BUFFER)
         self.idle_timeout = down.settings.tunnel_timeout
-        self.last_activity = self.loop.time()
-        self._arm(X_IDLE, 0.0)
+        self.last_activity = now = self.loop.time()
+        down._arm_at(X_IDLE, now + self.idle_timeout)
 
     def tunnel_from_downstream(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -1158,33 +1191,11 @@ class Exchange:
         self.down.tunnel = None
         self._finish(False)
 
-    # -- timer -------------------------------------------------------------------------------
+    # -- timeouts (the connection's timer calls this) ---------------------------------------
 
-    def _arm(self, kind: int, deadline: float) -> None:
-        self.tkind = kind
-        if kind == X_IDLE:
-            deadline = self.last_activity + self.idle_timeout
-        self.deadline = deadline
-        timer = self.timer
-        if timer is None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-        elif timer.when() > deadline:
-            timer.cancel()
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        kind = self.tkind
-        if kind == X_NONE or self.done:
+    def timed_out(self, kind: int) -> None:
+        if self.done:
             return
-        if kind == X_IDLE:
-            deadline = self.last_activity + self.idle_timeout
-        else:
-            deadline = self.deadline
-        if self.loop.time() < deadline:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        self.tkind = X_NONE
         if self.tunnel:
             self._end_tunnel()
         elif kind == X_RESPONSE:
