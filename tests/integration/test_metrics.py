@@ -281,3 +281,32 @@ def test_rolling_window_rates_and_percentiles() -> None:
     assert w.summary(1101)["requests"] == 1
     # a young window divides by its age
     assert w.summary(1101, elapsed=2.0)["rps"] == 0.5
+
+
+async def test_stats_endpoint_for_the_dashboard() -> None:
+    import time
+
+    async with running(basic_config()) as engine:
+        # ten requests that ended two seconds ago: 8 on a (2 of them 5xx), 2 on b
+        ended = int(time.time()) - 2
+        for i in range(10):
+            server = "a" if i < 8 else "b"
+            status = 503 if i < 2 else 200
+            engine.record(record(server=server, status=status, duration=0.01, when=ended + 0.1))
+        engine.record(record(server=None, status=503, duration=0.001, when=ended + 0.1))
+        async with httpx.AsyncClient(base_url=admin_url(engine)) as client:
+            r = await client.get("/api/v1/stats")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["window_s"] == 60
+    api = next(b for b in body["backends"] if b["name"] == "api")
+    assert api["requests"] == 11 and api["errors"] == 3  # includes the one no server took
+    servers = {s["name"]: s for s in api["servers"]}
+    a, b = servers["a"], servers["b"]
+    assert (a["requests"], a["errors"], a["error_rate"]) == (8, 2, 0.25)
+    assert (b["requests"], b["errors"]) == (2, 0)
+    assert 8 <= a["p50_ms"] <= 12.5 and 8 <= a["p99_ms"] <= 12.5
+    assert len(a["series"]) == 60
+    second_ago = body["time"] - ended  # the slot of `ended`, counted from the end
+    assert a["series"][-second_ago] == 8 and sum(a["series"]) == 8
+    assert a["rps"] > 0

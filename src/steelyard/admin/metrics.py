@@ -116,7 +116,8 @@ class RollingWindow:
         self.stamps = [-1] * span
         self.counts = [0] * span
         self.errors = [0] * span
-        self.hists: list[list[int]] = [[0] * (len(LATENCY_BOUNDS) + 1) for _ in range(span)]
+        # sparse: bucket -> count (a second's latencies fall in few buckets; cheap to merge)
+        self.hists: list[dict[int, int]] = [{} for _ in range(span)]
 
     def observe(self, second: int, duration: float, error: bool) -> None:
         self.observe_bucket(second, bisect_left(LATENCY_BOUNDS, duration), error)
@@ -131,13 +132,12 @@ class RollingWindow:
             self.stamps[i] = second
             self.counts[i] = 0
             self.errors[i] = 0
-            hist = self.hists[i]
-            for k in range(len(hist)):
-                hist[k] = 0
+            self.hists[i].clear()
         self.counts[i] += 1
         if error:
             self.errors[i] += 1
-        self.hists[i][bucket] += 1
+        hist = self.hists[i]
+        hist[bucket] = hist.get(bucket, 0) + 1
 
     def series(self, now_second: int, length: int | None = None) -> list[int]:
         """Requests in each of the last `length` complete seconds, oldest first."""
@@ -160,9 +160,8 @@ class RollingWindow:
                 continue
             requests += self.counts[i]
             errors += self.errors[i]
-            for k, n in enumerate(self.hists[i]):
-                if n:
-                    merged[k] += n
+            for k, n in self.hists[i].items():
+                merged[k] += n
         seconds = float(self.span)
         if elapsed is not None:
             seconds = max(1.0, min(seconds, elapsed))

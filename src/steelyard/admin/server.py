@@ -231,6 +231,7 @@ class AdminServer:
         self._reload_lock = asyncio.Lock()
         self._closing = False
         self._static_cache: dict[str, bytes] = {}
+        self._stats_cache: tuple[Any, dict[str, Any]] | None = None
         # metrics: a hot-path recorder, an ejection counter on the event bus, a collector
         if getattr(engine, "check_counts", None) is None:
             engine.check_counts = {}  # (backend, server, result) -> int, bumped by health checks
@@ -464,7 +465,7 @@ class AdminServer:
             )
         if seg == ["stats"]:
             _allow(method, "GET")
-            return Response.json(200, stats_snapshot(engine, self.recorder, time.time()))
+            return Response.json(200, self._stats())
         if seg == ["reload"]:
             _allow(method, "POST")
             return await self._reload()
@@ -511,6 +512,15 @@ class AdminServer:
                     state = backend.set_weight(name, parse_weight(body["weight"]))
                     return Response.json(200, server_json(state, backend.clock()))
         raise ApiError(404, f"no such path: {request.path}")
+
+    def _stats(self) -> dict[str, Any]:
+        """Rolling statistics; computed at most once per second and membership (they cover
+        complete seconds only), however many dashboards poll."""
+        now = time.time()
+        key = (int(now), tuple((n, b.version) for n, b in self.engine.backends.items()))
+        if self._stats_cache is None or self._stats_cache[0] != key:
+            self._stats_cache = (key, stats_snapshot(self.engine, self.recorder, now))
+        return self._stats_cache[1]
 
     def _backend(self, name: str) -> Any:
         backend = self.engine.backends.get(name)
