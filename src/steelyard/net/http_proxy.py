@@ -312,7 +312,10 @@ class DownstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is None and not self.queue:
             return None  # close
-        if ex is not None and (not ex.request_done or ex.tunnel):
+        if ex is not None and ex.tunnel:
+            ex.end_tunnel()
+            return None
+        if ex is not None and not ex.request_done:
             ex.downstream_lost()
             return None
         return True  # half-closed: still answer what was asked
@@ -957,7 +960,7 @@ class Exchange:
 
     def upstream_eof(self) -> None:
         if self.tunnel:
-            self._end_tunnel()
+            self.end_tunnel()
             return
         conn = self.upstream
         if conn is None or self.done:
@@ -974,7 +977,7 @@ class Exchange:
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.tunnel:
-            self._end_tunnel()
+            self.end_tunnel()
             return
         if self.done or self.upstream is None:
             return
@@ -1095,6 +1098,8 @@ class Exchange:
         down = self.down
         if down.tkind >= X_RESPONSE:
             down.tkind = T_NONE
+        if down.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
+            down._resume(PAUSE_UPSTREAM | PAUSE_BUFFER)  # what paused it belongs to this exchange
         if self.upstream is not None and not self.tunnel:
             self._drop_upstream()
         self._release(Outcome.CANCELLED)
@@ -1179,7 +1184,7 @@ class Exchange:
         if conn is not None:
             conn.transport.write(data)  # type: ignore[union-attr]
 
-    def _end_tunnel(self) -> None:
+    def end_tunnel(self) -> None:
         if self.done:
             return
         conn = self.upstream
@@ -1197,7 +1202,7 @@ class Exchange:
         if self.done:
             return
         if self.tunnel:
-            self._end_tunnel()
+            self.end_tunnel()
         elif kind == X_RESPONSE:
             self._upstream_failed(504, "server did not answer in time", Outcome.TIMEOUT)
         elif not self.request_done and not self.response_started:
