@@ -608,8 +608,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0.25,
         help="re-measure a run when other programs used more than this many cores",
     )
-    ap.add_argument("--retry-budget", type=int, default=12, help="re-measurements in total")
-    ap.add_argument("--profile-seconds", type=float, default=8.0)
+    ap.add_argument("--retry-budget", type=int, default=6, help="re-measurements in total")
+    ap.add_argument("--profile-seconds", type=float, default=6.0)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="report directory")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")

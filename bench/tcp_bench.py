@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,9 +35,11 @@ from benchlib import (  # noqa: E402
     CLIENT_CPU,
     LB_CPU,
     REPO,
+    CoreMeter,
     CpuMeter,
     Proc,
     Supervisor,
+    children_cpu_seconds,
     fmt_num,
     free_port,
     have,
@@ -64,6 +67,7 @@ from http_bench import (  # noqa: E402
 )
 
 ALL_TARGETS = ("direct", "haproxy", "nginx", "steelyard")
+NOSPLICE = "steelyard-nosplice"  # Steelyard with STEELYARD_SPLICE=0 (Protocol buffers only)
 # issue 5's targets, Steelyard / HAProxy in the same run
 GOALS = {"keep-alive": 0.95, "close": 0.8, "bulk": 1.0}
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -140,7 +144,7 @@ stream {{
 
 
 def steelyard_tcp_conf(workdir: Path, port: int, bulk_port: int, http_ports: list[int],
-                       iperf_port: int) -> Path:  # fmt: skip
+                       iperf_port: int, variant: str = "") -> Path:  # fmt: skip
     servers = "\n".join(f"      - {{address: 127.0.0.1:{p}}}" for p in http_ports)
     conf = f"""version: 1
 shutdown_timeout: 2s
@@ -163,7 +167,7 @@ backends:
     servers:
       - {{address: 127.0.0.1:{iperf_port}}}
 """
-    path = workdir / "steelyard-tcp.yaml"
+    path = workdir / f"steelyard-tcp{variant}.yaml"
     path.write_text(conf)
     return path
 
@@ -178,6 +182,7 @@ class Bulk:
     bytes: int
     cpu_s_per_gb: float  # balancer CPU seconds per GB (1e9 bytes) moved; NaN for direct
     lb_core_busy: float
+    others: float  # CPU used by programs outside the benchmark, in cores
 
 
 @dataclass
@@ -190,20 +195,35 @@ class BulkSummary:
     gbit_s_max: float
     cpu_s_per_gb: float
     lb_core_busy: float
+    others: float
     pending: str | None = None
     samples: list[Bulk] = field(default_factory=list)
 
 
-def run_iperf(target: Target, bulk_port: int, direction: str, seconds: float) -> Bulk:
+def run_iperf(
+    target: Target, bulk_port: int, direction: str, seconds: float, helpers: Sequence[int]
+) -> Bulk:
     meter = CpuMeter(target.proc.pid) if target.proc else None
-    if meter:
-        meter.start()
+    ours = [CpuMeter(pid) for pid in helpers]
+    for m in [meter, *ours]:
+        if m is not None:
+            m.start()
+    cores = CoreMeter()
+    client_before = children_cpu_seconds()
+    t0 = time.monotonic()
+    cores.start()
     argv = ["taskset", "-c", CLIENT_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(bulk_port),
             "-t", str(max(1, round(seconds))), "-J"]  # fmt: skip
     if direction == "download":
         argv.append("-R")
     p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
-    cpu = meter.stop() if meter else float("nan")
+    busy = cores.stop()
+    wall = max(time.monotonic() - t0, 1e-9)
+    cpu = meter.stop() if meter else 0.0
+    ours_cpu = cpu + sum(m.stop() for m in ours) + children_cpu_seconds() - client_before
+    others = max(0.0, sum(b for b, _ in busy.values()) - ours_cpu / wall)
+    if meter is None:
+        cpu = float("nan")
     try:
         d = json.loads(p.stdout)
     except json.JSONDecodeError as exc:
@@ -218,6 +238,7 @@ def run_iperf(target: Target, bulk_port: int, direction: str, seconds: float) ->
         bytes=nbytes,
         cpu_s_per_gb=cpu / (nbytes / 1e9) if nbytes else float("nan"),
         lb_core_busy=cpu / float(recv["seconds"]) if recv.get("seconds") else float("nan"),
+        others=others,
     )
 
 
@@ -232,6 +253,7 @@ def summarise_bulk(target: Target, direction: str, samples: list[Bulk]) -> BulkS
         gbit_s_max=max(g) if g else float("nan"),
         cpu_s_per_gb=median([s.cpu_s_per_gb for s in samples]),
         lb_core_busy=median([s.lb_core_busy for s in samples]),
+        others=median([s.others for s in samples]),
         pending=target.pending,
         samples=samples,
     )
@@ -278,18 +300,20 @@ def markdown(
         )
     out.append("")
     out.append(
-        "| target | bulk | Gbit/s (median) | min–max | GB/s | LB CPU s per GB | LB core busy |"
+        "| target | bulk | Gbit/s (median) | min–max | GB/s | LB CPU s per GB | LB core busy "
+        "| others |"
     )
-    out.append("|---|---|---:|---:|---:|---:|---:|")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for b in bulks:
         if b.pending:
-            out.append(f"| {b.target} | {b.direction} | pending: {b.pending} | | | | |")
+            out.append(f"| {b.target} | {b.direction} | pending: {b.pending} | | | | | |")
             continue
         busy = "—" if b.lb_core_busy != b.lb_core_busy else f"{b.lb_core_busy * 100:.0f}%"
         out.append(
             f"| {b.target} | {b.direction} | {fmt_num(b.gbit_s_median, 2)} | "
             f"{fmt_num(b.gbit_s_min, 2)}–{fmt_num(b.gbit_s_max, 2)} | "
-            f"{fmt_num(b.gbit_s_median / 8, 2)} | {fmt_num(b.cpu_s_per_gb, 3)} | {busy} |"
+            f"{fmt_num(b.gbit_s_median / 8, 2)} | {fmt_num(b.cpu_s_per_gb, 3)} | {busy} | "
+            f"{b.others * 100:.0f}% |"
         )
     by = {(s.target, s.mode): s for s in summaries}
     bb = {(b.target, b.direction): b for b in bulks}
@@ -328,6 +352,12 @@ def markdown(
             val(ng, "gbit_s_median"), GOALS["bulk"])  # fmt: skip
         row(f"CPU/GB {d}", val(sy, "cpu_s_per_gb"), val(ha, "cpu_s_per_gb"),
             val(ng, "cpu_s_per_gb"), None)  # fmt: skip
+        ns = bb.get((NOSPLICE, d))
+        if ns is not None:
+            row(f"bulk {d}, no splice", val(ns, "gbit_s_median"), val(ha, "gbit_s_median"),
+                val(ng, "gbit_s_median"), GOALS["bulk"])  # fmt: skip
+            row(f"CPU/GB {d}, no splice", val(ns, "cpu_s_per_gb"), val(ha, "cpu_s_per_gb"),
+                val(ng, "cpu_s_per_gb"), None)  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -346,7 +376,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--max-others", type=float, default=0.25)
-    ap.add_argument("--retry-budget", type=int, default=8)
+    ap.add_argument("--retry-budget", type=int, default=4)
     # accepted so that run.sh can pass the HTTP benchmark's flags through
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--profile-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -357,8 +387,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def start_target(sup: Supervisor, name: str, port: int, bulk_port: int, argv: list[str]) -> Target:
-    proc: Proc = sup.start(name, argv, LB_CPU)
+def start_target(
+    sup: Supervisor,
+    name: str,
+    port: int,
+    bulk_port: int,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+) -> Target:
+    proc: Proc = sup.start(name, argv, LB_CPU, env=env)
     t = Target(name.removesuffix("-tcp"), port, proc)
     err = wait_http(port, timeout=15.0, proc=proc)
     if err is None and not wait_tcp(bulk_port, timeout=5.0, proc=proc):
@@ -414,6 +451,13 @@ def main(argv: list[str]) -> int:
                 log("Steelyard cannot serve a tcp listener yet; L4 benchmark skipped")
                 return 0
             started[t.name], bulk_ports[t.name] = t, bulk
+            # the same without the splice(2) fast path: bulk only (short connections never
+            # reach the splice threshold, so wrk would measure the same thing twice)
+            port, bulk = free_port(), free_port()
+            cfg = steelyard_tcp_conf(workdir, port, bulk, http_ports, iperf_port, "nosplice")
+            argv_ = [*steelyard_cmd(), "run", "-c", str(cfg)]
+            t = start_target(sup, NOSPLICE, port, bulk, argv_, env={"STEELYARD_SPLICE": "0"})
+            started[t.name], bulk_ports[t.name] = t, bulk
         if "direct" in wanted:
             started["direct"], bulk_ports["direct"] = Target("direct", http_ports[0]), iperf_port
         if "haproxy" in wanted and have("haproxy"):
@@ -432,9 +476,11 @@ def main(argv: list[str]) -> int:
                 t = start_target(sup, "nginx-tcp", port, bulk, argv_)
             started[t.name], bulk_ports[t.name] = t, bulk
 
-        targets = [started[n] for n in ALL_TARGETS if n in started]
+        all_targets = [started[n] for n in (*ALL_TARGETS, NOSPLICE) if n in started]
+        targets = [t for t in all_targets if t.name != NOSPLICE]
         script = write_wrk_script(workdir)
         live = [t for t in targets if not t.pending]
+        live_bulk = [t for t in all_targets if not t.pending]
         samples: dict[tuple[str, str], list[Sample]] = {
             (t.name, m): [] for t in targets for m in modes
         }
@@ -453,25 +499,26 @@ def main(argv: list[str]) -> int:
                         f"errors {s.errors}"
                     )
         bulk_samples: dict[tuple[str, str], list[Bulk]] = {
-            (t.name, d): [] for t in targets for d in ("upload", "download")
+            (t.name, d): [] for t in all_targets for d in ("upload", "download")
         }
-        for t in live:  # warm-up, and proof that the bulk listener works
-            run_iperf(t, bulk_ports[t.name], "upload", 1)
+        for t in live_bulk:  # warm-up, and proof that the bulk listener works
+            run_iperf(t, bulk_ports[t.name], "upload", 1, helpers)
         for i in range(args.runs):
             for d in ("upload", "download"):
-                for t in live:
-                    b = run_iperf(t, bulk_ports[t.name], d, args.duration)
+                for t in live_bulk:
+                    b = run_iperf(t, bulk_ports[t.name], d, args.duration, helpers)
                     bulk_samples[(t.name, d)].append(b)
                     log(
                         f"L4 bulk {d:8s} run {i + 1}/{args.runs} {t.name:9s} "
-                        f"{b.gbit_s:6.2f} Gbit/s cpu {b.cpu_s_per_gb:6.3f} s/GB"
+                        f"{b.gbit_s:6.2f} Gbit/s cpu {b.cpu_s_per_gb:6.3f} s/GB "
+                        f"others {b.others:4.0%}"
                     )
                     time.sleep(0.3)  # iperf3's server takes a moment between tests
         summaries = [summarise(t, m, samples[(t.name, m)]) for m in modes for t in targets]
         bulks = [
             summarise_bulk(t, d, bulk_samples[(t.name, d)])
             for d in ("upload", "download")
-            for t in targets
+            for t in all_targets
         ]
         vers = versions()
         report = markdown(summaries, bulks, vers, args)
