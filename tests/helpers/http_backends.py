@@ -53,6 +53,7 @@ class Behaviour:
     close_after_response: bool = False
     status: int = 200
     read_delay: float = 0.0  # before reading a request body (uploads back up)
+    reset_reused: bool = False  # reset a connection on its second request (keep-alive race)
 
 
 @dataclass
@@ -123,8 +124,14 @@ class HttpBackend:
         self.open += 1
         self._writers.add(writer)
         conn = h11.Connection(h11.SERVER)
+        served = 0
         try:
             while True:
+                if served and self.behaviour.reset_reused:
+                    await reader.read(1)  # the next request arrives: reset without answering
+                    _reset(writer)
+                    break
+                served += 1
                 ok = await self._one(conn, reader, writer)
                 if not ok:
                     break
