@@ -548,3 +548,19 @@ def test_every_request_either_completes_or_counts_as_an_error(lb: str) -> None:
         assert a is not b
         totals = [sum(s.requests_total for s in i.servers.values()) for i in sim.instances]
         assert totals[0] == pytest.approx(totals[1], rel=0.05)
+
+
+def test_docs_generator_writes_the_page_and_every_plot(tmp_path: Path) -> None:
+    from steelyard.simulate import docs
+
+    names = ["slow-server", "hot-key"]
+    argv = ["--docs", str(tmp_path), "--requests", "1500", "--jobs", "1"]
+    assert docs.main([*argv, "--scenarios", ",".join(names)]) == 0
+    page = (tmp_path / "which-algorithm.md").read_text()
+    assert page.startswith("# Which algorithm?\n")
+    for name in names:
+        assert f"\n## {name}\n" in page
+        for plot in ("latency_cdf", "in_flight"):
+            assert f"](img/{name}-{plot}.png)" in page
+            assert (tmp_path / "img" / f"{name}-{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Every scenario ran 1,500 requests (seed 1)" in page

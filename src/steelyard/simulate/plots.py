@@ -62,7 +62,7 @@ def latency_cdf(result: ScenarioResult, path: Path) -> Path:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"{result.scenario.name}: latency CDF ({result.requests} requests)")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
     _save(fig, path)
     plt.close(fig)
     return path
@@ -93,7 +93,9 @@ def in_flight(result: ScenarioResult, path: Path) -> Path:
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(len(labels), 10))
     fig.suptitle(f"{result.scenario.name}: in-flight requests per server", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    # fixed margins: tight_layout costs more than the whole simulation of a small run
+    top = 1 - 0.75 / (2.3 * rows)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.35 / rows, top=top, hspace=0.35)
     _save(fig, path)
     plt.close(fig)
     return path
