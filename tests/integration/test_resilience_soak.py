@@ -260,7 +260,9 @@ async def test_soak_kill_restore_reload_three_times_then_sigterm(tmp_path: Path)
                 asyncio.create_task(request(port, "GET", "/delay/0.3", timeout=15))
                 for _ in range(3)
             ]
-            await asyncio.sleep(0.1)
+            await until(
+                lambda: sum(r.target == "/delay/0.3" for b in backends for r in b.requests) >= 3
+            )
             sy.send(signal.SIGTERM)
             finals = await asyncio.gather(*last, return_exceptions=True)
             await asyncio.wait_for(asyncio.gather(*workers), 30)
