@@ -440,7 +440,8 @@ def profile_steelyard(
 
 LEGEND = (
     "Columns: *LB CPU µs/req* = the balancer's utime+stime (all its processes) / requests; "
-    "*LB core busy* = that CPU time / wall time; *others* = CPU used during the run by "
+    "*req/s per LB core* = 1 / that: what one saturated core would serve, the number that "
+    "does not depend on how busy the client core was; *LB core busy* = that CPU time / wall time; *others* = CPU used during the run by "
     "programs outside the benchmark (this machine is shared), in % of one core; *client core "
     "busy* = core 0 (wrk + backends): near 100% means the client side, not the balancer, "
     "set the req/s."
@@ -468,19 +469,20 @@ def markdown(
     out.append("")
     out.append(
         "| target | clients | req/s (median) | min–max | p50 ms | p99 ms | "
-        "LB CPU µs/req | LB core busy | others | client core busy | errors |"
+        "LB CPU µs/req | req/s per LB core | LB core busy | others | client core busy | errors |"
     )
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in summaries:
         if s.pending:
-            out.append(f"| {s.target} | {s.mode} | pending: {s.pending} | | | | | | | | |")
+            out.append(f"| {s.target} | {s.mode} | pending: {s.pending} | | | | | | | | | |")
             continue
         lb = "—" if s.lb_core_busy != s.lb_core_busy else f"{s.lb_core_busy * 100:.0f}%"
         busy = f"{lb} | {s.others * 100:.0f}%"
         out.append(
             f"| {s.target} | {s.mode} | {fmt_num(s.rps_median)} | "
             f"{fmt_num(s.rps_min)}–{fmt_num(s.rps_max)} | {fmt_num(s.p50_ms, 2)} | "
-            f"{fmt_num(s.p99_ms, 2)} | {fmt_num(s.cpu_us_per_req, 1)} | {busy} | "
+            f"{fmt_num(s.p99_ms, 2)} | {fmt_num(s.cpu_us_per_req, 1)} | "
+            f"{fmt_num(1e6 / s.cpu_us_per_req if s.cpu_us_per_req else float('nan'))} | {busy} | "
             f"{s.client_core_busy * 100:.0f}% | {s.errors} |"
         )
     by = {(s.target, s.mode): s for s in summaries}
@@ -500,6 +502,8 @@ def markdown(
             ("p99 latency", sy.p99_ms, ha.p99_ms, ng.p99_ms if ngx_ok else 0, "≤", TARGET_P99),
             ("CPU per request", sy.cpu_us_per_req, ha.cpu_us_per_req,
              ng.cpu_us_per_req if ngx_ok else 0, "", None),
+            ("req/s per LB core", 1 / sy.cpu_us_per_req, 1 / ha.cpu_us_per_req,
+             1 / ng.cpu_us_per_req if ngx_ok else 0, "≥", TARGETS_RPS),
         ]  # fmt: skip
         for name, a, b, c, op, goal in rows:
             r = ratio(a, b)
