@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -165,14 +166,18 @@ class BackendMachine(RuleBasedStateMachine):
         )
         self.leases: list[Lease] = []
         self.waiters = 0
-        self.delivered: list[Lease | None] = []
+        self.delivered: list[tuple[int, Lease | None]] = []
+        self.tickets = 0
         self.removed_any = False
 
-    def _deliver(self, lease: Lease | None) -> bool:
-        self.delivered.append(lease)
-        if lease is not None:
-            self.leases.append(lease)
-        return True
+    def _deliver_to(self, ticket: int) -> Callable[[Lease | None], bool]:
+        def deliver(lease: Lease | None) -> bool:
+            self.delivered.append((ticket, lease))
+            if lease is not None:
+                self.leases.append(lease)
+            return True
+
+        return deliver
 
     @rule(key=st.binary(max_size=4), exclude=st.sets(st.sampled_from(NAMES), max_size=2))
     def acquire(self, key: bytes, exclude: set[str]) -> None:
@@ -199,7 +204,8 @@ class BackendMachine(RuleBasedStateMachine):
 
     @rule()
     def wait(self) -> None:
-        waiter = self.backend.wait(PickContext(), self._deliver)
+        self.tickets += 1
+        waiter = self.backend.wait(PickContext(), self._deliver_to(self.tickets))
         if waiter is not None:
             assert self.backend.saturated(PickContext())
 
@@ -254,6 +260,16 @@ class BackendMachine(RuleBasedStateMachine):
         live = sum(1 for w in self.backend.waiters if not w.done)
         assert self.backend.queued == live
         assert self.backend.queued <= 3
+
+    @invariant()
+    def waiters_are_served_first_come_first_served(self) -> None:
+        if not hasattr(self, "backend"):
+            return
+        tickets = [t for t, lease in self.delivered if lease is not None]
+        assert tickets == sorted(tickets)
+        for _, lease in self.delivered:
+            if lease is not None and self.cap:
+                assert lease.server.active <= self.cap
 
     @invariant()
     def ejection_cap_holds(self) -> None:

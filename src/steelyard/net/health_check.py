@@ -277,7 +277,6 @@ class HealthSupervisor:
     async def _run(self, key: tuple[str, str], spec: CheckSpec) -> None:
         bname, sname = key
         loop = asyncio.get_running_loop()
-        counts: dict[tuple[str, str, str], int] = self.engine.check_counts
         ssl_ctx = None
         if spec.tls is not None:
             try:
@@ -298,6 +297,7 @@ class HealthSupervisor:
             if backend is None or sname not in backend.servers:
                 return
             result = "ok" if ok else "fail"
+            counts: dict[tuple[str, str, str], int] = self.engine.check_counts
             counts[(bname, sname, result)] = counts.get((bname, sname, result), 0) + 1
             if not ok:
                 log.debug("health check %s/%s failed: %s", bname, sname, reason)
