@@ -295,10 +295,9 @@ class Simulation:
         srv.running.clear()
         srv.busy = 0
         srv.in_flight = 0
-        for job in killed:
+        for job in killed:  # requests and long-lived connections alike are cut
             job[0].release(Outcome.RESET)
-            if not job[5]:
-                self.errors += 1
+            self.errors += 1
 
     # -- the loop ------------------------------------------------------------------------------
 
