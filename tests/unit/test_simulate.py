@@ -564,3 +564,16 @@ def test_docs_generator_writes_the_page_and_every_plot(tmp_path: Path) -> None:
             assert f"](img/{name}-{plot}.png)" in page
             assert (tmp_path / "img" / f"{name}-{plot}.png").read_bytes()[:4] == b"\x89PNG"
     assert "Every scenario ran 1,500 requests (seed 1)" in page
+
+
+def test_table_shows_failure_hash_and_instance_columns_only_when_they_say_something() -> None:
+    from steelyard.simulate.report import table
+
+    healthy = FAILING.format(lb="{}").replace("  - {at: 5s, action: fail, server: s2}\n", "")
+    text = table(simulate(healthy, requests=500))
+    assert "p99 ms" in text and "round_robin" in text
+    for column in ("failed hits", "errors", "moved keys", "disagree"):
+        assert column not in text
+    failing = table(simulate(FAILING.format(lb="{instances: 2}"), "maglev", requests=2000))
+    for column in ("failed hits", "errors", "moved keys", "disagree"):
+        assert column in failing
