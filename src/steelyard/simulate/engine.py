@@ -36,7 +36,13 @@ from steelyard.core.balancing.base import BalancerSettings, PickContext, Server,
 from steelyard.core.clock import FakeClock
 from steelyard.core.load import Lease, Outcome
 from steelyard.simulate.baselines import BASELINES
-from steelyard.simulate.scenario import AlgorithmEntry, EventSpec, Scenario, ScenarioError
+from steelyard.simulate.scenario import (
+    AlgorithmEntry,
+    EventSpec,
+    Scenario,
+    ScenarioError,
+    ServerSpec,
+)
 from steelyard.simulate.workload import Workload
 
 # heap entry kinds
@@ -116,15 +122,16 @@ class EntryResult:
     name: str
     algorithm: str
     requests: int
-    latencies: list[float]  # seconds, short requests that completed OK
+    latencies: list[float] = field(repr=False)  # seconds, short requests that completed OK
     share: dict[str, float]
     peak_in_flight: dict[str, int]
     failed_hits: float  # fraction of requests that reached a failed server at least once
     errors: float  # fraction of requests that finally failed (or found no server)
     moved_keys: float | None
     instance_disagreement: float | None
-    sample_times: list[float] = field(default_factory=list)
-    samples: list[list[int]] = field(default_factory=list)  # per sample: in-flight per server
+    sample_times: list[float] = field(default_factory=list, repr=False)
+    # per sample: in-flight per server
+    samples: list[list[int]] = field(default_factory=list, repr=False)
     server_names: list[str] = field(default_factory=list)
 
     def percentiles_ms(self) -> dict[str, float]:
@@ -208,10 +215,13 @@ class Simulation:
         self.errors = 0
         self.failures_scheduled = any(e.action == "fail" for e in scenario.events)
 
-    def _server(self, spec: object) -> Server:
-        from steelyard.simulate.scenario import ServerSpec
+    def __repr__(self) -> str:
+        return (
+            f"Simulation({self.scenario.name} {self.entry.name} t={self.clock.now:.3f} "
+            f"instances={len(self.instances)} events={len(self.heap)} errors={self.errors})"
+        )
 
-        assert isinstance(spec, ServerSpec)
+    def _server(self, spec: ServerSpec) -> Server:
         index = list(self.specs).index(spec.name)
         return Server(spec.name, "sim", 10000 + index, self.entry.weight_for(spec))
 
