@@ -212,4 +212,18 @@ async def test_dashboard_works_under_its_own_csp() -> None:
         await page.wait_for_selector("#conn.conn-ok", timeout=5000)
         await page.click('tr[data-server="gamma"] button[data-action="drain"]')
         await page.wait_for_selector('tr[data-server="gamma"][data-state="draining"]', timeout=5000)
+        # servers added and removed through the API come and go on the page
+        async with httpx.AsyncClient(base_url=admin_url(engine)) as client:
+            r = await client.post(
+                "/api/v1/backends/app/servers", json={"address": "127.0.0.1:9", "name": "delta"}
+            )
+            assert r.status_code == 201
+            await page.wait_for_selector('tr[data-server="delta"]', timeout=5000)
+            await page.wait_for_selector(
+                'svg.chart polyline[data-server="delta"]', state="attached", timeout=5000
+            )
+            r = await client.delete("/api/v1/backends/app/servers/delta")
+            assert r.status_code == 200
+            await page.wait_for_selector('tr[data-server="delta"]', state="detached", timeout=10000)
+        await page.wait_for_selector('#events li[data-type="remove"]', timeout=5000)
         assert page.js_errors == []

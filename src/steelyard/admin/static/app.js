@@ -252,7 +252,10 @@
       el("div", { class: "backend-body" }, [el("div", { class: "table-box" }, [table]), chartBox]),
     ]);
     $("backends").appendChild(section);
-    view = { section, tbody, rows: new Map(), chart, legend, rates, panic, algo: head.children[1] };
+    view = {
+      section, tbody, rows: new Map(), colours: new Map(), chart, legend, rates, panic,
+      algo: head.children[1],
+    };
     state.views.set(b.name, view);
     return view;
   }
@@ -335,9 +338,9 @@
           fmtMs(bstats.p50_ms) + " · p99 " + fmtMs(bstats.p99_ms) + " (last minute)";
       }
       const names = new Set();
-      b.servers.forEach((s, i) => {
+      b.servers.forEach((s) => {
         names.add(s.name);
-        const colour = PALETTE[i % PALETTE.length];
+        const colour = colourOf(view, s.name);
         const row = serverRow(view, b.name, s, colour);
         row.colour = colour;
         row.cells.address.textContent = s.address;
@@ -375,6 +378,16 @@
     }
   }
 
+  // a server keeps its colour for the life of the page, even when others come and go
+  function colourOf(view, name) {
+    let colour = view.colours.get(name);
+    if (!colour) {
+      colour = PALETTE[view.colours.size % PALETTE.length];
+      view.colours.set(name, colour);
+    }
+    return colour;
+  }
+
   function niceMax(v) {
     if (v <= 1) return 1;
     const exp = Math.pow(10, Math.floor(Math.log10(v)));
@@ -388,9 +401,9 @@
     const H = Math.max(100, Math.round(view.chart.clientHeight || 170));
     const L = 34, R = 10, T = 10, B = 20;
     view.chart.setAttribute("viewBox", "0 0 " + W + " " + H);
-    const series = b.servers.map((s, i) => ({
+    const series = b.servers.map((s) => ({
       name: s.name,
-      colour: PALETTE[i % PALETTE.length],
+      colour: colourOf(view, s.name),
       values: (sstats.get(s.name) || {}).series || [],
     }));
     let max = 0;
