@@ -29,15 +29,15 @@ class ScenarioResult:
         """The SPEC §7 results.json document (plus failed_hits/errors per algorithm)."""
         algorithms: dict[str, Any] = {}
         for name, r in self.entries.items():
-            algorithms[name] = {
-                "algorithm": r.algorithm,
+            algorithms[name] = {  # the SPEC §7 keys in its order, then ours
                 "latency_ms": r.percentiles_ms(),
                 "share": r.share,
                 "peak_in_flight": r.peak_in_flight,
-                "failed_hits": r.failed_hits,
-                "errors": r.errors,
                 "moved_keys": r.moved_keys,
                 "instance_disagreement": r.instance_disagreement,
+                "failed_hits": r.failed_hits,
+                "errors": r.errors,
+                "algorithm": r.algorithm,
             }
         return {
             "scenario": self.scenario.name,
