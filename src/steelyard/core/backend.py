@@ -415,24 +415,25 @@ class Backend:
         state = lease.server
         state.active -= 1
         now = self.clock()
+        detector = state.ext.get("outlier")
         if outcome is Outcome.OK:
             state.ewma.observe(now - lease.started, now)
-        elif outcome.is_failure:
+            # the hot path: a detector with nothing to forget needs no call
+            if isinstance(detector, OutlierDetector) and (detector.failures or detector.ejections):
+                detector.record(outcome, now)
+        elif outcome is not Outcome.CANCELLED:
             state.failures_total += 1
-        detector = state.ext.get("outlier")
-        if (
-            isinstance(detector, OutlierDetector)
-            and outcome is not Outcome.CANCELLED
-            and detector.record(outcome, now, outcome.is_failure and self._may_eject(state, now))
-        ):
-            state.ejected_until = math.inf  # until tick or a check lets it back
-            self._event(
-                "ejection",
-                state,
-                f"{detector.consecutive_failures} consecutive failures "
-                f"({outcome.value}); out for {detector.ejection_time(detector.ejections):g}s",
-            )
-            self.mark_dirty()
+            if isinstance(detector, OutlierDetector) and detector.record(
+                outcome, now, self._may_eject(state, now)
+            ):
+                state.ejected_until = math.inf  # until tick or a check lets it back
+                self._event(
+                    "ejection",
+                    state,
+                    f"{detector.consecutive_failures} consecutive failures ({outcome.value}); "
+                    f"out for {detector.ejection_time(detector.ejections):g}s",
+                )
+                self.mark_dirty()
         if self.waiters:
             self._serve_waiters()
 
@@ -471,7 +472,11 @@ class Backend:
             return None
         now = self.clock()
         cap = self.max_connections_per_server
-        if not self._usable(state, now, cap):
+        if (
+            (cap and state.active >= cap)
+            or state.weight <= 0
+            or not (state.eligible(now) or (self.panic and self._usable(state, now, 0)))
+        ):
             # skip servers at their cap, or that went out since this snapshot was built
             exclude = set(ctx.exclude)
             for _ in range(len(self.servers) + len(self.leaving) + 1):
