@@ -629,6 +629,8 @@ async def test_head_and_static_files() -> None:
             assert (await client.get(bad)).status_code == 404, bad
         r = await client.head("/healthz")
         assert r.status_code == 200 and r.content == b""
+        length = len((await client.get("/healthz")).content)
+        assert r.headers["content-length"] == str(length)
 
 
 async def test_reload_rotates_the_token(tmp_path: Path) -> None:

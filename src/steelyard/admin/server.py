@@ -327,8 +327,9 @@ class AdminServer:
                             return
                     keep = request.keep_alive and not self._closing
                     if request.method == "HEAD":
+                        length = str(len(result.body))  # what GET would send
                         result = Response(result.status, b"", result.content_type, result.headers)
-                        result.headers["Content-Length"] = "0"
+                        result.headers["Content-Length"] = length
                     await self._send(writer, result, keep)
                     if not keep:
                         return
