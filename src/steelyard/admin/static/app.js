@@ -92,8 +92,8 @@
       poll();
     });
     $("token-cancel").addEventListener("click", () => {
+      // polling stays paused (it would only ask again); the Token button reopens the dialog
       $("token-dialog").close();
-      state.waitingForToken = false;
     });
     $("token-button").addEventListener("click", () => {
       state.waitingForToken = false;
