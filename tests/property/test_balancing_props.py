@@ -382,3 +382,28 @@ def test_least_connections_matches_the_definition(
                 busy = [s for s in group if s.active]
                 if busy:
                     rng.choice(busy).active -= 1
+
+
+@FAST
+@given(data=st.data(), use_clock=st.booleans())
+def test_least_response_time_picks_the_least_cost_with_fading_estimates(
+    data: st.DataObject, use_clock: bool
+) -> None:
+    n = data.draw(st.integers(1, 8))
+    group = make([f"s{i}" for i in range(n)])
+    weights = data.draw(st.lists(float_weight, min_size=n, max_size=n))
+    for s in group:
+        s.active = data.draw(st.integers(0, 10))
+        if data.draw(st.booleans()):
+            s.ewma.observe(data.draw(st.floats(0.0005, 3.0)), data.draw(st.floats(0.0, 30.0)))
+    now = max([s.ewma.stamp for s in group if s.ewma.samples] + [0.0])
+    if use_clock:
+        now += data.draw(st.floats(0.0, 30.0))
+    extra: dict[str, object] = {"clock": lambda: now} if use_clock else {}
+    b = LeastResponseTime(group, weights, BalancerSettings(extra=extra))
+    costs = [
+        e * (s.active + 1) / w for e, s, w in zip(b.estimates(now), group, weights, strict=True)
+    ]
+    s = b.pick(PickContext())
+    assert s is not None
+    assert costs[group.index(s)] <= min(costs) * (1 + 1e-9)

@@ -40,6 +40,7 @@ from steelyard.core.balancing.hashing import (
 )
 from steelyard.core.balancing.maglev import is_prime
 from steelyard.core.balancing.ring import POINTS_PER_WEIGHT, point_counts
+from steelyard.core.clock import FakeClock
 
 SPEC_ALGORITHMS = {
     "round_robin",
@@ -239,6 +240,40 @@ def test_least_response_time_without_samples_is_least_connections() -> None:
     assert picks(lrt, 6) == list("abcabc")
     group[0].active = 1
     assert picks(lrt, 2) == list("bc")
+
+
+def test_least_response_time_a_stale_estimate_fades_towards_the_others() -> None:
+    clock = FakeClock(0.0)
+    slow, fast = servers("slow", "fast")
+    slow.ewma.observe(2.0, 0.0)  # one very slow answer, then no traffic
+    fast.ewma.observe(0.010, 0.0)
+    lrt = LeastResponseTime([slow, fast], [1, 1], BalancerSettings(extra={"clock": clock}))
+    fast.active = 5  # 0.010 x 6 = 0.06 < 2.0
+    assert lrt.pick(PickContext()) is fast
+    for t in range(1, 61):  # fast keeps answering, slow gets nothing
+        clock.now = float(t)
+        fast.ewma.observe(0.010, clock.now)
+    slow_estimate = lrt.estimates()[0]
+    assert slow_estimate == pytest.approx(0.010 + 1.99 * math.exp(-6.0))
+    assert lrt.pick(PickContext()) is slow  # ~0.015 x 1 < 0.010 x 6: back in rotation
+    fresh = LeastResponseTime([slow, fast], [1, 1], BalancerSettings(extra={"clock": clock}))
+    clock.now = 0.2  # within STALE_AFTER of the samples: no fading
+    slow.ewma.observe(2.0, 0.0)
+    assert fresh.estimates(now=0.2)[0] == 2.0
+
+
+def test_least_response_time_without_a_clock_uses_the_latest_sample_time() -> None:
+    slow, fast = servers("slow", "fast")
+    slow.ewma.observe(2.0, 0.0)
+    fast.ewma.observe(0.010, 30.0)
+    lrt = LeastResponseTime([slow, fast], [1, 1])
+    assert lrt.now() == 30.0
+    assert lrt.estimates()[0] == pytest.approx(0.010 + 1.99 * math.exp(-3.0))
+    fast.active = 9
+    assert lrt.pick(PickContext()) is fast  # 0.010 x 10 = 0.100 < slow's ~0.109 x 1
+    fast.ewma.observe(0.010, 40.0)  # the next pick sees time move on
+    assert lrt.pick(PickContext()) is slow  # slow has faded to ~0.046 < 0.100
+    assert lrt.now() == 40.0
 
 
 # -- power of two choices -------------------------------------------------------------------

@@ -11,10 +11,16 @@ so idle servers share evenly instead of the first one taking everything.
 
 least_response_time: cost = peak-EWMA latency x (in-flight + 1) / weight (Finagle's and
 Linkerd's peak EWMA load metric; the estimate lives in core/load.PeakEwma). A server with no
-sample yet is costed at the mean estimate of the servers that have one, so it is neither starved
-(cost infinity) nor flooded (cost 0); with no samples anywhere this is least connections on
-(in-flight + 1) / weight. Estimates are floored at 1 microsecond so that a zero estimate (fake
-clocks, instant answers) does not make in-flight counts irrelevant. Ties rotate as above.
+sample yet is costed at the mean estimate of the servers sampled recently, so it is neither
+starved (cost infinity) nor flooded (cost 0); with no samples anywhere this is least connections
+on (in-flight + 1) / weight. An estimate also fades with time when no sample comes in (Finagle
+and Linkerd decay it on read): after STALE_AFTER seconds without a sample it moves towards that
+same mean with the EWMA's time constant, est = mean + (est - mean) x exp(-age / tau). Without
+this a server that was slow once would get no traffic, hence no new sample, and stay starved
+for good. "Now" is ``settings.extra["clock"]()`` when the backend passes its clock, otherwise
+the latest sample time seen in the backend. Estimates are floored at 1 microsecond so that a
+zero estimate (fake clocks, instant answers) does not make in-flight counts irrelevant. Ties
+rotate as above.
 
 power_of_two: two *distinct* candidates drawn with probability proportional to weight; the one
 with less in-flight per weight wins, a tie goes to the first drawn (Mitzenmacher, "The Power of
@@ -25,18 +31,18 @@ exact sampling without replacement in O(log n), no rejection loop.
 
 from __future__ import annotations
 
+import math
 import random
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
-from operator import attrgetter
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.random_choice import positive, weighted_index
 
 _INF = float("inf")
-_ewma_value = attrgetter("ewma.value")  # 0.0 while a PeakEwma has no sample
 MIN_ESTIMATE = 1e-6  # seconds
+STALE_AFTER = 0.5  # seconds without a sample before an estimate starts to fade
 MAX_WEIGHT_CLASSES = 8
 
 
@@ -168,7 +174,7 @@ class LeastConnections:
 
 
 class LeastResponseTime:
-    __slots__ = ("servers", "weights", "inverse", "index", "next")
+    __slots__ = ("servers", "weights", "inverse", "index", "next", "clock", "latest")
 
     def __init__(
         self,
@@ -181,12 +187,33 @@ class LeastResponseTime:
         self.inverse = [1.0 / w for w in self.weights]
         self.index = {s.name: i for i, s in enumerate(self.servers)}
         self.next = 0
+        clock = settings.extra.get("clock") if settings is not None else None
+        self.clock: Callable[[], float] | None = clock if callable(clock) else None
+        # without a clock, "now" is the latest sample time seen in this backend
+        self.latest = max((s.ewma.stamp for s in self.servers if s.ewma.samples), default=0.0)
 
-    def estimates(self) -> list[float]:
-        """The latency estimate used for each server (seconds), unknowns filled in."""
-        known = [s.ewma.value for s in self.servers if s.ewma.samples]
-        fill = sum(known) / len(known) if known else 1.0
-        return [max(s.ewma.value if s.ewma.samples else fill, MIN_ESTIMATE) for s in self.servers]
+    def now(self) -> float:
+        return self.clock() if self.clock is not None else self.latest
+
+    def estimates(self, now: float | None = None) -> list[float]:
+        """The latency estimate each server is costed at (seconds): the pick's view."""
+        now = self.now() if now is None else now
+        cutoff = now - STALE_AFTER
+        known = [s.ewma for s in self.servers if s.ewma.samples]
+        fresh = [e.value for e in known if e.stamp >= cutoff]
+        pool = fresh or [e.value for e in known]
+        fill = sum(pool) / len(pool) if pool else 1.0
+        out = []
+        for s in self.servers:
+            e = s.ewma
+            if not e.samples:
+                v = fill
+            elif e.stamp < cutoff:
+                v = fill + (e.value - fill) * math.exp(-(now - e.stamp) / e.tau)
+            else:
+                v = e.value
+            out.append(max(v, MIN_ESTIMATE))
+        return out
 
     def pick(self, ctx: PickContext) -> ServerState | None:
         # one pass in Python, rotated to start after the previous winner (ties go in turn)
@@ -196,37 +223,63 @@ class LeastResponseTime:
             return None
         exclude = ctx.exclude
         inverse = self.inverse
+        clock = self.clock
+        latest = self.latest
+        now = clock() if clock is not None else latest
+        cutoff = now - STALE_AFTER
         start = self.next
         best: ServerState | None = None
         best_cost = _INF
-        unknown: list[tuple[ServerState, float]] = []
+        aside: list[tuple[ServerState, float]] = []  # no sample yet, or none for a while
         floor = MIN_ESTIMATE
         for lo, hi in ((start, n), (0, start)):
             for s, iw in zip(servers[lo:hi], inverse[lo:hi], strict=True):
                 ewma = s.ewma
-                if not ewma.samples:
-                    unknown.append((s, iw))
+                stamp = ewma.stamp
+                if stamp < cutoff or not ewma.samples:
+                    aside.append((s, iw))
                     continue
+                if stamp > latest:
+                    latest = stamp
                 v = ewma.value
                 cost = (v if v > floor else floor) * (s.active + 1) * iw
                 if cost < best_cost and not (exclude and s.name in exclude):
                     best_cost = cost
                     best = s
-        if unknown:
-            # costed at the mean of the known estimates: neither starved nor flooded
-            known = n - len(unknown)
-            fill = sum(map(_ewma_value, servers)) / known if known else 1.0
-            if fill < floor:
-                fill = floor
-            for s, iw in unknown:
-                cost = fill * (s.active + 1) * iw
-                if cost < best_cost and not (exclude and s.name in exclude):
-                    best_cost = cost
-                    best = s
+        self.latest = latest
+        if aside:
+            best = self._pick_aside(aside, best, best_cost, cutoff, exclude)
         if best is None:
             return None
         i = self.index[best.name] + 1
         self.next = i if i < n else 0
+        return best
+
+    def _pick_aside(
+        self,
+        aside: list[tuple[ServerState, float]],
+        best: ServerState | None,
+        best_cost: float,
+        cutoff: float,
+        exclude: frozenset[str],
+    ) -> ServerState | None:
+        """Servers without a recent sample, costed as estimates() explains."""
+        now = self.clock() if self.clock is not None else self.latest
+        known = [s.ewma for s in self.servers if s.ewma.samples]
+        fresh = [e.value for e in known if e.stamp >= cutoff]
+        pool = fresh or [e.value for e in known]
+        fill = sum(pool) / len(pool) if pool else 1.0
+        floor = MIN_ESTIMATE
+        for s, iw in aside:
+            e = s.ewma
+            if e.samples:
+                v = fill + (e.value - fill) * math.exp(-(now - e.stamp) / e.tau)
+            else:
+                v = fill
+            cost = (v if v > floor else floor) * (s.active + 1) * iw
+            if cost < best_cost and not (exclude and s.name in exclude):
+                best_cost = cost
+                best = s
         return best
 
     def __repr__(self) -> str:
