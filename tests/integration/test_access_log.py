@@ -234,3 +234,35 @@ listeners:
     for line in lines:
         assert list(line) == HTTP_KEYS
         assert line["status"] == 204 and line["listener"] == "web"
+
+
+def test_a_stuck_destination_never_blocks_the_caller(tmp_path: Path) -> None:
+    """The writer thread may block on a full pipe; the caller (the event loop) does not."""
+    import os
+    import threading
+
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that opening for writing works
+    log = AccessLog(str(fifo))
+    n = 5000  # ~1.3 MB of lines: far beyond a pipe's 64 KiB buffer
+    for i in range(n):
+        log(record(path=f"/{i}"))  # returns at once although nobody reads yet
+    assert log.lines == n
+    chunks: list[bytes] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        os.set_blocking(reader, True)
+        while chunk := os.read(reader, 65536):
+            chunks.append(chunk)
+        done.set()
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    log.close()  # writes out the queue, then closes the write end: the reader sees EOF
+    assert done.wait(30)
+    os.close(reader)
+    lines = b"".join(chunks).decode().splitlines()
+    assert len(lines) == n
+    assert json.loads(lines[-1])["path"] == f"/{n - 1}"
