@@ -310,3 +310,87 @@ async def test_stats_endpoint_for_the_dashboard() -> None:
     second_ago = body["time"] - ended  # the slot of `ended`, counted from the end
     assert a["series"][-second_ago] == 8 and sum(a["series"]) == 8
     assert a["rps"] > 0
+
+
+def test_recorder_matches_a_naive_count_for_any_traffic() -> None:
+    """Property: whatever the mix of records, the exposition equals a naive recount."""
+    from collections import Counter
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from steelyard.admin.metrics import EjectionCounter, SteelyardCollector, TrafficRecorder
+
+    class FakeEngine:
+        listeners: dict = {}
+        backends: dict = {}
+        check_counts: dict = {}
+        reloads = 0
+
+    records = st.lists(
+        st.tuples(
+            st.sampled_from(["web", "tcp"]),
+            st.sampled_from([None, "api", "static"]),
+            st.sampled_from([None, "a", "b"]),
+            st.one_of(st.none(), st.integers(0, 700)),
+            st.floats(0, 20, allow_nan=False),
+            st.integers(0, 10_000),
+            st.integers(0, 10_000),
+            st.integers(0, 3),
+        ),
+        max_size=60,
+    )
+
+    @settings(max_examples=60, deadline=None)
+    @given(records)
+    def check(rows: list[tuple]) -> None:
+        recorder = TrafficRecorder(started=1.0)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SteelyardCollector(FakeEngine(), recorder, EjectionCounter()))
+        want_requests: Counter = Counter()
+        want_count: Counter = Counter()
+        want_bytes: Counter = Counter()
+        want_retries: Counter = Counter()
+        for listener, backend, server, status, duration, b_in, b_out, retries in rows:
+            recorder(
+                record(
+                    listener=listener,
+                    backend=backend,
+                    server=server,
+                    status=status,
+                    duration=duration,
+                    bytes_in=b_in,
+                    bytes_out=b_out,
+                    retries=retries,
+                    when=1000.0,
+                )
+            )
+            want_requests[(listener, backend or "", server or "", code_class(status))] += 1
+            want_count[(listener, backend or "")] += 1
+            want_bytes[(listener, "in")] += b_in
+            want_bytes[(listener, "out")] += b_out
+            if backend:
+                want_retries[backend] += retries
+        got: Counter = Counter()
+        got_count: Counter = Counter()
+        got_bytes: Counter = Counter()
+        got_retries: Counter = Counter()
+        text = generate_latest(registry).decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                lb = s.labels
+                if s.name == "steelyard_requests_total":
+                    got[(lb["listener"], lb["backend"], lb["server"], lb["code"])] += s.value
+                elif s.name == "steelyard_request_duration_seconds_count":
+                    got_count[(lb["listener"], lb["backend"])] += s.value
+                elif s.name == "steelyard_bytes_total":
+                    got_bytes[(lb["listener"], lb["direction"])] += s.value
+                elif s.name == "steelyard_retries_total":
+                    got_retries[lb["backend"]] += s.value
+        assert got == want_requests
+        assert got_count == want_count
+        assert +got_bytes == +want_bytes
+        assert +got_retries == +want_retries
+
+    check()
