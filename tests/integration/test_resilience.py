@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
 from tests.helpers.http_backends import Behaviour, H11Client, request, steelyard
 
@@ -103,15 +102,6 @@ async def test_nothing_eligible_is_503_at_once_with_retry_after() -> None:
         assert served(s1) == served(s2) == 0
 
 
-GAP_RETRY = pytest.mark.xfail(
-    strict=True, reason="proxy gap: idempotent requests are not retried after a reset"
-)
-GAP_QUEUE = pytest.mark.xfail(
-    strict=True, reason="proxy gap: the proxy does not wait in Backend.wait() at the cap"
-)
-
-
-@GAP_RETRY
 async def test_idempotent_request_reset_before_the_response_is_retried_elsewhere() -> None:
     async with Backends("s1", "s2") as (s1, s2):
         s1.behaviour = Behaviour(reset_before_head=True)
@@ -235,7 +225,6 @@ async def test_ejected_server_returns_only_after_time_up_and_a_passing_check() -
 # -- connection caps and the wait queue ----------------------------------------------------
 
 
-@GAP_QUEUE
 async def test_at_the_cap_requests_wait_in_the_queue_and_all_succeed() -> None:
     async with Backends("s1") as (s1,):
         extra = "    max_connections_per_server: 1\n    queue_timeout: 5s\n"

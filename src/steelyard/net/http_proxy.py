@@ -70,6 +70,7 @@ from steelyard.net.pool import UpstreamConnection
 
 log = logging.getLogger("steelyard.http")
 
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 BUFFER_HIGH = 64 * 1024  # request body buffered while connecting, before reading pauses
 DISCARD_MAX = 64 * 1024  # request body we read and drop after a local reply, to keep alive
 
@@ -235,6 +236,8 @@ class DownstreamConnection(asyncio.Protocol):
         "stash_size",
         "bytes_in",
         "bytes_out",
+        "in_mark",
+        "out_mark",
         "requests",
     )
 
@@ -263,6 +266,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.stash_size = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.in_mark = 0  # bytes_in/out already attributed to finished requests
+        self.out_mark = 0
         self.requests = 0
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -470,9 +475,9 @@ class DownstreamConnection(asyncio.Protocol):
         record.path = head.target.decode("latin-1") if head.target else None
         record.status = exc.status
         record.request_id = rid.decode()
-        record.bytes_in = self.bytes_in
+        record.bytes_in = self.bytes_in - self.in_mark
         self.write(local_response(exc.status, rid, close=True, message=exc.reason))
-        record.bytes_out = self.bytes_out
+        record.bytes_out = self.bytes_out - self.out_mark
         self.listener.engine.record(record)
         self.upgrading = False
         self.close()
@@ -599,6 +604,8 @@ class Exchange:
         "discard",
         "done",
         "tunnel",
+        "waiter",
+        "wait_timer",
         "out",
         "idle_timeout",
         "response_timeout",
@@ -637,6 +644,8 @@ class Exchange:
         self.discard = False
         self.done = False
         self.tunnel = False
+        self.waiter: Any = None  # a Backend waiter while queued at max_connections_per_server
+        self.wait_timer: asyncio.TimerHandle | None = None
         self.out: list[bytes] | None = None  # downstream writes gathered during one read
         self.idle_timeout = 60.0
         self.response_timeout = 60.0
@@ -703,13 +712,60 @@ class Exchange:
 
     def _select(self) -> None:
         assert self.pick is not None
-        lease = self.backend.acquire(self.pick)
+        backend = self.backend
+        lease = backend.acquire(self.pick)
         if lease is None:
+            if backend.max_connections_per_server and self._wait_for_slot():
+                return
             if self.attempts:
                 self.local_error(503, "every connect attempt failed", retry_after=True)
             else:
                 self.local_error(503, "no server available", retry_after=True)
             return
+        self._leased(lease)
+
+    def _wait_for_slot(self) -> bool:
+        """Every server is at max_connections_per_server: queue (Backend.wait) for a slot."""
+        assert self.pick is not None
+        waiter = self.backend.wait(self.pick, self._slot_delivered)
+        if waiter is None:
+            return False
+        self.waiter = waiter
+        timeout = float(getattr(self.backend, "queue_timeout", 5.0))
+        self.wait_timer = self.loop.call_later(timeout, self._slot_timeout)
+        return True
+
+    def _slot_delivered(self, lease: Lease | None) -> bool:
+        # called synchronously from another request's release: continue on a fresh callback
+        if self.done or self.waiter is None:
+            return False
+        self.waiter = None
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
+        self.loop.call_soon(self._slot_ready, lease)
+        return True
+
+    def _slot_ready(self, lease: Lease | None) -> None:
+        if self.done:
+            if lease is not None:
+                lease.release(Outcome.CANCELLED)
+            return
+        if lease is None:
+            self.local_error(503, "no server available", retry_after=True)
+        else:
+            self._leased(lease)
+
+    def _slot_timeout(self) -> None:
+        self.wait_timer = None
+        waiter = self.waiter
+        if waiter is None or self.done:
+            return
+        self.waiter = None
+        waiter.cancel()
+        self.local_error(503, "every server is at its connection limit", retry_after=True)
+
+    def _leased(self, lease: Lease) -> None:
         self.lease = lease
         server = lease.server.server
         self.record.server = lease.server.name
@@ -1069,6 +1125,24 @@ class Exchange:
         if self.done:
             return
         self._release(outcome)
+        if (
+            outcome is Outcome.RESET
+            and not self.response_started
+            and self.head.method in IDEMPOTENT
+            and not self.head.has_body
+            and self.head.upgrade is None
+            and self.lease is None
+            and self.pick is not None
+            and self.attempts < int(getattr(self.backend.config, "retries", 2))
+        ):
+            # nothing came back and the request can be replayed: another server, if any
+            self.pick.exclude = self.pick.exclude | {self.record.server or ""}
+            lease = self.backend.acquire(self.pick)
+            if lease is not None:
+                self.attempts += 1
+                self.record.retries += 1
+                self._leased(lease)
+                return
         if self.response_started:
             self._cut()
         else:
@@ -1100,6 +1174,12 @@ class Exchange:
             down.tkind = T_NONE
         if down.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
             down._resume(PAUSE_UPSTREAM | PAUSE_BUFFER)  # what paused it belongs to this exchange
+        if self.waiter is not None:
+            self.waiter.cancel()
+            self.waiter = None
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
         if self.upstream is not None and not self.tunnel:
             self._drop_upstream()
         self._release(Outcome.CANCELLED)
@@ -1108,7 +1188,10 @@ class Exchange:
         record.method = head.method.decode("latin-1")
         record.path = head.target.decode("latin-1")
         record.request_id = self.request_id.decode()
-        record.bytes_in = self.body_received
+        record.bytes_in = max(down.bytes_in - down.in_mark, self.body_received)
+        record.bytes_out = down.bytes_out - down.out_mark
+        down.in_mark = down.bytes_in
+        down.out_mark = down.bytes_out
         record.duration = self.loop.time() - self.started
         down.listener.engine.record(record)
         down.exchange_done(self, keep_alive)
