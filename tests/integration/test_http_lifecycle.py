@@ -177,3 +177,36 @@ async def test_real_program(tmp_path: Path) -> None:
                 proc.wait()
         out = proc.stdout.read().decode() if proc.stdout else ""
         assert '"status": 200' in out or '"status":200' in out, out[-2000:]
+
+
+async def test_tls_listener_sets_forwarded_proto_https(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(str(cert_path), append=True)
+    cert.private_key_pem.write_to_path(str(key_path))
+    listener = (
+        f"    tls:\n      certificates:\n        - {{cert: '{cert_path}', key: '{key_path}'}}"
+    )
+    async with (
+        http_backend("s1") as s1,
+        steelyard(proxy_config({"api": [s1]}, listener=listener)) as sy,
+    ):
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", sy.port, ssl=ctx, server_hostname="localhost"
+        )
+        client = H11Client(reader, writer)
+        r = await client.request("GET", "/echo")
+        assert r.status == 200
+        assert s1.requests[0].header("x-forwarded-proto") == "https"
+        r = await client.request("GET", "/")  # keep-alive over TLS
+        assert r.body == b"s1"
+        writer.close()

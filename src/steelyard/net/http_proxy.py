@@ -1005,6 +1005,11 @@ class Exchange:
             self._flush()
             self._upstream_failed(exc.status, exc.reason, Outcome.RESET)
             return
+        except Exception:
+            log.exception("error in the HTTP data path")
+            self._flush()
+            self._upstream_failed(502, "internal error", Outcome.CANCELLED)
+            return
         self._flush()
         if self.done:
             return
