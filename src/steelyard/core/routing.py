@@ -155,6 +155,8 @@ class CompiledRoute:
         "redirect",
         "respond",
         "needs_context",
+        "fixed",
+        "simple_prefix",
     )
 
     def __init__(self, index: int, cfg: Any) -> None:
@@ -219,6 +221,19 @@ class CompiledRoute:
             if respond
             else None
         )
+        self.fixed = not self._split_names  # `backend:`, no split: no draw per request
+        # a route with only a path prefix (the common case) is matched without a request view
+        self.simple_prefix: bytes | None = None
+        if (
+            self.methods is None
+            and self.host is None
+            and self.host_suffix is None
+            and self.path_regex is None
+            and not self.headers
+            and not self.query
+            and not self.cookies
+        ):
+            self.simple_prefix = self.path_prefix or b""
         self.needs_context = not (
             self.request_actions.empty
             and self.response_actions.empty
@@ -354,8 +369,15 @@ class Router:
         return router
 
     def match(self, head: RequestHead) -> CompiledRoute | None:
-        view = _RequestView(head)
+        view: _RequestView | None = None
         for route in self.routes:
+            prefix = route.simple_prefix
+            if prefix is not None:
+                if head.path.startswith(prefix):
+                    return route
+                continue
+            if view is None:
+                view = _RequestView(head)
             if route.matches(view):
                 return route
         return None

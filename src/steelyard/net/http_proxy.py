@@ -358,7 +358,12 @@ class DownstreamConnection(asyncio.Protocol):
             self._pause(PAUSE_PIPELINE)
             return
         self.queueing = False
-        self._start(head)
+        self.tkind = T_NONE
+        self.settings = self.listener.settings  # a reload applies from the next request on
+        self.requests += 1
+        self.listener.requests += 1
+        self.exchange = ex = Exchange(self, head)
+        ex.begin()
 
     def on_request_body(self, data: bytes) -> None:
         if self.queueing:
@@ -373,7 +378,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.queue.append((Q_END, trailers))
             return
         ex = self.exchange
-        if ex is not None:
+        if ex is not None and not ex.request_done:
             ex.request_end(trailers)
 
     # -- requests ----------------------------------------------------------------------------
@@ -497,7 +502,14 @@ class DownstreamConnection(asyncio.Protocol):
     # does not create or cancel a timer per request.
 
     def _arm(self, kind: int, seconds: float) -> None:
-        self._arm_at(kind, self.loop.time() + seconds)
+        self.tkind = kind
+        self.deadline = deadline = self.loop.time() + seconds
+        timer = self.timer
+        if timer is None:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+        elif timer.when() > deadline:
+            timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _arm_at(self, kind: int, deadline: float) -> None:
         self.tkind = kind
@@ -686,7 +698,7 @@ class Exchange:
             body = respond.body.render(self.ctx or RequestContext())
             self._local_reply(respond.status, body=body, content_type=respond.content_type)
             return
-        name = route.pick_backend(listener.engine.rng)
+        name = route.backend if route.fixed else route.pick_backend(listener.engine.rng)
         backend = listener.engine.backends.get(name) if name else None
         if backend is None:
             self.local_error(503, "backend unavailable", retry_after=True)
@@ -827,9 +839,7 @@ class Exchange:
         self.upstream = conn
         self.reused = reused
         conn.exchange = self
-        parser = conn.parser
-        parser.set_sink(self)
-        parser.expect(head.method == b"HEAD")
+        conn.parser.expect_response(self, head.method == b"HEAD")
         headers = head.headers
         if not route.request_actions.empty:
             ctx = self.ctx

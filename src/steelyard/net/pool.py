@@ -169,7 +169,8 @@ class UpstreamPools:
         limit = self.loop.time() - self.idle_timeout
         while idle:
             conn = idle.pop()
-            if conn.usable() and conn.idle_since > limit:
+            t = conn.transport
+            if not conn.closed and t is not None and not t.is_closing() and conn.idle_since > limit:
                 self.reuses += 1
                 conn.requests += 1
                 return conn
@@ -188,10 +189,12 @@ class UpstreamPools:
         """Return a connection whose last response was complete and reusable."""
         conn.exchange = None
         conn.parser.set_sink(_NO_SINK)
-        if self.closing or not conn.usable():
+        t = conn.transport
+        if self.closing or conn.closed or t is None or t.is_closing():
             conn.close()
             return
-        conn.resume_reading()  # idle connections read, to see the server close them
+        if conn.reading_paused:
+            conn.resume_reading()  # idle connections read, to see the server close them
         idle = self._idle.get(conn.key)
         if idle is None:
             idle = self._idle[conn.key] = []

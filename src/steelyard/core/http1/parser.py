@@ -556,6 +556,13 @@ class ResponseParser:
         self.started = False
         self.complete = False
 
+    def expect_response(self, sink: ResponseSink, head_request: bool) -> None:
+        """set_sink() and expect() in one call (the proxy's hot path)."""
+        self._sink = sink
+        self._head_request = head_request
+        self.started = False
+        self.complete = False
+
     def feed(self, data: bytes) -> bytes | None:
         try:
             self._p.feed_data(data)
