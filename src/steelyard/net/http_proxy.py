@@ -868,7 +868,8 @@ class Exchange:
         if self.request_done and head.chunked:
             data += last_chunk(self.trailers)
         conn.transport.write(data)  # type: ignore[union-attr]
-        down._resume(PAUSE_BUFFER)
+        if down.paused:
+            down._resume(PAUSE_BUFFER)
         if down.write_paused:
             conn.pause_reading()
         now = self.loop.time()
@@ -1197,7 +1198,8 @@ class Exchange:
             self.wait_timer = None
         if self.upstream is not None and not self.tunnel:
             self._drop_upstream()
-        self._release(Outcome.CANCELLED)
+        if self.lease is not None:
+            self._release(Outcome.CANCELLED)
         record = self.record
         head = self.head
         record.method = head.method.decode("latin-1")

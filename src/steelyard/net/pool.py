@@ -187,8 +187,7 @@ class UpstreamPools:
 
     def put(self, conn: UpstreamConnection) -> None:
         """Return a connection whose last response was complete and reusable."""
-        conn.exchange = None
-        conn.parser.set_sink(_NO_SINK)
+        conn.exchange = None  # (the parser keeps its last sink until the next use: never fed idle)
         t = conn.transport
         if self.closing or conn.closed or t is None or t.is_closing():
             conn.close()
