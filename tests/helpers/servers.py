@@ -246,9 +246,14 @@ def _serve_echo(hello: str) -> None:
             self.transport.write(data)
 
         def eof_received(self) -> bool:
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
+            # uvloop 0.23 can crash (double free) when write_eof() runs inside the same
+            # transport's eof_received(): defer it by one loop iteration
+            asyncio.get_running_loop().call_soon(self.finish)
             return True
+
+        def finish(self) -> None:
+            if not self.transport.is_closing() and self.transport.can_write_eof():
+                self.transport.write_eof()
 
         def pause_writing(self) -> None:
             self.transport.pause_reading()

@@ -35,6 +35,9 @@ def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     if request.param == "splice" and not tcp_proxy.SPLICE_SUPPORTED:
         pytest.skip("no splice(2) here")
     monkeypatch.setattr(tcp_proxy, "SPLICE_DEFAULT", request.param == "splice")
+    # switch to splice at the first byte relayed, so that every behaviour below is checked
+    # on the splice path (by default only connections past SPLICE_AFTER bytes switch)
+    monkeypatch.setattr(tcp_proxy, "SPLICE_AFTER", 0)
     return str(request.param)
 
 
@@ -659,5 +662,31 @@ async def test_reload_swaps_sni_routes_for_new_connections(tagged: Any) -> None:
         assert await read_until(reader2, b"\n") == b"B\n"
         writer.close()
         writer2.close()
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_only_bulk_connections_switch_to_splice(
+    tagged: Any, relay_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tcp_proxy, "SPLICE_AFTER", 1024 * 1024)
+    port, _ = await tagged(b"")
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    try:
+        host, lport = engine.bound["l4"]
+        runtime = engine.listeners["l4"].runtime
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"small")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"small"
+        assert runtime.spliced_total == 0  # short exchanges stay on the Protocol path
+        payload = bytes(range(256)) * 4096 * 4  # 4 MiB, echoed
+        writer.write(payload)
+        assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
+        writer.write(b"after")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"after"
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b"<after-eof>"
+        assert runtime.spliced_total == (1 if relay_mode == "splice" else 0)
+        writer.close()
     finally:
         await engine.shutdown(1)

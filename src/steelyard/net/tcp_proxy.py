@@ -63,7 +63,11 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 # splice(2) fast path (Linux): bytes go socket -> pipe -> socket inside the kernel
 SPLICE_SUPPORTED = hasattr(os, "splice") and hasattr(os, "SPLICE_F_MOVE")
 SPLICE_CHUNK = 1024 * 1024  # bytes per splice() call, and the pipe size we ask for
-SPLICE_ROUNDS = 16  # splice() rounds per wakeup before yielding to other connections
+SPLICE_ROUNDS = 16
+# a connection moves to splice once it has relayed this much: short connections stay on the
+# Protocol path (setting up pipes costs more than it saves), bulk ones switch
+SPLICE_AFTER = 1024 * 1024
+_NEVER = 1 << 62  # splice() rounds per wakeup before yielding to other connections
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE_DEFAULT = os.environ.get("STEELYARD_SPLICE", "1") != "0"
 
@@ -86,6 +90,22 @@ def reset_transport(transport: asyncio.Transport | None) -> None:
         except OSError:
             pass
     transport.abort()
+
+
+def _write_eof(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()  # TLS: no half-close; close after the flush
+
+
+def write_eof_soon(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+    """Pass an EOF on, one loop iteration later.
+
+    uvloop 0.23 can corrupt its heap (double free, abort) when write_eof() is called on a
+    transport from within an eof_received() callback; deferring the call avoids it."""
+    loop.call_soon(_write_eof, transport)
 
 
 def _address(peer: Any) -> tuple[str, int]:
@@ -118,6 +138,8 @@ class _Upstream(asyncio.Protocol):
         down = conn.transport
         if down is not None:
             down.write(data)
+        if conn.bytes_in + conn.bytes_out >= conn.splice_at:
+            conn.try_splice()
 
     def eof_received(self) -> bool:
         self.conn.upstream_eof()
@@ -167,6 +189,7 @@ class TcpConnection(asyncio.Protocol):
         "outcome",
         "reading_paused",
         "splice",
+        "splice_at",
     )
 
     def __init__(self, listener: TcpListener) -> None:
@@ -200,6 +223,7 @@ class TcpConnection(asyncio.Protocol):
         self.outcome = Outcome.OK
         self.reading_paused = False
         self.splice: SpliceRelay | None = None
+        self.splice_at = _NEVER  # relayed byte count at which to try the splice path
 
     # -- downstream events ---------------------------------------------------------------------
 
@@ -231,6 +255,8 @@ class TcpConnection(asyncio.Protocol):
             up = self.up_transport
             if up is not None:
                 up.write(data)
+            if self.bytes_in + self.bytes_out >= self.splice_at:
+                self.try_splice()
             return
         if self.phase is Phase.CLOSED:
             return
@@ -249,10 +275,7 @@ class TcpConnection(asyncio.Protocol):
         if self.phase is Phase.RELAY:
             up = self.up_transport
             if up is not None and not up.is_closing():
-                if up.can_write_eof():
-                    up.write_eof()
-                else:
-                    up.close()
+                write_eof_soon(self.loop, up)
             if self.up_eof:
                 self._close_both()
         elif self.phase is Phase.PREFACE:
@@ -294,10 +317,7 @@ class TcpConnection(asyncio.Protocol):
         self.up_eof = True
         down = self.transport
         if down is not None and not down.is_closing():
-            if down.can_write_eof():
-                down.write_eof()
-            else:
-                down.close()  # TLS downstream: no half-close, close after the flush
+            write_eof_soon(self.loop, down)
         if self.down_eof:
             self._close_both()
 
@@ -477,21 +497,29 @@ class TcpConnection(asyncio.Protocol):
         if self.buffer:
             transport.write(bytes(self.buffer))
             self.buffer = bytearray()
-        if self.down_eof and transport.can_write_eof():
-            transport.write_eof()
+        if self.down_eof:
+            write_eof_soon(self.loop, transport)
         self.last_activity = self.loop.time()
         if self.idle_timeout > 0:
             self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
-        if self.listener.use_splice and self._start_splice():
-            return
+        if self.listener.use_splice:
+            self.splice_at = self.bytes_in + self.bytes_out + SPLICE_AFTER
         down = self.transport
         if down is not None and not down.is_closing() and not self.down_eof:
             down.resume_reading()
 
+    def try_splice(self) -> None:
+        if self.phase is not Phase.RELAY or self.splice is not None or self._start_splice():
+            self.splice_at = _NEVER
+        else:
+            self.splice_at += SPLICE_AFTER // 8  # something was buffered: try again soon
+
     def _start_splice(self) -> bool:
         """Hand both sockets to a SpliceRelay when nothing is buffered in either transport."""
         down, up = self.transport, self.up_transport
-        if down is None or up is None or self.down_eof or down.is_closing() or up.is_closing():
+        if down is None or up is None or self.down_eof or self.up_eof:
+            return False
+        if down.is_closing() or up.is_closing():
             return False
         if down.get_write_buffer_size() or up.get_write_buffer_size():
             return False  # e.g. a server greeting still on its way: stay on the Protocol path
