@@ -88,7 +88,7 @@ def summary(events: list[tuple[str, object]]) -> list[object]:
                 )
             )
         elif kind in ("head", "interim") and isinstance(value, ResponseHead):
-            out.append(("head", value.status, value.reason, tuple(value.headers), value.chunked))
+            out.append((kind, value.status, value.reason, tuple(value.headers), value.chunked))
         else:
             out.append((kind, value))
     return out
@@ -383,3 +383,39 @@ def test_h11_encoded_messages_parse_the_same(
     got_body = b"".join(v for k, v in events if k == "body")  # type: ignore[misc]
     assert got_body == body
     assert events[-1] == ("end", [(b"x-trailer", b"t")])
+
+
+RESPONSE_STREAM = b"".join(RESPONSES[:3])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(RESPONSE_STREAM)), max_size=12))
+def test_responses_random_splits(cuts: list[int]) -> None:
+    """Three responses on one connection, split anywhere: the same events as fed whole."""
+
+    def run(chunks: list[bytes]) -> list[object]:
+        sink = Collect()
+        parser = ResponseParser(sink)
+        parser.expect(False)
+        for c in chunks:
+            parser.feed(c)
+        return summary(sink.merged())
+
+    points = sorted(set(cuts))
+    chunks = [
+        RESPONSE_STREAM[a:b]
+        for a, b in zip([0, *points], [*points, len(RESPONSE_STREAM)], strict=True)
+    ]
+    whole = run([RESPONSE_STREAM])
+    assert [k for k, *_ in whole] == [
+        "head",
+        "body",
+        "end",
+        "interim",
+        "head",
+        "end",
+        "head",
+        "body",
+        "end",
+    ]  # type: ignore[misc]
+    assert run(chunks) == whole
