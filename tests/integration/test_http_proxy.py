@@ -297,3 +297,35 @@ async def test_h11_accepts_what_we_send_downstream() -> None:
             assert r.status in (200, 204)
             assert client.conn.our_state is h11.DONE and client.conn.their_state is h11.DONE
         await client.close()
+
+
+async def test_upgrade_refused_by_the_server_closes_after_the_answer() -> None:
+    async with http_backend("s1") as s1, steelyard(proxy_config({"api": [s1]})) as sy:
+        raw = await RawClient.connect(sy.port)
+        await raw.send(
+            b"GET /status/400 HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"  # after an upgrade request: tunnel bytes
+        )
+        data = await raw.read_until_close()
+        replies = parse_responses(data)
+        assert [r.status for r in replies] == [400]
+        assert replies[0].header("connection") == "close"
+        assert [q.target for q in s1.requests] == ["/status/400"]
+
+
+async def test_pipelined_upgrade_behind_a_request() -> None:
+    async with http_backend("s1") as s1, steelyard(proxy_config({"api": [s1]})) as sy:
+        raw = await RawClient.connect(sy.port)
+        await raw.send(
+            b"GET /delay/0.1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi"
+        )
+        data = b""
+        while not data.endswith(b"\r\n\r\nHI"):
+            more = await asyncio.wait_for(raw.reader.read(65536), 5)
+            assert more, data
+            data += more
+        first, _, rest = data.partition(b"\r\n\r\ns1")
+        assert first.startswith(b"HTTP/1.1 200 ")
+        assert rest.startswith(b"HTTP/1.1 101 ")
+        await raw.close()

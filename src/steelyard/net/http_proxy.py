@@ -401,7 +401,7 @@ class DownstreamConnection(asyncio.Protocol):
             ex.tunnel
             or not keep_alive
             or self.closing
-            or self.upgrading
+            or (self.upgrading and not self.queue)  # HTTP ended with an upgrade request
             or (self.peer_eof and not self.queue)
         ):
             self.close()
