@@ -223,7 +223,7 @@ class Engine:
         # ALPN names what runs inside: http/1.1 on HTTP listeners, nothing on TCP ones
         return server_context(lcfg.tls, alpn=("http/1.1",) if lcfg.protocol == "http" else ())
 
-    async def _start_listener(self, lcfg: Any) -> None:
+    async def _start_listener(self, lcfg: Any, sock: socket.socket | None = None) -> None:
         runtime = self._make_runtime(lcfg)
         host, port = parse_address(lcfg.bind)
         try:
@@ -234,7 +234,7 @@ class Engine:
                 server: Any = transport
                 sockname = transport.get_extra_info("sockname")
             else:
-                sock = _listening_socket(host, port)
+                sock = sock or _listening_socket(host, port)
                 # TLS is terminated by the server for http and tcp listeners alike; a tcp
                 # runtime is told (runtime.ssl_context) so that it skips the splice fast path
                 ssl_ctx = self._ssl_context(lcfg)
@@ -294,6 +294,7 @@ class Engine:
             if self.config_path is None:
                 raise RuntimeError("no config file to reload from")
             config = load_config(self.config_path)
+        prebound = self._prebind(config)  # a bind that fails leaves everything as it was
         old_backends = self.backends
         new_backends = self._build_backends(config, previous=old_backends)
         # backends that are gone keep serving their in-flight work until drained
@@ -314,10 +315,35 @@ class Engine:
             await self._stop_listener(handle)
         for name, lcfg in new_listeners.items():
             if name not in self.listeners:
-                await self._start_listener(lcfg)
+                await self._start_listener(lcfg, prebound.pop(name, None))
+        for sock in prebound.values():
+            sock.close()
         self._start_health_checks()
         self.reloads += 1
         self.events.publish(Event(type="reload", time=time.time(), reason="config reloaded"))
+
+    def _prebind(self, config: Any) -> dict[str, socket.socket]:
+        """Bind the sockets of new and moved stream listeners before anything changes, so
+        that a reload whose bind fails keeps the old configuration whole. (A bind that an
+        existing listener holds is left to the usual stop-then-start.)"""
+        held = {self.bound.get(name) for name, h in self.listeners.items() if h.protocol != "udp"}
+        prebound: dict[str, socket.socket] = {}
+        for lcfg in config.listeners:
+            handle = self.listeners.get(lcfg.name)
+            if handle is not None and (handle.bind, handle.protocol) == (lcfg.bind, lcfg.protocol):
+                continue  # kept as it is
+            host, port = parse_address(lcfg.bind)
+            if lcfg.protocol == "udp" or (port and (host, port) in held):
+                continue
+            try:
+                prebound[lcfg.name] = _listening_socket(host, port)
+            except OSError as exc:
+                for sock in prebound.values():
+                    sock.close()
+                raise StartError(
+                    f"listener {lcfg.name}: cannot bind {lcfg.bind}: {exc.strerror or exc}"
+                ) from exc
+        return prebound
 
     async def _stop_listener(self, handle: ListenerHandle) -> None:
         del self.listeners[handle.name]

@@ -226,3 +226,52 @@ async def test_sighup_reloads_and_an_invalid_file_keeps_the_old_config(tmp_path:
             assert (await request(port, "GET", "/new")).body == b"new config"
             sy.send(signal.SIGTERM)
             assert await asyncio.to_thread(sy.wait, 20) == 0
+
+
+async def test_reload_that_cannot_bind_keeps_the_old_config_whole() -> None:
+    import socket
+
+    from steelyard.engine import StartError
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    busy = blocker.getsockname()[1]
+    try:
+        async with flaky_backend("s1") as s1, flaky_backend("s2") as s2:
+            engine, port = await start_engine(config([s1]))
+            try:
+                config_before = engine.config
+                backends_before = engine.backends
+                taken = f"""  - name: two
+    protocol: http
+    bind: 127.0.0.1:{busy}
+    backend: api
+"""
+                with pytest.raises(StartError):
+                    await engine.reload(load_config_text(config([s1, s2], more_listeners=taken)))
+                assert engine.config is config_before
+                assert engine.backends is backends_before
+                assert list(engine.listeners) == ["web"]
+                assert engine.reloads == 0
+                assert "s2" not in engine.backends["api"].servers
+                assert (await request(port, "GET", "/")).status == 200
+                await engine.reload(load_config_text(config([s1, s2])))
+                assert "s2" in engine.backends["api"].servers
+            finally:
+                await engine.shutdown(1.0)
+    finally:
+        blocker.close()
+
+
+async def test_renamed_listener_on_the_same_address_moves_over() -> None:
+    async with flaky_backend("s1") as s1:
+        engine, port = await start_engine(config([s1]))
+        try:
+            renamed = config([s1], bind=f"127.0.0.1:{port}").replace("name: web", "name: www")
+            await engine.reload(load_config_text(renamed))
+            assert list(engine.listeners) == ["www"]
+            assert engine.bound["www"] == ("127.0.0.1", port)
+            assert (await request(port, "GET", "/")).status == 200
+        finally:
+            await engine.shutdown(1.0)
