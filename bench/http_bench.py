@@ -448,6 +448,10 @@ LEGEND = (
 )
 
 
+def inv(x: float) -> float:
+    return 1 / x if x else float("nan")
+
+
 def markdown(
     summaries: list[Summary],
     vers: dict[str, str],
@@ -502,8 +506,8 @@ def markdown(
             ("p99 latency", sy.p99_ms, ha.p99_ms, ng.p99_ms if ngx_ok else 0, "≤", TARGET_P99),
             ("CPU per request", sy.cpu_us_per_req, ha.cpu_us_per_req,
              ng.cpu_us_per_req if ngx_ok else 0, "", None),
-            ("req/s per LB core", 1 / sy.cpu_us_per_req, 1 / ha.cpu_us_per_req,
-             1 / ng.cpu_us_per_req if ngx_ok else 0, "≥", TARGETS_RPS),
+            ("req/s per LB core", inv(sy.cpu_us_per_req), inv(ha.cpu_us_per_req),
+             inv(ng.cpu_us_per_req) if ngx_ok else 0, "≥", TARGETS_RPS),
         ]  # fmt: skip
         for name, a, b, c, op, goal in rows:
             r = ratio(a, b)

@@ -216,7 +216,10 @@ def run_iperf(
             "-t", str(max(1, round(seconds))), "-J"]  # fmt: skip
     if direction == "download":
         argv.append("-R")
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 20, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"iperf3 through {target.name} hung for {seconds + 20:.0f}s") from exc
     busy = cores.stop()
     wall = max(time.monotonic() - t0, 1e-9)
     cpu = meter.stop() if meter else 0.0
@@ -242,7 +245,9 @@ def run_iperf(
     )
 
 
-def summarise_bulk(target: Target, direction: str, samples: list[Bulk]) -> BulkSummary:
+def summarise_bulk(
+    target: Target, direction: str, samples: list[Bulk], failed: str | None = None
+) -> BulkSummary:
     g = [s.gbit_s for s in samples]
     return BulkSummary(
         target=target.name,
@@ -254,7 +259,7 @@ def summarise_bulk(target: Target, direction: str, samples: list[Bulk]) -> BulkS
         cpu_s_per_gb=median([s.cpu_s_per_gb for s in samples]),
         lb_core_busy=median([s.lb_core_busy for s in samples]),
         others=median([s.others for s in samples]),
-        pending=target.pending,
+        pending=target.pending or failed or (None if samples else "no successful run"),
         samples=samples,
     )
 
@@ -335,6 +340,9 @@ def markdown(
 
     nan = float("nan")
 
+    def inv(x: float) -> float:
+        return 1 / x if x else nan
+
     def val(obj: Summary | BulkSummary | None, attr: str) -> float:
         if obj is None or obj.pending:
             return nan
@@ -346,6 +354,8 @@ def markdown(
             val(ng, "rps_median"), GOALS[mode])  # fmt: skip
         row(f"CPU/request {mode}", val(sy, "cpu_us_per_req"), val(ha, "cpu_us_per_req"),
             val(ng, "cpu_us_per_req"), None)  # fmt: skip
+        row(f"req/s per LB core {mode}", inv(val(sy, "cpu_us_per_req")),
+            inv(val(ha, "cpu_us_per_req")), inv(val(ng, "cpu_us_per_req")), GOALS[mode])  # fmt: skip
     for d in ("upload", "download"):
         sy, ha, ng = bb.get(("steelyard", d)), bb.get(("haproxy", d)), bb.get(("nginx", d))
         row(f"bulk {d}", val(sy, "gbit_s_median"), val(ha, "gbit_s_median"),
@@ -433,16 +443,24 @@ def main(argv: list[str]) -> int:
             err = wait_http(p, proc=backends)
             if err:
                 raise SystemExit(f"backend on {p} not serving: {err}")
-        iperf_port = free_port()
-        iperf = sup.start("iperf3-server", ["iperf3", "-s", "-p", str(iperf_port)], CLIENT_CPU)
-        if not wait_tcp(iperf_port, proc=iperf):
-            raise SystemExit(f"iperf3 server not listening: {iperf.log_tail()}")
+        # one iperf3 server per target: a server serves one test at a time, so a connection
+        # that one balancer left hanging must not stall the others
+        iperf_pids: list[int] = []
+
+        def iperf_server(name: str) -> int:
+            port = free_port()
+            argv_ = ["iperf3", "-s", "-p", str(port), "--idle-timeout", "20"]
+            proc = sup.start(f"iperf3-{name}", argv_, CLIENT_CPU)
+            if not wait_tcp(port, proc=proc):
+                raise SystemExit(f"iperf3 server not listening: {proc.log_tail()}")
+            iperf_pids.append(proc.pid)
+            return port
 
         started: dict[str, Target] = {}
         bulk_ports: dict[str, int] = {}
         # Steelyard first: with --if-supported, nothing else is started when it has no L4 yet
         if "steelyard" in wanted:
-            port, bulk = free_port(), free_port()
+            port, bulk, iperf_port = free_port(), free_port(), iperf_server("steelyard")
             cfg = steelyard_tcp_conf(workdir, port, bulk, http_ports, iperf_port)
             t = start_target(
                 sup, "steelyard-tcp", port, bulk, [*steelyard_cmd(), "run", "-c", str(cfg)]
@@ -453,20 +471,21 @@ def main(argv: list[str]) -> int:
             started[t.name], bulk_ports[t.name] = t, bulk
             # the same without the splice(2) fast path: bulk only (short connections never
             # reach the splice threshold, so wrk would measure the same thing twice)
-            port, bulk = free_port(), free_port()
+            port, bulk, iperf_port = free_port(), free_port(), iperf_server("nosplice")
             cfg = steelyard_tcp_conf(workdir, port, bulk, http_ports, iperf_port, "nosplice")
             argv_ = [*steelyard_cmd(), "run", "-c", str(cfg)]
             t = start_target(sup, NOSPLICE, port, bulk, argv_, env={"STEELYARD_SPLICE": "0"})
             started[t.name], bulk_ports[t.name] = t, bulk
         if "direct" in wanted:
-            started["direct"], bulk_ports["direct"] = Target("direct", http_ports[0]), iperf_port
+            t = Target("direct", http_ports[0])
+            started["direct"], bulk_ports["direct"] = t, iperf_server("direct")
         if "haproxy" in wanted and have("haproxy"):
-            port, bulk = free_port(), free_port()
+            port, bulk, iperf_port = free_port(), free_port(), iperf_server("haproxy")
             cfg = haproxy_tcp_conf(workdir, port, bulk, http_ports, iperf_port)
             t = start_target(sup, "haproxy-tcp", port, bulk, ["haproxy", "-db", "-f", str(cfg)])
             started[t.name], bulk_ports[t.name] = t, bulk
         if "nginx" in wanted:
-            port, bulk = free_port(), free_port()
+            port, bulk, iperf_port = free_port(), free_port(), iperf_server("nginx")
             if not NGINX_STREAM_MODULE.exists():
                 t = Target("nginx", port, pending=f"{NGINX_STREAM_MODULE} missing")
             else:
@@ -484,7 +503,7 @@ def main(argv: list[str]) -> int:
         samples: dict[tuple[str, str], list[Sample]] = {
             (t.name, m): [] for t in targets for m in modes
         }
-        helpers = [backends.pid, iperf.pid]
+        helpers = [backends.pid, *iperf_pids]
         retry_budget = [args.retry_budget]
         for mode in modes:
             for t in live:
@@ -501,12 +520,22 @@ def main(argv: list[str]) -> int:
         bulk_samples: dict[tuple[str, str], list[Bulk]] = {
             (t.name, d): [] for t in all_targets for d in ("upload", "download")
         }
-        for t in live_bulk:  # warm-up, and proof that the bulk listener works
-            run_iperf(t, bulk_ports[t.name], "upload", 1, helpers)
+        bulk_failed: dict[str, str] = {}
+        for t in list(live_bulk):  # warm-up, and proof that the bulk listener works
+            try:
+                run_iperf(t, bulk_ports[t.name], "upload", 1, helpers)
+            except RuntimeError as exc:
+                log(f"bulk through {t.name} failed: {exc}")
+                bulk_failed[t.name] = f"bulk failed: {exc}"
+                live_bulk.remove(t)
         for i in range(args.runs):
             for d in ("upload", "download"):
                 for t in live_bulk:
-                    b = run_iperf(t, bulk_ports[t.name], d, args.duration, helpers)
+                    try:
+                        b = run_iperf(t, bulk_ports[t.name], d, args.duration, helpers)
+                    except RuntimeError as exc:
+                        log(f"bulk {d} through {t.name} failed: {exc}")
+                        continue
                     bulk_samples[(t.name, d)].append(b)
                     log(
                         f"L4 bulk {d:8s} run {i + 1}/{args.runs} {t.name:9s} "
@@ -516,7 +545,7 @@ def main(argv: list[str]) -> int:
                     time.sleep(0.3)  # iperf3's server takes a moment between tests
         summaries = [summarise(t, m, samples[(t.name, m)]) for m in modes for t in targets]
         bulks = [
-            summarise_bulk(t, d, bulk_samples[(t.name, d)])
+            summarise_bulk(t, d, bulk_samples[(t.name, d)], bulk_failed.get(t.name))
             for d in ("upload", "download")
             for t in all_targets
         ]
