@@ -279,3 +279,26 @@ async def test_pipelined_bad_request_answered_after_the_good_ones() -> None:
         replies = parse_responses(data)
         assert [r.status for r in replies] == [200, 200, 400]
         assert [q.target for q in s1.requests] == ["/delay/0.1", "/echo"]
+
+
+async def test_connect_timeout_is_retried_elsewhere_then_503() -> None:
+    from tests.helpers.http_backends import BlackholeServer
+
+    hole = BlackholeServer("hole")
+    try:
+        await asyncio.sleep(0.1)
+        async with http_backend("s1") as s1:
+            cfg = proxy_config({"api": [hole, s1]}, retries=1, timeouts={"connect": "200ms"})
+            async with steelyard(cfg) as sy:
+                for _ in range(2):
+                    r = await request(sy.port)
+                    assert r.status == 200 and r.header("x-server") == "s1"
+                assert any(rec.retries == 1 for rec in sy.records)
+                hole_state = sy.engine.backends["api"].servers["hole"]
+                assert hole_state.failures_total >= 1
+        cfg = proxy_config({"api": [hole]}, retries=0, timeouts={"connect": "200ms"})
+        async with steelyard(cfg) as sy:
+            r = await request(sy.port)
+            assert r.status == 503 and r.header("retry-after")
+    finally:
+        hole.close()
