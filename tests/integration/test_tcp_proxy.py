@@ -38,6 +38,7 @@ def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     # switch to splice at the first byte relayed, so that every behaviour below is checked
     # on the splice path (by default only connections past SPLICE_AFTER bytes switch)
     monkeypatch.setattr(tcp_proxy, "SPLICE_AFTER", 0)
+    monkeypatch.setattr(tcp_proxy, "SPLICE_MIN_READ", 0)
     return str(request.param)
 
 
@@ -670,6 +671,7 @@ async def test_only_bulk_connections_switch_to_splice(
     tagged: Any, relay_mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tcp_proxy, "SPLICE_AFTER", 1024 * 1024)
+    monkeypatch.setattr(tcp_proxy, "SPLICE_MIN_READ", 64 * 1024)
     port, _ = await tagged(b"")
     engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
     try:
@@ -678,6 +680,9 @@ async def test_only_bulk_connections_switch_to_splice(
         reader, writer = await asyncio.open_connection(host, lport)
         writer.write(b"small")
         assert await asyncio.wait_for(reader.readexactly(5), 5) == b"small"
+        for _ in range(300):  # many small messages (2.4 MiB in all) never switch
+            writer.write(b"m" * 8192)
+            assert await asyncio.wait_for(reader.readexactly(8192), 5) == b"m" * 8192
         assert runtime.spliced_total == 0  # short exchanges stay on the Protocol path
         payload = bytes(range(256)) * 4096 * 4  # 4 MiB, echoed
         writer.write(payload)

@@ -67,6 +67,9 @@ SPLICE_ROUNDS = 16
 # a connection moves to splice once it has relayed this much: short connections stay on the
 # Protocol path (setting up pipes costs more than it saves), bulk ones switch
 SPLICE_AFTER = 1024 * 1024
+# ...and only on a large read: a stream of small messages (keep-alive request/response) costs
+# three splice() calls per message against one recv and one send, so it stays on Protocols
+SPLICE_MIN_READ = 64 * 1024
 _NEVER = 1 << 62  # splice() rounds per wakeup before yielding to other connections
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE_DEFAULT = os.environ.get("STEELYARD_SPLICE", "1") != "0"
@@ -138,7 +141,7 @@ class _Upstream(asyncio.Protocol):
         down = conn.transport
         if down is not None:
             down.write(data)
-        if conn.bytes_in + conn.bytes_out >= conn.splice_at:
+        if len(data) >= SPLICE_MIN_READ and conn.bytes_in + conn.bytes_out >= conn.splice_at:
             conn.try_splice()
 
     def eof_received(self) -> bool:
@@ -255,7 +258,7 @@ class TcpConnection(asyncio.Protocol):
             up = self.up_transport
             if up is not None:
                 up.write(data)
-            if self.bytes_in + self.bytes_out >= self.splice_at:
+            if len(data) >= SPLICE_MIN_READ and self.bytes_in + self.bytes_out >= self.splice_at:
                 self.try_splice()
             return
         if self.phase is Phase.CLOSED:
