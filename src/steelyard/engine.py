@@ -87,6 +87,8 @@ class Engine:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._builds: dict[str, asyncio.Future[Any]] = {}
         self.reloads = 0
+        # (backend, server, "ok" | "fail") -> count, filled by the health checker
+        self.check_counts: dict[tuple[str, str, str], int] = {}
         self._retired: list[Backend] = []  # backends a reload removed, still draining
         self.backends = self._build_backends(config, previous={})
 
@@ -101,6 +103,7 @@ class Engine:
                 algorithm=bcfg.algorithm,
                 table_size=bcfg.table_size,
                 hash_balance_factor=bcfg.hash_balance_factor,
+                extra={"clock": self.clock},  # least_response_time fades stale estimates
             )
             servers = [server_from_config(s) for s in bcfg.servers]
             old = previous.get(name)
@@ -397,7 +400,8 @@ class Engine:
 
 def _listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
