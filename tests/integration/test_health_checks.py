@@ -330,3 +330,45 @@ async def test_every_flip_is_logged_on_the_steelyard_logger(
     ]
     assert "health backend=api server=s1 state=healthy reason=status 200" in flips
     assert "health backend=api server=s1 state=unhealthy reason=status 503" in flips
+
+
+async def test_http_check_over_tls(tmp_path: Any) -> None:
+    import ssl
+    from types import SimpleNamespace
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("backend.test")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        from steelyard.net.health_check import _client_ssl_context
+
+        def tls_spec(tls: Any) -> tuple[CheckSpec, Any]:
+            s = spec(port, "http")
+            s = CheckSpec(**{**{f: getattr(s, f) for f in s.__slots__}, "tls": tls})
+            return s, _client_ssl_context(tls)
+
+        good = SimpleNamespace(verify=True, ca=str(ca_path), server_name="backend.test")
+        assert await probe(*tls_spec(good)) == (True, "status 200")
+        lax = SimpleNamespace(verify=False, ca=None, server_name=None)
+        assert await probe(*tls_spec(lax)) == (True, "status 200")
+        strict = SimpleNamespace(verify=True, ca=None, server_name="backend.test")
+        ok, reason = await probe(*tls_spec(strict))
+        assert not ok
+        assert reason.startswith("tls error")
+    finally:
+        server.close()
+        await server.wait_closed()
