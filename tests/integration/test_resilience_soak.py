@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h11
@@ -228,6 +230,7 @@ async def test_soak_kill_restore_reload_three_times_then_sigterm(tmp_path: Path)
                 asyncio.create_task(load.keepalive_worker(w)) for w in range(WORKERS_KEEPALIVE)
             ] + [asyncio.create_task(load.fresh_worker(w)) for w in range(WORKERS_FRESH)]
             t0 = time.monotonic()
+            load_wall = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
             async def at(offset: float) -> None:
                 await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
@@ -293,3 +296,11 @@ async def test_soak_kill_restore_reload_three_times_then_sigterm(tmp_path: Path)
         assert any(o.server == "s3" and o.started > t0 + 9.5 for o in outcomes if o.ok)
         # the three reloads happened
         assert sum(" reloaded " in f" {line} " for line in sy.lines) >= 3
+        # the access log agrees: every 5xx was a POST that had reached s2; retries happened
+        entries = [json.loads(line) for line in access.read_text().splitlines() if line.strip()]
+        assert len(entries) >= len(outcomes)
+        # (before the load, wait_ready saw 503s while the first checks were pending)
+        failed = [e for e in entries if e["status"] >= 500 and e["time"] >= load_wall]
+        assert all(e["method"] == "POST" and e["server"] == "s2" for e in failed), failed
+        assert len(failed) == len(errors)
+        assert any(e["retries"] for e in entries)
