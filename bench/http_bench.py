@@ -340,6 +340,42 @@ WAITING = (
 )
 
 
+# each busy sample goes to the first category one of whose patterns occurs in its stack
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("access log (format, logging, hand-off, writer thread)",
+     ("Engine.record", "steelyard/logs.py", "logging/", "QueueListener")),
+    ("socket syscalls (read, write, accept, connect, close)",
+     ("write (libc", "read (libc", "writev (libc", "recv", "send", "accept4 (libc",
+      "connect (libc", "close (libc", "shutdown (libc", "setsockopt (libc", "getsockopt (libc",
+      "epoll_ctl (libc", "splice (libc", "uv__close_nocancel", "io_uring_enter")),
+    ("garbage collector", ("gc_collect",)),
+    ("HTTP parsing (httptools and our callbacks)", ("core/http1/parser.py", "llhttp")),
+    ("building and rewriting heads", ("core/http1/headers.py",)),
+    ("routing, balancing, backend, pool, timers",
+     ("core/routing", "core/backend.py", "core/balancing", "core/load.py", "pool.py",
+      "call_at", "call_later")),
+    ("proxy code (http_proxy.py, tcp_proxy.py)", ("http_proxy.py", "tcp_proxy.py")),
+)  # fmt: skip
+OTHER = "event loop and the rest"
+
+
+def categorise(frames: list[str], thread: str) -> str:
+    """The access log, syscalls and the GC claim a sample if they occur anywhere in it (they
+    are reached from many places); otherwise the innermost frame that belongs to a category
+    decides (so a head built inside a parser callback counts as building heads)."""
+    if "_monitor" in thread:  # logging's QueueListener thread
+        return CATEGORIES[0][0]
+    joined = ";".join(frames)
+    for name, patterns in CATEGORIES[:3]:
+        if any(p in joined for p in patterns):
+            return name
+    for frame in reversed(frames):
+        for name, patterns in CATEGORIES[3:]:
+            if any(p in frame for p in patterns):
+                return name
+    return OTHER
+
+
 def summarise_profile(raw: Path, top: int = 15) -> dict[str, object]:
     """Where a busy Steelyard spends its time, from py-spy's raw (collapsed) output.
 
@@ -350,6 +386,7 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, object]:
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
     thread_c: Counter[str] = Counter()
+    cat_c: Counter[str] = Counter()
     total = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -373,6 +410,7 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, object]:
             frames = ["(no Python frame)"]
         total += count
         thread_c[thread] += count
+        cat_c[categorise(frames, thread)] += count
         self_c[frames[-1]] += count
         for f in set(frames):
             incl_c[f] += count
@@ -386,19 +424,26 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, object]:
         "samples": total,
         "idle_samples": idle,
         "threads": [(t, pct(n)) for t, n in thread_c.most_common()],
+        "categories": [(c, pct(n)) for c, n in cat_c.most_common()],
         "self": [(f, pct(n)) for f, n in self_c.most_common(top)],
         "inclusive": [(f, pct(n)) for f, n in inclusive.most_common(top)],
     }
 
 
 def profile_steelyard(
-    target: Target, mode: str, script: Path, out_dir: Path, seconds: float, conns: int
+    target: Target,
+    mode: str,
+    script: Path,
+    out_dir: Path,
+    seconds: float,
+    conns: int,
+    prefix: str = "pyspy",
 ) -> dict[str, object] | None:
     spy = VENV_BIN / "py-spy"
     if not spy.exists() or target.proc is None:
         log("py-spy not available; no profile")
         return None
-    raw = out_dir / f"pyspy-{mode}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.txt"
+    raw = out_dir / f"{prefix}-{mode}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.txt"
     out_dir.mkdir(parents=True, exist_ok=True)
     argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{conns}", f"-d{round(seconds) + 2}s"]
     for h in MODES[mode]:
@@ -450,6 +495,37 @@ LEGEND = (
 
 def inv(x: float) -> float:
     return 1 / x if x else float("nan")
+
+
+def profile_markdown(prof: dict[str, object], what: str = "Steelyard") -> list[str]:
+    out: list[str] = [""]
+    out.append(
+        f"py-spy{' --native' if prof.get('native') else ''}, {what} under {prof['mode']} "
+        f"load ({prof['samples']} busy samples, {prof['idle_samples']} idle ones left out; "
+        "% of busy samples):"
+    )
+    out.append("")
+    threads = prof["threads"]
+    assert isinstance(threads, list)
+    out.append("Threads: " + ", ".join(f"{t} {p:.0f}%" for t, p in threads))
+    out.append("")
+    cats = prof["categories"]
+    assert isinstance(cats, list)
+    out.append("| % of busy samples | spent in (each sample counted once) |")
+    out.append("|---:|---|")
+    for c, p in cats:
+        out.append(f"| {p:.1f} | {c} |")
+    out.append("")
+    out.append("| self % | function | | inclusive % | function |")
+    out.append("|---:|---|---|---:|---|")
+    selfs = prof["self"]
+    incls = prof["inclusive"]
+    assert isinstance(selfs, list) and isinstance(incls, list)
+    for i in range(max(len(selfs), len(incls))):
+        a = selfs[i] if i < len(selfs) else ("", 0.0)
+        b = incls[i] if i < len(incls) else ("", 0.0)
+        out.append(f"| {a[1]:.1f} | `{a[0]}` | | {b[1]:.1f} | `{b[0]}` |")
+    return out
 
 
 def markdown(
@@ -521,26 +597,7 @@ def markdown(
                 f"{goal_s} | {verdict} |"
             )
     for prof in profiles:
-        out.append("")
-        out.append(
-            f"py-spy{' --native' if prof.get('native') else ''}, Steelyard under {prof['mode']} "
-            f"load ({prof['samples']} busy samples, {prof['idle_samples']} idle ones left out; "
-            "% of busy samples):"
-        )
-        out.append("")
-        threads = prof["threads"]
-        assert isinstance(threads, list)
-        out.append("Threads: " + ", ".join(f"{t} {p:.0f}%" for t, p in threads))
-        out.append("")
-        out.append("| self % | function | | inclusive % | function |")
-        out.append("|---:|---|---|---:|---|")
-        selfs = prof["self"]
-        incls = prof["inclusive"]
-        assert isinstance(selfs, list) and isinstance(incls, list)
-        for i in range(max(len(selfs), len(incls))):
-            a = selfs[i] if i < len(selfs) else ("", 0.0)
-            b = incls[i] if i < len(incls) else ("", 0.0)
-            out.append(f"| {a[1]:.1f} | `{a[0]}` | | {b[1]:.1f} | `{b[0]}` |")
+        out.extend(profile_markdown(prof))
     return "\n".join(out) + "\n"
 
 

@@ -63,6 +63,8 @@ from http_bench import (  # noqa: E402
     Summary,
     Target,
     measure_quiet,
+    profile_markdown,
+    profile_steelyard,
     summarise,
 )
 
@@ -389,11 +391,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--retry-budget", type=int, default=4)
     # accepted so that run.sh can pass the HTTP benchmark's flags through
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--profile-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
-    ap.add_argument("--no-profile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-seconds", type=float, default=6.0)
+    ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        args.runs, args.duration = 2, 2.0
+        args.runs, args.duration, args.profile_seconds = 2, 2.0, 3.0
     return args
 
 
@@ -517,6 +519,15 @@ def main(argv: list[str]) -> int:
                         f"p99 {s.p99_ms:6.2f} ms cpu {s.cpu_us_per_req:6.1f} us/req "
                         f"errors {s.errors}"
                     )
+        profiles: list[dict[str, object]] = []
+        sy = next((t for t in live if t.name == "steelyard"), None)
+        if sy is not None and not args.no_profile and "close" in modes:
+            log("profiling Steelyard's L4 listener under new-connection load")
+            prof = profile_steelyard(
+                sy, "close", script, args.out, args.profile_seconds, args.connections, "pyspy-l4"
+            )
+            if prof:
+                profiles.append(prof)
         bulk_samples: dict[tuple[str, str], list[Bulk]] = {
             (t.name, d): [] for t in all_targets for d in ("upload", "download")
         }
@@ -551,6 +562,8 @@ def main(argv: list[str]) -> int:
         ]
         vers = versions()
         report = markdown(summaries, bulks, vers, args)
+        for prof in profiles:
+            report += "\n".join(profile_markdown(prof, "Steelyard's L4 listener")) + "\n"
         print(report)
         args.out.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -559,6 +572,7 @@ def main(argv: list[str]) -> int:
             "args": {k: str(v) for k, v in vars(args).items()},
             "summaries": [asdict(s) for s in summaries],
             "bulk": [asdict(b) for b in bulks],
+            "profiles": profiles,
         }
         for name in (f"tcp-{stamp}", "tcp-latest"):
             (args.out / f"{name}.md").write_text(report)
