@@ -448,6 +448,8 @@ def versions() -> dict[str, str]:
                 out["cpu"] = line.split(":", 1)[1].strip()
                 break
     out["cores"] = str(os.cpu_count())
+    with contextlib.suppress(OSError):
+        out["loadavg"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return out
 
 
