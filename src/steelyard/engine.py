@@ -31,7 +31,7 @@ log = logging.getLogger("steelyard")
 TICK_INTERVAL = 0.25
 
 
-class StartError(Exception):
+class StartError(RuntimeError):
     """Could not bind or start (exit code 3)."""
 
 

@@ -275,3 +275,39 @@ async def test_renamed_listener_on_the_same_address_moves_over() -> None:
             assert (await request(port, "GET", "/")).status == 200
         finally:
             await engine.shutdown(1.0)
+
+
+async def test_admin_reload_that_cannot_bind_is_400_and_keeps_the_old_config(
+    tmp_path: Path,
+) -> None:
+    import json
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    busy = blocker.getsockname()[1]
+    try:
+        async with flaky_backend("s1") as s1:
+            path = tmp_path / "steelyard.yaml"
+            admin = "admin: {bind: '127.0.0.1:0'}\n"
+            path.write_text(admin + config([s1]))
+            engine, port = await start_engine(path.read_text(), path)
+            try:
+                admin_port = engine.admin.port
+                taken = f"""  - name: two
+    protocol: http
+    bind: 127.0.0.1:{busy}
+    backend: api
+"""
+                path.write_text(admin + config([s1], more_listeners=taken))
+                reply = await request(admin_port, "POST", "/api/v1/reload")
+                assert reply.status == 400
+                assert "cannot bind" in json.loads(reply.body)["error"]
+                assert list(engine.listeners) == ["web"]
+                assert engine.reloads == 0
+                assert (await request(port, "GET", "/")).status == 200
+            finally:
+                await engine.shutdown(1.0)
+    finally:
+        blocker.close()
