@@ -236,7 +236,7 @@ async def test_hello_arriving_byte_by_byte(ca: trustme.CA, servers: Any) -> None
 
 
 def _client_hello(name: str | None) -> bytes:
-    ctx = ssl.create_default_context()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA store to load: only the hello is used
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -330,3 +330,47 @@ def test_server_context_reads_names_and_rejects_bad_files(
     )
     with pytest.raises(TLSConfigError, match="cannot load certificate"):
         server_context(mismatched)
+
+
+async def test_hash_on_sni_keeps_a_name_on_one_server(servers: Any) -> None:
+    """`hash_on: sni` (set on the model directly until the config validator accepts it):
+    one server name always reaches the same server; different names spread."""
+    ports = [await servers(name) for name in (b"S0", b"S1", b"S2")]
+    text = f"""
+listeners:
+  - name: tls
+    protocol: tcp
+    bind: 127.0.0.1:0
+    sni_routes:
+      - {{server_name: "*.example.com", backend: h}}
+backends:
+  h:
+    algorithm: consistent_hash
+    servers:
+{chr(10).join(f"      - {{address: 127.0.0.1:{p}, name: s{i}}}" for i, p in enumerate(ports))}
+"""
+    cfg = load_config_text(text)
+    backend = cfg.backends["h"].model_copy(update={"hash_on": "sni"})
+    cfg = cfg.model_copy(update={"backends": {"h": backend}})
+    engine = Engine(cfg)
+    await engine.start()
+    try:
+        _, port = engine.bound["tls"]
+
+        async def land(name: str) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_client_hello(name))
+            try:
+                return await asyncio.wait_for(reader.readline(), 5)
+            finally:
+                writer.close()
+
+        seen: dict[str, set[bytes]] = {}
+        for _ in range(3):
+            for i in range(12):
+                name = f"host{i}.example.com"
+                seen.setdefault(name, set()).add(await land(name))
+        assert all(len(v) == 1 for v in seen.values()), seen
+        assert len(set().union(*seen.values())) >= 2  # names spread over servers
+    finally:
+        await engine.shutdown(1)
