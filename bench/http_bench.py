@@ -301,6 +301,7 @@ def measure_quiet(
 
 def summarise(target: Target, mode: str, samples: list[Sample]) -> Summary:
     rps = [s.rps for s in samples]
+    pending = target.pending or (None if samples else "every run failed (see the log)")
     return Summary(
         target=target.name,
         mode=mode,
@@ -315,7 +316,7 @@ def summarise(target: Target, mode: str, samples: list[Sample]) -> Summary:
         others=median([s.others for s in samples]),
         client_core_busy=median([s.client_core_busy for s in samples]),
         errors=sum(s.errors for s in samples),
-        pending=target.pending,
+        pending=pending,
         samples=samples,
     )
 
@@ -719,10 +720,17 @@ def main(argv: list[str]) -> int:
         retry_budget = [args.retry_budget]
         for mode in modes:
             for t in live:  # warm-up: connection pools, caches
-                run_wrk(t.url, script, 1, args.connections, headers=MODES[mode])
+                try:
+                    run_wrk(t.url, script, 1, args.connections, headers=MODES[mode])
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    log(f"warm-up of {t.name} failed: {exc}")
             for i in range(args.runs):
                 for t in live:
-                    s = measure_quiet(t, mode, script, args, helpers, retry_budget)
+                    try:
+                        s = measure_quiet(t, mode, script, args, helpers, retry_budget)
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        log(f"{mode} run {i + 1} {t.name} failed: {exc}")
+                        continue
                     samples[(t.name, mode)].append(s)
                     log(
                         f"{mode:10s} run {i + 1}/{args.runs} {t.name:9s} {s.rps:10,.0f} req/s "

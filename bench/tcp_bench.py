@@ -509,10 +509,17 @@ def main(argv: list[str]) -> int:
         retry_budget = [args.retry_budget]
         for mode in modes:
             for t in live:
-                run_wrk(t.url, script, 1, args.connections, headers=MODES[mode])
+                try:
+                    run_wrk(t.url, script, 1, args.connections, headers=MODES[mode])
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    log(f"warm-up of {t.name} failed: {exc}")
             for i in range(args.runs):
                 for t in live:
-                    s = measure_quiet(t, mode, script, args, helpers, retry_budget)
+                    try:
+                        s = measure_quiet(t, mode, script, args, helpers, retry_budget)
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        log(f"{mode} run {i + 1} {t.name} failed: {exc}")
+                        continue
                     samples[(t.name, mode)].append(s)
                     log(
                         f"L4 {mode:10s} run {i + 1}/{args.runs} {t.name:9s} {s.rps:10,.0f} req/s "
