@@ -275,6 +275,21 @@ class CoreMeter:
         return f"CoreMeter(cores={sorted(self._before)})"
 
 
+def wait_quiet(max_wait: float, threshold: float = 0.25, window: float = 2.0) -> float:
+    """Wait (up to max_wait seconds) until the whole machine is busier than `threshold` cores
+    for no `window`-long stretch; return the last measured load in cores."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        m = CoreMeter()
+        m.start()
+        time.sleep(window)
+        load = sum(b for b, _ in m.stop().values())
+        if load <= threshold or time.monotonic() >= deadline:
+            return load
+        log(f"machine busy ({load:.0%} of a core used by others); waiting for quiet")
+        time.sleep(3.0)
+
+
 def children_cpu_seconds() -> float:
     """CPU time of this process's waited-for children (wrk, iperf3 clients)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -61,6 +61,7 @@ from benchlib import (  # noqa: E402
     steelyard_cmd,
     versions,
     wait_http,
+    wait_quiet,
     write_wrk_script,
 )
 
@@ -677,6 +678,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--retry-budget", type=int, default=6, help="re-measurements in total")
     ap.add_argument("--profile-seconds", type=float, default=6.0)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for other programs to leave the CPUs alone",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="report directory")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args(argv)
@@ -699,6 +707,9 @@ def main(argv: list[str]) -> int:
     for binary in ("wrk", "nginx", "taskset"):
         if not have(binary):
             raise SystemExit(f"{binary} is not installed (bench/run.sh installs it)")
+    if args.wait_quiet > 0:
+        load = wait_quiet(args.wait_quiet, args.max_others)
+        log(f"others use {load:.0%} of a core; starting")
     workdir = Path(tempfile.mkdtemp(prefix="steelyard-http-bench-"))
     sup = Supervisor(workdir)
     t0 = time.monotonic()

@@ -4,6 +4,7 @@
 #   bash bench/run.sh              the full HTTP benchmark (~4-5 min), then the L4 one if Steelyard
 #                                  has tcp listeners (BENCH_TCP=0 skips it, =1 forces it)
 #   bash bench/run.sh --quick      a short smoke run
+#   bash bench/run.sh --wait-quiet 600   first wait (up to 600 s) for a quiet machine
 #
 # Installs what is missing (haproxy, nginx + its stream module, wrk, iperf3; py-spy into .venv).
 # Every process the harness starts is recorded in a pid file and stopped on exit, by PID.

@@ -53,6 +53,7 @@ from benchlib import (  # noqa: E402
     steelyard_cmd,
     versions,
     wait_http,
+    wait_quiet,
     wait_tcp,
     write_wrk_script,
 )
@@ -393,6 +394,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--profile-seconds", type=float, default=6.0)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.duration, args.profile_seconds = 2, 2.0, 3.0
@@ -433,6 +435,8 @@ def main(argv: list[str]) -> int:
     for binary in ("wrk", "nginx", "iperf3", "taskset"):
         if not have(binary):
             raise SystemExit(f"{binary} is not installed (bench/run.sh installs it)")
+    if args.wait_quiet > 0:
+        log(f"others use {wait_quiet(args.wait_quiet, args.max_others):.0%} of a core; starting")
     workdir = Path(tempfile.mkdtemp(prefix="steelyard-tcp-bench-"))
     sup = Supervisor(workdir)
     t0 = time.monotonic()
