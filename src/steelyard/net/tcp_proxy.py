@@ -49,7 +49,13 @@ from typing import Any, cast
 from steelyard.core.balancing import HASHING
 from steelyard.core.balancing.base import PickContext
 from steelyard.core.load import Lease, Outcome
-from steelyard.core.proxy_protocol import ParseStatus, encode, parse_header
+from steelyard.core.proxy_protocol import (
+    ParseStatus,
+    encode,
+    encode_v1_unknown,
+    encode_v2_local,
+    parse_header,
+)
 from steelyard.core.records import RequestRecord
 from steelyard.core.sni import HelloStatus, SniTable, parse_client_hello
 
@@ -415,9 +421,12 @@ class TcpConnection(asyncio.Protocol):
 
     def _connect_done(self, task: asyncio.Task[None]) -> None:
         self.connect_task = None
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: connecting failed", self.listener.name, exc_info=task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("%s: connecting failed", self.listener.name, exc_info=exc)
         if self.phase is Phase.RELAY:
+            if exc is not None:
+                self.abort()  # a bug half-way into the relay: do not leave it hanging
             return
         # no server took it (or the client left while we were connecting)
         self.phase = Phase.CLOSED
@@ -494,9 +503,13 @@ class TcpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         version = getattr(bcfg, "proxy_protocol", None)
         if version:
-            transport.write(
-                encode(version, self.client_ip, self.client_port, self.local_ip, self.local_port)
-            )
+            try:
+                header = encode(
+                    version, self.client_ip, self.client_port, self.local_ip, self.local_port
+                )
+            except ValueError:  # no IP addresses to tell (should not happen on TCP)
+                header = encode_v1_unknown() if version == "v1" else encode_v2_local()
+            transport.write(header)
         if self.buffer:
             transport.write(bytes(self.buffer))
             self.buffer = bytearray()
