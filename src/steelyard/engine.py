@@ -241,8 +241,8 @@ class Engine:
                 # TLS is terminated by the server for http and tcp listeners alike; a tcp
                 # runtime is told (runtime.ssl_context) so that it skips the splice fast path
                 ssl_ctx = self._ssl_context(lcfg)
-                if lcfg.protocol == "tcp":
-                    runtime.ssl_context = ssl_ctx
+                # (http and tcp runtimes re-read certificates on reload through it)
+                runtime.ssl_context = ssl_ctx
                 server = await self.loop.create_server(
                     runtime.protocol_factory, sock=sock, ssl=ssl_ctx, backlog=1024
                 )
@@ -311,7 +311,13 @@ class Engine:
         new_listeners = {lc.name: lc for lc in config.listeners}
         for name, handle in list(self.listeners.items()):
             lcfg = new_listeners.get(name)
-            if lcfg is not None and lcfg.bind == handle.bind and lcfg.protocol == handle.protocol:
+            if (
+                lcfg is not None
+                and lcfg.bind == handle.bind
+                and lcfg.protocol == handle.protocol
+                and (getattr(lcfg, "tls", None) is None)
+                == (getattr(handle.config, "tls", None) is None)
+            ):
                 handle.runtime.update(lcfg)
                 handle.config = lcfg
                 continue

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from typing import Any
@@ -66,7 +67,11 @@ from steelyard.core.load import Lease, Outcome
 from steelyard.core.records import RequestRecord
 from steelyard.core.routing import CompiledRoute, HashKeys, Router
 from steelyard.errors import ProtocolError
+from steelyard.net.http_sticky import add_set_cookie, cookie_server, registry_of, sticky_lease
+from steelyard.net.http_tunnel import GRACE, WebSocketTunnel, is_websocket
 from steelyard.net.pool import UpstreamConnection
+from steelyard.net.tls import TLSConfigError, reload_certificates
+from steelyard.net.upstream_tls import UpstreamTLSContexts
 
 log = logging.getLogger("steelyard.http")
 
@@ -148,6 +153,9 @@ class HttpListener:
         self.downstream_read_pauses = 0  # a client paused (upstream slow, pipelining, buffer)
         self.config = config
         self.settings = _Settings(config)
+        self.ssl_context: ssl.SSLContext | None = None  # set by the engine on TLS listeners
+        self.upstream_tls = UpstreamTLSContexts()  # client contexts of `tls` backends
+        self.sticky = registry_of(engine)  # engine-wide: cookies outlive reloads
 
     @property
     def name(self) -> str:
@@ -158,7 +166,15 @@ class HttpListener:
         return len(self.connections)
 
     def update(self, config: Any) -> None:
-        """Reload: new requests, also on kept-alive connections, use the new settings."""
+        """Reload: new requests, also on kept-alive connections, use the new settings;
+        certificate files are read again (new handshakes get them, connections stay)."""
+        tls = getattr(config, "tls", None)
+        if tls is not None and self.ssl_context is not None:
+            try:
+                reload_certificates(self.ssl_context, tls)
+            except TLSConfigError as exc:
+                log.error("listener %s keeps its certificates: %s", config.name, exc)
+        self.upstream_tls.clear()  # CA files are read again too
         self.settings = _Settings(config)
         self.config = config
 
@@ -183,8 +199,21 @@ class HttpListener:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
+            # tunnels get a close frame (1001) to both sides, the rest are cut
+            tunnels = 0
             for conn in list(self.connections):
-                conn.abort()
+                tunnel = conn.tunnel
+                if tunnel is not None:
+                    tunnel.go_away()
+                    tunnels += 1
+                else:
+                    conn.abort()
+            if tunnels:
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), GRACE + 0.5)
+                except TimeoutError:
+                    for conn in list(self.connections):
+                        conn.abort()
             await asyncio.sleep(0)
 
     def connection_closed(self, conn: DownstreamConnection) -> None:
@@ -199,7 +228,10 @@ class HttpListener:
         for conn in list(self.connections):
             ex = conn.exchange
             if ex is not None and ex.lease is not None and ex.lease.server is state:
-                ex.abort_server()
+                if ex.tunnel:
+                    ex.go_away()  # WebSocket: a 1001 close frame to both sides
+                else:
+                    ex.abort_server()
 
     def __repr__(self) -> str:
         return (
@@ -624,6 +656,11 @@ class Exchange:
         "last_activity",
         "started",
         "record",
+        "tls",
+        "sticky",
+        "sticky_server",
+        "ws",
+        "tls_error",
     )
 
     def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
@@ -664,6 +701,11 @@ class Exchange:
         self.started = self.loop.time()
         self.last_activity = self.started
         self.record = RequestRecord(down.settings.name, down.client, time.time())
+        self.tls: Any = None  # UpstreamTLS of a backend with `tls`
+        self.sticky: Any = None  # StickyCookies of a backend with `sticky`
+        self.sticky_server: str | None = None  # the server a valid affinity cookie named
+        self.ws: WebSocketTunnel | None = None
+        self.tls_error = False
 
     # -- on_request --------------------------------------------------------------------------
 
@@ -718,7 +760,32 @@ class Exchange:
         self.timeouts = timeouts = getattr(cfg, "timeouts", None)
         self.idle_timeout = float(getattr(timeouts, "idle", 60.0))
         self.response_timeout = float(getattr(timeouts, "response", 60.0))
+        if (
+            getattr(cfg, "sticky", None) is not None or getattr(cfg, "tls", None) is not None
+        ) and self._l7_options(name, cfg):
+            return
         self._select()
+
+    def _l7_options(self, name: str, cfg: Any) -> bool:
+        """Upstream TLS and sticky sessions; True when a sticky lease was taken."""
+        tls = getattr(cfg, "tls", None)
+        if tls is not None:
+            try:
+                self.tls = self.down.listener.upstream_tls.get(tls)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("backend %s: cannot set up TLS: %s", name, exc)
+                self.local_error(502, "TLS toward the server cannot be set up")
+                return True
+        sticky_cfg = getattr(cfg, "sticky", None)
+        if sticky_cfg is not None:
+            self.sticky = sticky = self.down.listener.sticky.get(name, sticky_cfg)
+            server = self.sticky_server = cookie_server(sticky, self.backend, self.head)
+            if server is not None:
+                lease = sticky_lease(self.backend, server)
+                if lease is not None:
+                    self._leased(lease)
+                    return True
+        return False
 
     # -- select_server / connect -------------------------------------------------------------
 
@@ -730,11 +797,17 @@ class Exchange:
             if backend.max_connections_per_server and self._wait_for_slot():
                 return
             if self.attempts:
-                self.local_error(503, "every connect attempt failed", retry_after=True)
+                self._connects_failed()
             else:
                 self.local_error(503, "no server available", retry_after=True)
             return
         self._leased(lease)
+
+    def _connects_failed(self) -> None:
+        if self.tls_error:  # a server answered, but the TLS handshake with it failed
+            self.local_error(502, "TLS handshake with the server failed")
+        else:
+            self.local_error(503, "every connect attempt failed", retry_after=True)
 
     def _wait_for_slot(self) -> bool:
         """Every server is at max_connections_per_server: queue (Backend.wait) for a slot."""
@@ -781,7 +854,10 @@ class Exchange:
         self.lease = lease
         server = lease.server.server
         self.record.server = lease.server.name
-        self.key = key = (server.host, server.port)
+        if self.tls is None:
+            self.key = key = (server.host, server.port)
+        else:  # pooled connections are keyed on the TLS identity too
+            self.key = key = (server.host, server.port, self.tls.ident)  # type: ignore[assignment]
         conn = self.down.listener.engine.pools.take(key)
         if conn is not None:
             self._attach(conn, reused=True)
@@ -792,9 +868,21 @@ class Exchange:
         pools = self.down.listener.engine.pools
         key = self.key
         loop = self.loop
-        task = loop.create_task(
-            loop.create_connection(lambda: pools.new_connection(key), key[0], key[1])
-        )
+        tls = self.tls
+        if tls is None:
+            task = loop.create_task(
+                loop.create_connection(lambda: pools.new_connection(key), key[0], key[1])
+            )
+        else:
+            task = loop.create_task(
+                loop.create_connection(
+                    lambda: pools.new_connection(key),
+                    key[0],
+                    key[1],
+                    ssl=tls.context,
+                    server_hostname=tls.server_hostname(key[0]),
+                )
+            )
         self.connect_task = task
         self.connect_timer = loop.call_later(
             float(getattr(self.timeouts, "connect", 5.0)), task.cancel
@@ -816,6 +904,9 @@ class Exchange:
             lease = self.lease
             self.lease = None
             assert lease is not None and self.pick is not None
+            if not task.cancelled() and isinstance(task.exception(), ssl.SSLError):
+                self.tls_error = True  # e.g. certificate verification failed
+                log.warning("TLS handshake with %s failed: %s", lease.server.name, task.exception())
             lease.release(Outcome.CONNECT_FAILED)
             self.attempts += 1
             self.pick.exclude = self.pick.exclude | {lease.server.name}
@@ -824,7 +915,7 @@ class Exchange:
                 self.record.retries += 1
                 self._select()
             else:
-                self.local_error(503, "every connect attempt failed", retry_after=True)
+                self._connects_failed()
             return
         _, conn = task.result()
         self._attach(conn, reused=False)
@@ -972,6 +1063,12 @@ class Exchange:
             assert ctx is not None and self.lease is not None
             ctx.server = self.lease.server.name.encode()
             headers = route.response_actions.apply(headers, ctx)
+        sticky = self.sticky
+        if sticky is not None and self.lease is not None:
+            server = self.lease.server.name
+            if server != self.sticky_server:  # no valid cookie, or the server changed
+                secure = down.settings.proto == b"https"
+                headers = add_set_cookie(headers, sticky, server, secure)
         self.mode = mode
         self.keep_alive = keep
         self._emit(
@@ -1005,7 +1102,11 @@ class Exchange:
     def upstream_data(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         if self.tunnel:
-            self.down.write(data)
+            ws = self.ws
+            if ws is not None:
+                data = ws.from_server(data)
+            if data:
+                self.down.write(data)
             return
         conn = self.upstream
         assert conn is not None
@@ -1267,10 +1368,18 @@ class Exchange:
         self.tunnel = True
         down.tunnel = self
         down.upgrading = False
+        lease = self.lease
+        if lease is not None:  # latency sample: the time to the 101, not the tunnel's life
+            now = self.loop.time()
+            lease.server.ewma.observe(now - lease.started, now)
+        ws = None
+        if is_websocket(self.head.upgrade):  # frame boundaries: close frames on shutdown
+            self.ws = ws = WebSocketTunnel(self)
         if leftover:
-            down.write(leftover)
+            down.write(leftover if ws is None else ws.from_server(leftover))
         if down.stash:
-            conn.transport.write(b"".join(down.stash))  # type: ignore[union-attr]
+            stashed = b"".join(down.stash)
+            conn.transport.write(stashed if ws is None else ws.from_client(stashed))  # type: ignore[union-attr]
             down.stash = []
             down.stash_size = 0
         down._resume(PAUSE_BUFFER)
@@ -1281,19 +1390,56 @@ class Exchange:
     def tunnel_from_downstream(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         conn = self.upstream
-        if conn is not None:
+        ws = self.ws
+        if ws is not None:
+            data = ws.from_client(data)
+        if conn is not None and data:
             conn.transport.write(data)  # type: ignore[union-attr]
+
+    def tunnel_write_upstream(self, data: bytes) -> None:
+        conn = self.upstream
+        if conn is not None and conn.transport is not None:
+            conn.transport.write(data)
+
+    def tunnel_write_downstream(self, data: bytes) -> None:
+        if not self.down.closed:
+            self.down.write(data)
+
+    def go_away(self) -> None:
+        """End the tunnel now: a WebSocket one with a 1001 close frame to both sides
+        (net/http_tunnel.py), any other by closing both connections."""
+        if self.done:
+            return
+        if self.ws is not None:
+            self.ws.go_away()
+        else:
+            self.end_tunnel()
 
     def end_tunnel(self) -> None:
         if self.done:
             return
+        ws = self.ws
+        if ws is not None and ws.timer is not None:
+            ws.timer.cancel()
+            ws.timer = None
         conn = self.upstream
         self.upstream = None
         if conn is not None:
             conn.exchange = None
             conn.close()
-        self._release(Outcome.OK)
+        # says nothing about the server: the latency sample was taken at the 101
+        self._release(Outcome.CANCELLED)
         self.down.tunnel = None
+        self._finish(False)
+
+    def tunnel_cut(self) -> None:
+        """A closing tunnel whose peer stayed inside a frame: abort both connections."""
+        if self.done:
+            return
+        self._drop_upstream()
+        self._release(Outcome.CANCELLED)
+        self.down.tunnel = None
+        self.down.abort()
         self._finish(False)
 
     # -- timeouts (the connection's timer calls this) ---------------------------------------
@@ -1302,7 +1448,7 @@ class Exchange:
         if self.done:
             return
         if self.tunnel:
-            self.end_tunnel()
+            self.go_away()  # timeouts.tunnel: quiet for too long
         elif kind == X_RESPONSE:
             self._upstream_failed(504, "server did not answer in time", Outcome.TIMEOUT)
         elif not self.request_done and not self.response_started:

@@ -3,10 +3,13 @@
 How this works: every `{cert, key}` pair of a listener's `tls.certificates` gets its own
 SSLContext with the same settings. The names each certificate is valid for are read from the
 certificate itself (subjectAltName DNS names; the subject CN when there is no SAN), including
-wildcards. The first pair's context is the one handed to the server; its `sni_callback` swaps
-the handshake over to the context of the certificate that matches the client's server name
-(exact names first, then a one-label `*.` wildcard, as in core.sni.SniTable). Clients that
-send no SNI, or a name no certificate covers, get the first certificate (the default).
+wildcards. A root context is handed to the server; its `sni_callback` (called by OpenSSL on
+every ClientHello, with or without SNI) swaps the handshake over to the context of the
+certificate that matches the client's server name (exact names first, then a one-label `*.`
+wildcard, as in core.sni.SniTable). Clients that send no SNI, or a name no certificate covers,
+get the first certificate (the default). On reload, reload_certificates() replaces the
+selector's table: the root context stays, so the listening socket and open connections are
+untouched.
 
 TLS 1.2 and 1.3 only; for TLS 1.2, ECDHE key exchange with AEAD ciphers only (TLS 1.3 suites
 are all AEAD). ALPN offers `http/1.1` on HTTP listeners and nothing on TCP listeners (the
@@ -88,35 +91,51 @@ def _load(ctx: ssl.SSLContext, cert: str, key: str) -> None:
 
 
 class CertificateSelector:
-    """The SNI callback: server name -> the context holding the matching certificate."""
+    """The SNI callback: server name -> the context holding the matching certificate.
 
-    __slots__ = ("contexts", "table", "names")
+    It runs on every handshake (OpenSSL calls it without SNI too, with None) and always
+    switches to the selected context, so `replace()` swaps every certificate, the default
+    included, for the handshakes that follow (a reload), while the SSLContext the server
+    was created with stays the same object and no connection is dropped."""
 
-    def __init__(self, contexts: list[ssl.SSLContext], names: list[list[str]]) -> None:
+    __slots__ = ("contexts", "table", "names", "alpn")
+
+    def __init__(
+        self, contexts: list[ssl.SSLContext], names: list[list[str]], alpn: Sequence[str] = ()
+    ) -> None:
+        self.alpn = tuple(alpn)
         self.contexts = contexts
         self.names = names
-        self.table = SniTable(
-            (name, str(index)) for index, cert_names in enumerate(names) for name in cert_names
-        )
+        self.table = _table(names)
+
+    def replace(self, contexts: list[ssl.SSLContext], names: list[list[str]]) -> None:
+        self.table = _table(names)
+        self.names = names
+        self.contexts = contexts
 
     def context_for(self, server_name: str | None) -> ssl.SSLContext:
         found = self.table.lookup(server_name)
         return self.contexts[int(found)] if found is not None else self.contexts[0]
 
     def __call__(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
-        if server_name:
-            chosen = self.context_for(server_name)
-            if chosen is not ctx:
-                sslobj.context = chosen
+        chosen = self.context_for(server_name)
+        if chosen is not ctx:
+            sslobj.context = chosen
         return None
 
     def __repr__(self) -> str:
         return f"CertificateSelector({self.names})"
 
 
-def server_context(tls_cfg: Any, alpn: Iterable[str] | None = ("http/1.1",)) -> ssl.SSLContext:
-    """An SSLContext for a listener's `tls:` block (pass alpn=() for TCP listeners)."""
-    protocols = tuple(alpn or ())
+def _table(names: list[list[str]]) -> SniTable:
+    return SniTable(
+        (name, str(index)) for index, cert_names in enumerate(names) for name in cert_names
+    )
+
+
+def _contexts(
+    tls_cfg: Any, protocols: tuple[str, ...]
+) -> tuple[list[ssl.SSLContext], list[list[str]]]:
     pairs = [(c.cert, c.key) for c in tls_cfg.certificates]
     if not pairs:
         raise TLSConfigError("tls: at least one certificate is required")
@@ -127,7 +146,27 @@ def server_context(tls_cfg: Any, alpn: Iterable[str] | None = ("http/1.1",)) -> 
         _load(ctx, cert, key)
         contexts.append(ctx)
         names.append(certificate_names(cert))
-    selector = CertificateSelector(contexts, names)
-    if len(contexts) > 1:
-        contexts[0].sni_callback = selector
-    return contexts[0]
+    return contexts, names
+
+
+def server_context(tls_cfg: Any, alpn: Iterable[str] | None = ("http/1.1",)) -> ssl.SSLContext:
+    """An SSLContext for a listener's `tls:` block (pass alpn=() for TCP listeners).
+
+    The returned context's certificates can be replaced later with reload_certificates()."""
+    protocols = tuple(alpn or ())
+    contexts, names = _contexts(tls_cfg, protocols)
+    root = _base_context(protocols)
+    _load(root, tls_cfg.certificates[0].cert, tls_cfg.certificates[0].key)
+    root.sni_callback = CertificateSelector(contexts, names, protocols)
+    return root
+
+
+def reload_certificates(root: ssl.SSLContext, tls_cfg: Any) -> None:
+    """Re-read a listener's certificate files into a context made by server_context():
+    new handshakes get the new certificates, open connections carry on. Raises
+    TLSConfigError (naming the file) and leaves the old certificates in place on failure."""
+    selector = root.sni_callback
+    if not isinstance(selector, CertificateSelector):
+        raise TLSConfigError("this TLS context was not made by server_context()")
+    contexts, names = _contexts(tls_cfg, selector.alpn)
+    selector.replace(contexts, names)
