@@ -25,6 +25,10 @@ How this works. One `TcpConnection` per accepted connection is the downstream Pr
   the peer sees a reset too. The idle timeout (backend `timeouts.idle`) is one call_later
   handle per connection; data only stores the time of last activity and the handle re-arms
   itself lazily when it fires early.
+  Bulk fast path (Linux, no TLS): once a connection has relayed SPLICE_AFTER bytes and a read
+  is large, both sockets are handed to a SpliceRelay (splice(2) through pipes, no copies into
+  Python; see its docstring). Small-message streams never switch: per message, splice costs
+  more system calls than recv + send.
 - CLOSED: when both transports are gone, the Lease is released (held for the whole life of
   the connection, so `least_connections` counts open connections) and one RequestRecord is
   handed to the engine.
