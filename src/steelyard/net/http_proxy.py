@@ -69,6 +69,7 @@ from steelyard.core.routing import CompiledRoute, HashKeys, Router
 from steelyard.errors import ProtocolError
 from steelyard.net.http_sticky import add_set_cookie, cookie_server, registry_of, sticky_lease
 from steelyard.net.http_tunnel import GRACE, WebSocketTunnel, is_websocket
+from steelyard.net.https_redirect import https_location
 from steelyard.net.pool import UpstreamConnection
 from steelyard.net.tls import TLSConfigError, reload_certificates
 from steelyard.net.upstream_tls import UpstreamTLSContexts
@@ -719,7 +720,9 @@ class Exchange:
             rid = listener.request_ids()
         self.request_id = rid
         if settings.redirect_https:
-            location = b"https://" + (head.host or b"") + head.target
+            sockname = down.transport.get_extra_info("sockname")
+            fallback = str(sockname[0]).encode() if isinstance(sockname, tuple) else b"localhost"
+            location = https_location(listener.engine, head, fallback)
             self._local_reply(308, headers=[(b"Location", location)], body=b"")
             return
         route = settings.router.match(head)
