@@ -56,3 +56,82 @@ def test_close_frames() -> None:
     masked = close_frame(mask=b"\x01\x02\x03\x04")
     assert masked[:2] == b"\x88\x82" and masked[2:6] == b"\x01\x02\x03\x04"
     assert bytes(b ^ m for b, m in zip(masked[6:], b"\x01\x02", strict=True)) == b"\x03\xe9"
+
+
+# -- WebSocket frame boundaries (core.websocket.FrameTracker) -----------------------------------
+
+import random  # noqa: E402
+
+from steelyard.core.websocket import FrameTracker  # noqa: E402
+
+
+def frame(payload: bytes, opcode: int = 0x2, mask: bytes | None = None) -> bytes:
+    n = len(payload)
+    b1 = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((0x80 | opcode, b1 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, b1 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, b1 | 127)) + n.to_bytes(8, "big")
+    if mask:
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + payload
+
+
+STREAM = [
+    frame(b"x" * 5),
+    frame(b"y" * 126, mask=b"abcd"),
+    frame(b"", opcode=0x9),
+    frame(b"z" * 70000),
+    frame(b"w" * 125, opcode=0x1, mask=b"\x00\x01\x02\x03"),
+]
+
+
+def boundaries(stream: list[bytes]) -> set[int]:
+    out, pos = set(), 0
+    for f in stream:
+        pos += len(f)
+        out.add(pos)
+    return out
+
+
+def test_frame_tracker_whole_and_byte_at_a_time() -> None:
+    data = b"".join(STREAM)
+    whole = FrameTracker()
+    assert whole.feed(data) == len(data)
+    assert whole.at_boundary and whole.frames == len(STREAM) and not whole.close_seen
+    small = b"".join(STREAM[:3])
+    one = FrameTracker()
+    for i in range(len(small)):
+        one.feed(small[i : i + 1])
+        assert one.at_boundary == (i + 1 in boundaries(STREAM[:3]))
+    assert one.frames == 3
+
+
+def test_frame_tracker_random_splits_stop_at_each_boundary() -> None:
+    data = b"".join(STREAM)
+    expected = sorted(boundaries(STREAM))
+    rng = random.Random(7)
+    for _ in range(50):
+        tracker = FrameTracker()
+        pos = 0
+        found = []
+        while pos < len(data):
+            piece = data[pos : pos + rng.randint(1, 40000)]
+            used = tracker.feed(piece, stop_at_boundary=True)
+            assert 0 < used <= len(piece)
+            pos += used
+            if tracker.at_boundary:
+                found.append(pos)
+        assert found == expected
+
+
+def test_frame_tracker_sees_close_frames() -> None:
+    tracker = FrameTracker()
+    tracker.feed(frame(b"hi", opcode=0x1))
+    assert not tracker.close_seen
+    tracker.feed(close_frame(mask=b"\x09\x08\x07\x06")[:7])
+    assert tracker.close_seen and not tracker.at_boundary
+    tracker.feed(close_frame(mask=b"\x09\x08\x07\x06")[7:])
+    assert tracker.at_boundary

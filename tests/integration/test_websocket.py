@@ -1,0 +1,266 @@
+"""WebSocket through Steelyard with a real client and server (the `websockets` library).
+
+A 101 turns the connection into a byte tunnel: messages flow both ways intact, the tunnel holds
+its server's lease (least_connections sees it), and when it must end -- drain timeout, removal
+by a reload, shutdown, the tunnel idle timeout -- both sides get a close frame with code 1001
+(going away); the server would refuse an unmasked frame, so its 1001 also shows the frame we
+send it is masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.helpers.http_backends import http_backend, request, steelyard
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from steelyard.config import load_config_text
+
+
+@dataclass
+class WsServer:
+    name: str
+    server: Server | None = None
+    port: int = 0
+    close_codes: list[int | None] = field(default_factory=list)
+    received: list[str | bytes] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def handler(self, ws: ServerConnection) -> None:
+        self.connected.set()
+        try:
+            async for message in ws:
+                self.received.append(message)
+                if message == "who":
+                    await ws.send(self.name)
+                else:
+                    await ws.send(message)  # echo
+        except ConnectionClosed:
+            pass
+        await ws.wait_closed()
+        self.close_codes.append(ws.close_code)
+
+
+@contextlib.asynccontextmanager
+async def ws_server(name: str) -> AsyncIterator[WsServer]:
+    srv = WsServer(name)
+    srv.server = await serve(srv.handler, "127.0.0.1", 0, max_size=None, close_timeout=5)
+    srv.port = srv.server.sockets[0].getsockname()[1]  # type: ignore[index]
+    try:
+        yield srv
+    finally:
+        srv.server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(srv.server.wait_closed(), 5)
+
+
+def ws_config(servers: list[Any], backend: str = "", listener: str = "") -> str:
+    text = "version: 1\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+    if listener:
+        text += listener.rstrip("\n") + "\n"
+    text += "    routes:\n      - match: {path_prefix: /}\n        backend: ws\n"
+    text += "backends:\n  ws:\n"
+    if backend:
+        text += backend.rstrip("\n") + "\n"
+    text += "    servers:\n"
+    for s in servers:
+        text += f"      - {{address: '{s.address}', name: {s.name}}}\n"
+    return text
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def closed_code(ws: ClientConnection, timeout: float = 10.0) -> int | None:
+    """Wait for the connection to close (reading whatever still comes); the code received."""
+
+    async def drain() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in ws:
+                pass
+
+    await asyncio.wait_for(drain(), timeout)
+    await asyncio.wait_for(ws.wait_closed(), timeout)
+    return ws.close_code
+
+
+async def test_thousand_messages_both_ways_intact() -> None:
+    async with ws_server("w1") as w1, steelyard(ws_config([w1])) as sy:
+        async with connect(f"ws://127.0.0.1:{sy.port}/chat", max_size=None) as ws:
+            sizes = [1, 125, 126, 127, 65535, 65536, 200_000]
+            sent: list[str | bytes] = []
+            for i in range(1000):
+                if i % 10 == 0:
+                    msg: str | bytes = bytes([i % 256]) * sizes[(i // 10) % len(sizes)]
+                else:
+                    msg = f"message {i} " + "é" * (i % 7)
+                sent.append(msg)
+
+            async def writer() -> None:
+                for msg in sent:
+                    await ws.send(msg)
+
+            task = asyncio.create_task(writer())
+            got = [await asyncio.wait_for(ws.recv(), 10) for _ in range(1000)]
+            await task
+            assert got == sent  # server -> client, in order, byte for byte
+            assert w1.received == sent  # client -> server
+            records_before = len(sy.records)
+        await wait_for(lambda: w1.close_codes)
+        assert w1.close_codes == [1000]  # the client's own close went through
+        await wait_for(lambda: len(sy.records) > records_before)
+        assert sy.records[-1].status == 101
+
+
+async def test_tunnel_holds_its_lease_and_least_connections_sees_it() -> None:
+    async with (
+        ws_server("w1") as w1,
+        http_backend("w2") as w2,
+        steelyard(ws_config([w1, w2], backend="    algorithm: least_connections")) as sy,
+    ):
+        servers = sy.engine.backends["ws"].servers
+        # round the tie so that the tunnel lands on w1 (w2 cannot upgrade)
+        for _ in range(4):
+            try:
+                ws = await connect(f"ws://127.0.0.1:{sy.port}/")
+            except Exception:
+                continue
+            break
+        else:
+            raise AssertionError("no tunnel to the websocket server")
+        try:
+            await ws.send("who")
+            assert await ws.recv() == "w1"
+            assert servers["w1"].active == 1
+            for _ in range(5):  # every plain request goes to the server without a tunnel
+                r = await request(sy.port, "GET", "/")
+                assert r.header("x-server") == "w2"
+        finally:
+            await ws.close()
+        await wait_for(lambda: servers["w1"].active == 0)
+
+
+async def test_drain_timeout_sends_1001_to_both_sides() -> None:
+    backend = "    drain_timeout: 300ms"
+    async with ws_server("w1") as w1, steelyard(ws_config([w1], backend=backend)) as sy:
+        ws = await connect(f"ws://127.0.0.1:{sy.port}/")
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        sy.engine.backends["ws"].drain("w1")
+        await asyncio.sleep(0.1)
+        await ws.send("still up while draining")
+        assert await ws.recv() == "still up while draining"
+        assert await closed_code(ws) == 1001
+        await wait_for(lambda: w1.close_codes)
+        assert w1.close_codes == [1001]
+        assert sy.engine.backends["ws"].servers["w1"].active == 0
+
+
+async def test_drain_through_admin_api_and_reload_removal(tmp_path: Any) -> None:
+    from tests.helpers.http_backends import request as http_request
+
+    async with ws_server("w1") as w1, ws_server("w2") as w2:
+        text = ws_config([w1, w2], backend="    drain_timeout: 300ms")
+        text += "admin:\n  bind: 127.0.0.1:0\n"
+        async with steelyard(text) as sy:
+            admin_port = int(sy.engine.admin.url.rsplit(":", 1)[1].strip("/"))
+            tunnels = [await connect(f"ws://127.0.0.1:{sy.port}/") for _ in range(2)]
+            names = []
+            for ws in tunnels:
+                await ws.send("who")
+                names.append(await ws.recv())
+            assert sorted(names) == ["w1", "w2"]
+            by_name = dict(zip(names, tunnels, strict=True))
+            # admin drain of w1: its tunnel ends with 1001 after drain_timeout
+            r = await http_request(
+                admin_port, "POST", "/api/v1/backends/ws/servers/w1/drain", body=b""
+            )
+            assert r.status == 200
+            assert await closed_code(by_name["w1"]) == 1001
+            await wait_for(lambda: w1.close_codes == [1001])
+            # a reload that removes w2: it drains, then its tunnel gets 1001 too
+            await sy.engine.reload(
+                load_config_text(ws_config([w1], backend="    drain_timeout: 300ms"))
+            )
+            await by_name["w2"].send("who")
+            assert await by_name["w2"].recv() == "w2"  # kept while draining
+            assert await closed_code(by_name["w2"]) == 1001
+            await wait_for(lambda: w2.close_codes == [1001])
+
+
+async def test_shutdown_closes_tunnels_with_1001_after_shutdown_timeout() -> None:
+    async with ws_server("w1") as w1, steelyard(ws_config([w1])) as sy:
+        ws = await connect(f"ws://127.0.0.1:{sy.port}/")
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        shutdown = asyncio.create_task(sy.engine.shutdown(0.5))
+        await asyncio.sleep(0.2)
+        await ws.send("still served during shutdown_timeout")
+        assert await ws.recv() == "still served during shutdown_timeout"
+        assert await closed_code(ws) == 1001
+        assert loop.time() - started >= 0.5  # kept until shutdown_timeout
+        await asyncio.wait_for(shutdown, 10)
+        await wait_for(lambda: w1.close_codes)
+        assert w1.close_codes == [1001]
+
+
+async def test_tunnel_idle_timeout_closes_with_1001() -> None:
+    listener = "    timeouts: {tunnel: 300ms}"
+    async with ws_server("w1") as w1, steelyard(ws_config([w1], listener=listener)) as sy:
+        ws = await connect(f"ws://127.0.0.1:{sy.port}/", ping_interval=None)
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        assert await closed_code(ws) == 1001
+        await wait_for(lambda: w1.close_codes)
+        assert w1.close_codes == [1001]
+
+
+async def test_close_waits_for_the_frame_in_flight() -> None:
+    """A client in the middle of a frame when the drain ends: the rest of the frame still
+    reaches the server, and only then the close frame -- never a frame cut in two. (The
+    other direction is between frames, so the client gets its close frame at once.)"""
+    backend = "    drain_timeout: 200ms"
+    async with ws_server("w1") as w1, steelyard(ws_config([w1], backend=backend)) as sy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sy.port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        payload = b"0123456789"
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        frame = bytes((0x81, 0x80 | len(payload))) + mask + masked
+        writer.write(frame[:9])  # header and 3 payload bytes
+        await writer.drain()
+        sy.engine.backends["ws"].drain("w1")
+        await asyncio.sleep(0.6)  # the drain timed out, the frame is still open
+        assert w1.close_codes == []
+        # toward the client the stream was between frames: the close frame went at once
+        close = await asyncio.wait_for(reader.readexactly(14), 5)
+        assert close == b"\x88\x0c\x03\xe9going away"
+        writer.write(frame[9:])  # the rest of the frame still reaches the server, whole
+        await writer.drain()
+        await wait_for(lambda: w1.close_codes)
+        assert w1.received == ["0123456789"]
+        assert w1.close_codes == [1001]
+        writer.close()
