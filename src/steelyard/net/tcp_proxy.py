@@ -247,7 +247,6 @@ class TcpConnection(asyncio.Protocol):
         self.started = self.loop.time()
         self.last_activity = self.started
         self.client_ip, self.client_port = _address(transport.get_extra_info("peername"))
-        self.local_ip, self.local_port = _address(transport.get_extra_info("sockname"))
         self.record = RequestRecord(listener.name, "", time.time())
         listener.connections.add(self)
         if listener.closing:
@@ -507,6 +506,9 @@ class TcpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         version = getattr(bcfg, "proxy_protocol", None)
         if version:
+            if not self.local_ip and self.transport is not None:
+                # fetched only when needed: it costs a getsockname() per connection
+                self.local_ip, self.local_port = _address(self.transport.get_extra_info("sockname"))
             try:
                 header = encode(
                     version, self.client_ip, self.client_port, self.local_ip, self.local_port
