@@ -99,11 +99,18 @@ def spec_for(backend: Any, state: Any) -> CheckSpec | None:
 
 
 def _client_ssl_context(tls: Any) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=getattr(tls, "ca", None) or None)
-    if not getattr(tls, "verify", True):
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    """The same client context the proxy uses toward the backend (net/upstream_tls.py)."""
+    from steelyard.net.upstream_tls import client_context
+
+    return client_context(bool(getattr(tls, "verify", True)), getattr(tls, "ca", None) or None)
+
+
+def _server_hostname(spec: CheckSpec, ssl_ctx: ssl.SSLContext) -> str | None:
+    """SNI and the name to verify, by the proxy's rule (net/upstream_tls.UpstreamTLS)."""
+    from steelyard.net.upstream_tls import UpstreamTLS
+
+    name = getattr(spec.tls, "server_name", None) or None
+    return UpstreamTLS((), ssl_ctx, name).server_hostname(spec.host)
 
 
 def _proxy_header(version: str | None) -> bytes:
@@ -156,9 +163,7 @@ async def probe(spec: CheckSpec, ssl_ctx: ssl.SSLContext | None = None) -> tuple
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(spec.timeout):
-            server_hostname = None
-            if ssl_ctx is not None:
-                server_hostname = getattr(spec.tls, "server_name", None) or spec.host
+            server_hostname = _server_hostname(spec, ssl_ctx) if ssl_ctx is not None else None
             reader, writer = await asyncio.open_connection(
                 spec.host,
                 spec.port,
