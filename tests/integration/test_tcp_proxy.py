@@ -695,3 +695,62 @@ async def test_only_bulk_connections_switch_to_splice(
         writer.close()
     finally:
         await engine.shutdown(1)
+
+
+async def test_outlier_detection_ejects_a_refusing_server(tagged: Any) -> None:
+    """Connect failures are passive-health failures: after `consecutive_failures` the dead
+    server is ejected and new connections stop paying for a retry."""
+    dead = free_port()
+    port, _ = await tagged(b"alive")
+    extra = (
+        "    retries: 1\n"
+        "    outlier_detection: {consecutive_failures: 2, base_ejection_time: 30s, "
+        "max_ejection_percent: 50}"
+    )
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [dead, port], extra)))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        for _ in range(8):
+            reader, writer = await asyncio.open_connection(host, lport)
+            assert await read_until(reader, b"\n") == b"alive\n"
+            writer.close()
+            await writer.wait_closed()
+        for _ in range(100):
+            if len(records) == 8:
+                break
+            await asyncio.sleep(0.02)
+        dead_state = engine.backends["b"].servers["s0"]
+        assert dead_state.state(engine.clock()) == "ejected"
+        assert dead_state.failures_total == 2
+        assert [r.retries for r in records[-4:]] == [0, 0, 0, 0]
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_max_connections_per_server_counts_open_connections(tagged: Any) -> None:
+    p0, _ = await tagged(b"s0")
+    p1, _ = await tagged(b"s1")
+    backends = backend_block("b", [p0, p1], "    max_connections_per_server: 1")
+    engine = await start_engine(config(tcp_listener(), backends))
+    try:
+        host, lport = engine.bound["l4"]
+        r1, w1 = await asyncio.open_connection(host, lport)
+        r2, w2 = await asyncio.open_connection(host, lport)
+        got = {await read_until(r1, b"\n"), await read_until(r2, b"\n")}
+        assert got == {b"s0\n", b"s1\n"}
+        r3, w3 = await asyncio.open_connection(host, lport)  # both servers at their cap
+        assert await asyncio.wait_for(r3.read(), 5) == b""
+        w1.close()
+        await w1.wait_closed()
+        for _ in range(100):
+            if sum(s.active for s in engine.backends["b"].servers.values()) == 1:
+                break
+            await asyncio.sleep(0.02)
+        r4, w4 = await asyncio.open_connection(host, lport)  # a slot is free again
+        assert await read_until(r4, b"\n") in (b"s0\n", b"s1\n")
+        for w in (w2, w3, w4):
+            w.close()
+    finally:
+        await engine.shutdown(1)
