@@ -578,3 +578,18 @@ def test_table_shows_failure_hash_and_instance_columns_only_when_they_say_someth
     failing = table(simulate(FAILING.format(lb="{instances: 2}"), "maglev", requests=2000))
     for column in ("failed hits", "errors", "moved keys", "disagree"):
         assert column in failing
+
+
+def test_readme_summary_replaces_only_the_marked_section(tmp_path: Path) -> None:
+    from steelyard.simulate import docs
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\nbefore\n{docs.README_START}\nold\n{docs.README_END}\nafter\n")
+    assert docs.update_readme(readme, "NEW TABLE")
+    assert readme.read_text() == (
+        f"# T\n\nbefore\n{docs.README_START}\nNEW TABLE\n{docs.README_END}\nafter\n"
+    )
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not docs.update_readme(plain, "X")
+    assert plain.read_text() == "no markers\n"
