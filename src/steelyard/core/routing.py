@@ -204,9 +204,13 @@ class CompiledRoute:
         self.request_actions = HeaderActions.from_config(getattr(cfg, "request_headers", None))
         self.response_actions = HeaderActions.from_config(getattr(cfg, "response_headers", None))
         strip = getattr(cfg, "strip_prefix", None)
-        self.strip_prefix: bytes | None = _b(strip).rstrip(b"/") or None if strip else None
         rewrite = getattr(cfg, "rewrite_prefix", None)
+        if rewrite and not strip:
+            strip = prefix  # rewrite_prefix alone replaces match.path_prefix
+        self.strip_prefix: bytes | None = _b(strip).rstrip(b"/") or None if strip else None
         self.rewrite_prefix: bytes | None = _b(rewrite) if rewrite else None
+        if self.rewrite_prefix is not None and self.strip_prefix is None and strip:
+            self.strip_prefix = b""  # the prefix is "/": the rewrite goes in front of the path
         redirect = getattr(cfg, "redirect", None)
         self.redirect: Redirect | None = (
             Redirect(Template(redirect.to), int(redirect.status)) if redirect else None
