@@ -262,7 +262,7 @@ class Engine:
             timed_out = backend.tick()
             for state in timed_out:
                 self.close_server_connections(backend, state)
-        self._retired = [b for b in self._retired if b.servers]
+        self._retired = [b for b in self._retired if b.servers or b.leaving]
         if not self.shutting_down:
             self._tick_handle = self.loop.call_later(TICK_INTERVAL, self._tick)
 

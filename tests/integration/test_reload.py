@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import h11
 import pytest
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
 from tests.helpers.http_backends import H11Client, request
@@ -311,3 +312,48 @@ async def test_admin_reload_that_cannot_bind_is_400_and_keeps_the_old_config(
                 await engine.shutdown(1.0)
     finally:
         blocker.close()
+
+
+async def test_a_retired_backend_still_cuts_its_leaving_servers_after_drain_timeout() -> None:
+    async with flaky_backend("s1") as s1, flaky_backend("s2") as s2:
+        two = (
+            "backends:\n  other:\n    servers:\n"
+            f"      - {{address: '{s2.address}', name: s2}}\n  api:\n"
+        )
+        text = config([s1], "    drain_timeout: 300ms\n").replace("backends:\n  api:\n", two)
+        engine, port = await start_engine(text)
+        try:
+            client = await H11Client.connect(port)
+            stuck = asyncio.create_task(client.request("GET", "/delay/30", timeout=20))
+            await until(lambda: engine.backends["api"].servers["s1"].active == 1)
+            old_state = engine.backends["api"].servers["s1"]
+            # reload 1: s1 moves to s2's address (a new server); the old s1 is leaving
+            moved = text.replace(
+                f"address: '{s1.address}', name: s1", f"address: '{s2.address}', name: s1"
+            )
+            await engine.reload(load_config_text(moved))
+            assert old_state in engine.backends["api"].leaving
+            # reload 2: the api backend is gone (its route now goes to `other`)
+            gone = f"""
+version: 1
+listeners:
+  - name: web
+    protocol: http
+    bind: 127.0.0.1:0
+    backend: other
+backends:
+  other:
+    servers:
+      - {{address: '{s2.address}', name: s2}}
+"""
+            await engine.reload(load_config_text(gone))
+            try:
+                reply = await stuck
+            except (ConnectionError, asyncio.IncompleteReadError, h11.RemoteProtocolError):
+                pass  # cut
+            else:
+                assert reply.status == 502  # cut before the response head
+            await until(lambda: old_state.active == 0, what="leaving server released")
+            await client.close()
+        finally:
+            await engine.shutdown(1.0)
