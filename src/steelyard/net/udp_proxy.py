@@ -25,6 +25,7 @@ Shutdown: new clients are ignored at once; sessions end when they have been quie
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
@@ -39,6 +40,7 @@ from steelyard.core.records import RequestRecord
 log = logging.getLogger("steelyard")
 
 MAX_DATAGRAM = 65535
+_LOCAL_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 READS_PER_WAKEUP = 64  # datagrams read from one server socket before yielding
 SHUTDOWN_QUIET = 1.0
 
@@ -254,6 +256,11 @@ class UdpListener(asyncio.DatagramProtocol):
             try:
                 sock = self._connect(server.host, server.port)
             except OSError as exc:
+                if exc.errno in _LOCAL_ERRORS:
+                    # out of descriptors or buffers: our problem, not the server's
+                    log.warning("%s: cannot open a session socket: %s", self.name, exc)
+                    lease.release(Outcome.CANCELLED)
+                    return None
                 log.info("%s: cannot open a socket to %s: %s", self.name, server.name, exc)
                 lease.release(Outcome.CONNECT_FAILED)
                 tried.add(server.name)
