@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import fcntl
 import logging
 import os
@@ -69,6 +70,9 @@ HIGH_WATER = 1024 * 1024  # per transport write buffer before we pause the other
 LOW_WATER = 256 * 1024
 MAX_PREFACE = 16384 + 4096 + 512  # ClientHello (bounded by core.sni) + PROXY v2 header + slack
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_LOCAL_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+)
 
 # splice(2) fast path (Linux): bytes go socket -> pipe -> socket inside the kernel
 SPLICE_SUPPORTED = hasattr(os, "splice") and hasattr(os, "SPLICE_F_MOVE")
@@ -474,7 +478,12 @@ class TcpConnection(asyncio.Protocol):
             except asyncio.CancelledError:
                 lease.release(Outcome.CANCELLED)
                 raise
-            except (OSError, TimeoutError) as exc:
+            except OSError as exc:
+                if exc.errno in _LOCAL_ERRORS:
+                    # out of descriptors, buffers or local ports: not the server's failure
+                    log.warning("%s: cannot open an upstream socket: %s", listener.name, exc)
+                    lease.release(Outcome.CANCELLED)
+                    return
                 timed_out = isinstance(exc, TimeoutError)
                 lease.release(Outcome.TIMEOUT if timed_out else Outcome.CONNECT_FAILED)
                 log.info(
