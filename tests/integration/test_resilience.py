@@ -247,3 +247,30 @@ async def test_queue_timeout_gives_503() -> None:
             assert reply.header("retry-after") is not None
             assert (await slow).status == 200
             assert sy.engine.backends["api"].queued == 0
+
+
+async def test_an_ejected_server_is_checked_at_once_when_its_time_is_up() -> None:
+    async with Backends("s1", "s2") as (s1, s2):
+        extra = (
+            # checks far apart: only the prompt check can bring s1 back within the test
+            "    health_check: {type: http, path: /health, interval: 60s, timeout: 1s, "
+            "healthy_threshold: 1, unhealthy_threshold: 5}\n"
+            "    outlier_detection: {consecutive_failures: 2, base_ejection_time: 300ms, "
+            "max_ejection_percent: 50}\n"
+        )
+        async with steelyard(config([s1, s2], extra)) as sy:
+            engine = sy.engine
+            backend = engine.backends["api"]
+
+            def st(name: str) -> str:
+                return str(backend.servers[name].state(engine.clock()))
+
+            await until(lambda: st("s1") == st("s2") == "healthy")
+            checks_before = s1.health_checks
+            s1.behaviour = Behaviour(status=500)
+            for _ in range(6):
+                await request(sy.port, "GET", "/")
+            assert st("s1") == "ejected"
+            s1.behaviour = Behaviour()
+            await until(lambda: st("s1") == "healthy", what="prompt check after the ejection")
+            assert s1.health_checks == checks_before + 1

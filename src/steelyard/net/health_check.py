@@ -10,7 +10,8 @@ fresh task starts and checks at once).
 
 Each task checks at once, then every `interval` × U(0.9, 1.1) (the jitter keeps the checks
 of many servers from synchronising; it comes from engine.rng so tests can seed it), in
-every state. A check is one fresh connection within `timeout`:
+every state — and at once when an ejected server's time is up and only a passing check can
+let it back (the `awaiting_check` event). A check is one fresh connection within `timeout`:
 
 - `type: tcp`: the connection is established (TLS handshake included when the backend
   speaks TLS upstream);
@@ -243,10 +244,18 @@ class HealthSupervisor:
         self.checks: dict[tuple[str, str], _CheckTask] = {}
         self.stopped = False
         self._cancelled: list[asyncio.Task[None]] = []
+        self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._sync_pending = False
         self._unsubscribe = engine.events.subscribe(self._on_event)
 
     def _on_event(self, event: Any) -> None:
+        if event.type == "awaiting_check":
+            # an ejection is over but only a passing check lets the server back: check now
+            # rather than up to an interval later
+            wake = self._wake.get((event.backend, event.server))
+            if wake is not None:
+                wake.set()
+            return
         # servers added or removed outside sync() (admin API): catch up soon
         if event.type in ("add", "remove", "removed") and not self._sync_pending:
             self._sync_pending = True
@@ -272,6 +281,8 @@ class HealthSupervisor:
             if wanted.get(key) != check.spec or check.task.done():
                 self._cancel(check)
                 del self.checks[key]
+                if key not in wanted:
+                    self._wake.pop(key, None)
         for key, spec in wanted.items():
             if key not in self.checks:
                 task = self.engine.loop.create_task(
@@ -312,7 +323,11 @@ class HealthSupervisor:
                 log.exception("health check %s/%s: observe_check failed", bname, sname)
             jitter = 1.0 + self.engine.rng.uniform(-JITTER, JITTER)
             delay = spec.interval * jitter - (loop.time() - started)
-            await asyncio.sleep(max(delay, 0.0))
+            wake = self._wake.setdefault(key, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(delay, 0.0)):
+                    await wake.wait()
+            wake.clear()
 
     def stop(self) -> None:
         self.stopped = True
