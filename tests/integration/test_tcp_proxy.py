@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -754,3 +755,51 @@ async def test_max_connections_per_server_counts_open_connections(tagged: Any) -
             w.close()
     finally:
         await engine.shutdown(1)
+
+
+async def test_connect_timeout_then_retry_elsewhere(
+    tagged: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server whose accept queue is full never answers the SYN: the connect times out
+    (backend timeouts.connect) and the connection is retried on the other server."""
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    stuck_port = stuck.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue (nobody accepts)
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", stuck_port))
+        fillers.append(f)
+    await asyncio.sleep(0.2)
+    port, _ = await tagged(b"alive")
+    extra = "    retries: 1\n    timeouts: {connect: 300ms}"
+    engine = await start_engine(
+        config(tcp_listener(), backend_block("b", [stuck_port, port], extra))
+    )
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        caplog.set_level(logging.INFO, logger="steelyard")
+        for _ in range(2):  # round robin: at least one starts on the stuck server
+            reader, writer = await asyncio.open_connection(host, lport)
+            assert await read_until(reader, b"\n") == b"alive\n"
+            writer.close()
+            await writer.wait_closed()
+        for _ in range(100):
+            if len(records) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert all(r.server == "s1" for r in records)
+        retried = sum(r.retries for r in records)
+        assert retried >= 1
+        # every timed-out attempt was held against the stuck server (Outcome.TIMEOUT)
+        assert engine.backends["b"].servers["s0"].failures_total == retried
+        assert "failed: timeout" in caplog.text  # timed out, not refused
+    finally:
+        await engine.shutdown(1)
+        for f in fillers:
+            f.close()
+        stuck.close()
