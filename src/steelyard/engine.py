@@ -221,10 +221,13 @@ class Engine:
     def _ssl_context(self, lcfg: Any) -> Any:
         if getattr(lcfg, "tls", None) is None:
             return None
-        from steelyard.net.tls import server_context
+        from steelyard.net.tls import TLSConfigError, server_context
 
         # ALPN names what runs inside: http/1.1 on HTTP listeners, nothing on TCP ones
-        return server_context(lcfg.tls, alpn=("http/1.1",) if lcfg.protocol == "http" else ())
+        try:
+            return server_context(lcfg.tls, alpn=("http/1.1",) if lcfg.protocol == "http" else ())
+        except TLSConfigError as exc:
+            raise StartError(f"listener {lcfg.name}: {exc}") from exc
 
     async def _start_listener(self, lcfg: Any, sock: socket.socket | None = None) -> None:
         runtime = self._make_runtime(lcfg)

@@ -155,3 +155,20 @@ def test_run_stops_gracefully_on_signal(tmp_path: Path, sig: signal.Signals) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_run_with_an_unusable_certificate_exits_1_naming_the_file(tmp_path: Path) -> None:
+    cert = tmp_path / "site.pem"
+    key = tmp_path / "site.key"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "version: 1\nlisteners:\n  - name: web\n    protocol: http\n    bind: 127.0.0.1:0\n"
+        f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
+        "    routes:\n      - match: {path_prefix: /}\n        backend: b\n"
+        "backends:\n  b:\n    servers:\n      - {address: 127.0.0.1:9}\n"
+    )
+    result = steelyard("run", "-c", str(cfg))
+    assert result.returncode == 1, result.stderr
+    assert f"{cfg}:8:" in result.stderr and "site.pem" in result.stderr

@@ -409,3 +409,15 @@ def test_config_error_is_raised_with_problems() -> None:
         str(info.value) == "x.yaml:1:10: version must be 1 (the only config format so far), got 3"
     )
     assert info.value.problems[0].line == 1
+
+
+def test_hash_on_accepts_sni_for_tls_passthrough() -> None:
+    from steelyard.config import load_config_text
+
+    config = load_config_text(
+        "version: 1\nlisteners:\n  - name: t\n    protocol: tcp\n    bind: 127.0.0.1:0\n"
+        "    sni_routes:\n      - {server_name: a.example.com, backend: b}\n"
+        "backends:\n  b:\n    algorithm: maglev\n    hash_on: sni\n"
+        "    servers:\n      - {address: 127.0.0.1:9}\n"
+    )
+    assert config.backends["b"].hash_on == "sni"

@@ -469,13 +469,13 @@ class Backend(Model):
     @classmethod
     def _hash_on(cls, v: str) -> str:
         kind, sep, arg = v.partition(":")
-        if kind in ("client_ip", "path") and not sep:
+        if kind in ("client_ip", "path", "sni") and not sep:
             return v
         if kind in ("header", "cookie", "query") and sep and arg:
             return f"header:{arg.lower()}" if kind == "header" else v
         raise ValueError(
-            f"invalid hash_on {v!r}: expected client_ip, path, header:NAME, cookie:NAME "
-            "or query:NAME"
+            f"invalid hash_on {v!r}: expected client_ip, path, header:NAME, cookie:NAME, "
+            "query:NAME or sni"
         )
 
     @field_validator("table_size")
