@@ -1,14 +1,27 @@
 """Access logs (SPEC §6): one line per request (HTTP) or connection (TCP/UDP) on the
 `steelyard.access` logger.
 
-How this works: the engine hands every RequestRecord to `AccessLog.__call__` on the event
-loop. That formats the line (one json.dumps of a small dict, or an f-string) and puts a log
-record on an in-memory queue (QueueHandler); a QueueListener thread does the writing, so a slow
-disk or a full pipe never blocks the loop. `close()` drains the queue before returning.
+How this works. The engine hands every RequestRecord to `AccessLog.__call__` on the event loop,
+which formats the line (one f-string; JSON strings escaped by the json module's C encoder) and
+appends it to an in-memory list. A writer thread takes whatever has gathered, joins it and
+writes it with one write() and one flush() per batch, so a slow disk or a full pipe never
+blocks the loop, and a busy proxy pays neither a `logging.LogRecord` nor a thread hand-off
+per line. `close()` writes out what is buffered before returning.
 
-Because the line goes through the `steelyard.access` logger, an embedding application can add
-its own handlers to it. Destinations: stdout (default), a file (`log.access: PATH`, reopened
-when logrotate moves it: WatchedFileHandler), or nothing (`log.access: off`).
+The lines are on the `steelyard.access` logger. Our own handler is attached to it; as long as
+it is the logger's only handler (no filters, no propagation, INFO enabled), lines skip the
+logging machinery and go straight to the buffer: that is the fast path. Once an embedding
+application adds a handler or a filter to the logger (or turns propagation on), every line goes
+through `Logger.info` again, so those handlers see it; our handler then puts it in the same
+buffer. Raising the logger's level above INFO (or `logging.disable`) silences the log.
+
+Destinations: stdout (default) or a file (`log.access: PATH`, appended to, reopened when
+logrotate moves it: the writer compares the path's inode with the open file's once per batch).
+
+The writer sleeps on an Event that the loop sets when the buffer goes from empty to non-empty,
+then waits FLUSH_INTERVAL more so that a busy proxy's lines go out in batches. List append and
+slice deletion are atomic under the GIL and only the writer removes lines (from the front), so
+the buffer needs no lock; a line appended while a batch is written is picked up by the next.
 
 JSON keys: time (RFC 3339, UTC, ms, the request's start), listener, client (ip:port), method,
 path (with the query), status, backend, server (name), bytes_in, bytes_out, duration_ms,
@@ -19,17 +32,20 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
-import queue
+import os
 import sys
+import threading
 from datetime import UTC, datetime
-from typing import Any
+from json.encoder import encode_basestring_ascii
+from typing import Any, TextIO
 
 from steelyard.core.records import RequestRecord
 
 access_log = logging.getLogger("steelyard.access")
 
 OFF = "off"
+FLUSH_INTERVAL = 0.05  # seconds the writer waits after the first line of a batch
+_INFO = logging.INFO
 
 
 _second_cache: list[Any] = [None, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]: one per loop
@@ -37,15 +53,15 @@ _second_cache: list[Any] = [None, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]: 
 
 def _rfc3339(ts: float) -> str:
     """UTC with milliseconds and a Z; the date part is formatted once per second."""
-    second = int(ts)
+    second, millis = divmod(int(ts * 1000), 1000)
     if _second_cache[0] != second:
         _second_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = second
-    millis = min(int((ts - second) * 1000), 999)
     return f"{_second_cache[1]}.{millis:03d}Z"
 
 
 def record_fields(rec: RequestRecord) -> dict[str, Any]:
+    """The JSON object of a line, as a dict (format_json is the fast equivalent)."""
     http = rec.method is not None
     fields: dict[str, Any] = {
         "time": _rfc3339(rec.time),
@@ -67,8 +83,47 @@ def record_fields(rec: RequestRecord) -> dict[str, Any]:
     return fields
 
 
-def format_json(rec: RequestRecord) -> str:
+def _dumps(rec: RequestRecord) -> str:
     return json.dumps(record_fields(rec), separators=(",", ":"))
+
+
+def format_json(rec: RequestRecord) -> str:
+    """Exactly `json.dumps(record_fields(rec), separators=(",", ":"))`, without the dict and
+    the encoder object: one f-string, strings escaped by json's C function."""
+    status = rec.status
+    bytes_in = rec.bytes_in
+    bytes_out = rec.bytes_out
+    retries = rec.retries
+    if not (
+        type(bytes_in) is int
+        and type(bytes_out) is int
+        and type(retries) is int
+        and (status is None or type(status) is int)
+    ):
+        return _dumps(rec)  # an int subclass (bool, IntEnum) renders differently: be exact
+    enc = encode_basestring_ascii
+    backend = rec.backend
+    server = rec.server
+    method = rec.method
+    head = (
+        f'{{"time":"{_rfc3339(rec.time)}","listener":{enc(rec.listener)},'
+        f'"client":{enc(rec.client)},'
+    )
+    tail = (
+        f'"backend":{"null" if backend is None else enc(backend)},'
+        f'"server":{"null" if server is None else enc(server)},'
+        f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+        f'"duration_ms":{round(rec.duration * 1000, 3)!r},"retries":{retries}'
+    )
+    if method is None:
+        return f"{head}{tail}}}"
+    path = rec.path
+    rid = rec.request_id
+    return (
+        f'{head}"method":{enc(method)},"path":{"null" if path is None else enc(path)},'
+        f'"status":{"null" if status is None else status},{tail},'
+        f'"request_id":{"null" if rid is None else enc(rid)}}}'
+    )
 
 
 _TEXT_ESCAPES = {i: f"\\x{i:02x}" for i in range(0x20)} | {0x7F: "\\x7f", 0x22: '\\"', 0x5C: "\\\\"}
@@ -83,20 +138,89 @@ def _text(value: Any) -> str:
 
 
 def format_text(rec: RequestRecord) -> str:
-    f = record_fields(rec)
-    upstream = f"{_text(f['backend'])}/{_text(f['server'])}"
-    common = f"in={f['bytes_in']} out={f['bytes_out']} {f['duration_ms']}ms retries={f['retries']}"
+    upstream = f"{_text(rec.backend)}/{_text(rec.server)}"
+    common = (
+        f"in={rec.bytes_in} out={rec.bytes_out} {round(rec.duration * 1000, 3)}ms "
+        f"retries={rec.retries}"
+    )
+    when = _rfc3339(rec.time)
     if rec.method is not None:
         return (
-            f"{f['time']} {_text(f['listener'])} {_text(f['client'])} "
-            f'"{_text(f["method"])} {_text(f["path"])}" {_text(f["status"])} '
-            f"{upstream} {common} id={_text(f['request_id'])}"
+            f"{when} {_text(rec.listener)} {_text(rec.client)} "
+            f'"{_text(rec.method)} {_text(rec.path)}" {_text(rec.status)} '
+            f"{upstream} {common} id={_text(rec.request_id)}"
         )
-    return f"{f['time']} {_text(f['listener'])} {_text(f['client'])} {upstream} {common}"
+    return f"{when} {_text(rec.listener)} {_text(rec.client)} {upstream} {common}"
+
+
+class _Destination:
+    """Where the writer thread puts batches: stdout, or a file reopened when it was moved."""
+
+    __slots__ = ("path", "stream", "_ident", "errors")
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.stream: TextIO = sys.stdout
+        self._ident: tuple[int, int] | None = None
+        self.errors = 0
+        if path is not None:
+            self._open()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        self.stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        st = os.fstat(self.stream.fileno())
+        self._ident = (st.st_dev, st.st_ino)
+
+    def _reopen_if_moved(self) -> None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._ident
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.stream.close()
+            self._open()
+
+    def write(self, text: str) -> None:
+        try:
+            if self.path is not None:
+                self._reopen_if_moved()
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # a full disk, a closed stdout: keep the thread
+            self.errors += 1
+            if self.errors == 1:
+                print(f"steelyard: cannot write the access log: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.path is not None:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"_Destination({self.path or 'stdout'}, errors={self.errors})"
+
+
+class _BufferHandler(logging.Handler):
+    """Our handler on `steelyard.access`: lines that came through the logger (slow path)."""
+
+    def __init__(self, owner: AccessLog) -> None:
+        super().__init__(logging.INFO)
+        self.owner = owner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.owner._push(record.getMessage())
+        except Exception:  # logging's contract: a handler does not raise
+            self.handleError(record)
 
 
 class AccessLog:
-    """Formats records on the loop and hands them to a background writer thread.
+    """Formats records on the loop; a writer thread writes them out in batches.
 
     `path`: None/"-"/"stdout" = stdout, "off" = no access log, else a file (appended to).
     """
@@ -106,44 +230,92 @@ class AccessLog:
         self.format = format_text if fmt == "text" else format_json
         self.enabled = path != OFF
         self.lines = 0
-        self.handler: logging.Handler | None = None
-        self.listener: logging.handlers.QueueListener | None = None
-        self._target: logging.Handler | None = None
+        self.batches = 0
+        self.handler: _BufferHandler | None = None
+        self._buffer: list[str] = []
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._dest: _Destination | None = None
+        self._solo: list[logging.Handler] = []
         if not self.enabled:
             return
-        target: logging.Handler
-        if path in (None, "", "-", "stdout"):
-            target = logging.StreamHandler(sys.stdout)
-        else:
-            target = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
-        target.setFormatter(logging.Formatter("%(message)s"))
-        self._target = target
-        self.queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self.listener = logging.handlers.QueueListener(self.queue, target)
-        self.handler = logging.handlers.QueueHandler(self.queue)
+        to_stdout = path in (None, "", "-", "stdout")
+        self._dest = _Destination(None if to_stdout else path)
+        self.handler = _BufferHandler(self)
+        self._solo = [self.handler]
         access_log.addHandler(self.handler)
         access_log.setLevel(logging.INFO)
         access_log.propagate = False
-        self.listener.start()
+        self._thread = threading.Thread(
+            target=self._writer, name="steelyard-access-log", daemon=True
+        )
+        self._thread.start()
 
     def __call__(self, rec: RequestRecord) -> None:
-        if self.enabled and access_log.isEnabledFor(logging.INFO):
+        if not self.enabled:
+            return
+        lg = access_log
+        if lg.handlers == self._solo and not lg.filters and not lg.propagate:
+            if lg.isEnabledFor(_INFO):  # the fast path: nobody else listens
+                self.lines += 1
+                buffer = self._buffer
+                buffer.append(self.format(rec))
+                if len(buffer) == 1:
+                    self._wake.set()
+        elif lg.isEnabledFor(_INFO):
             self.lines += 1
-            access_log.info(self.format(rec))
+            lg.info(self.format(rec))
+
+    def _push(self, line: str) -> None:
+        buffer = self._buffer
+        buffer.append(line)
+        if len(buffer) == 1:
+            self._wake.set()
+
+    def _writer(self) -> None:
+        buffer = self._buffer
+        wake = self._wake
+        dest = self._dest
+        assert dest is not None
+        while True:
+            wake.wait()
+            wake.clear()
+            if not self._closing:
+                wake.wait(FLUSH_INTERVAL)  # let a batch gather (close() cuts this short)
+            n = len(buffer)
+            if n:
+                batch = buffer[:n]
+                del buffer[:n]  # only this thread removes lines; the loop only appends
+                batch.append("")
+                dest.write("\n".join(batch))
+                self.batches += 1
+            if self._closing and not buffer:
+                return
+            if buffer:  # lines that came while writing, maybe without setting the event
+                wake.set()
 
     def close(self) -> None:
-        """Stop taking lines, write what is queued, close the file."""
+        """Stop taking lines, write what is buffered, close the file."""
         if not self.enabled:
             return
         self.enabled = False
         if self.handler is not None:
             access_log.removeHandler(self.handler)
-        if self.listener is not None:
-            self.listener.stop()
-        if self._target is not None:
-            self._target.flush()
-            self._target.close()  # a StreamHandler leaves stdout open
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._dest is not None:
+            if self._buffer:  # pushed through the logger by another thread as we stopped
+                self._dest.write("\n".join([*self._buffer, ""]))
+                self._buffer.clear()
+            self._dest.close()  # stdout stays open
 
     def __repr__(self) -> str:
         where = "off" if self.path == OFF else (self.path or "stdout")
-        return f"AccessLog({where}, lines={self.lines}, enabled={self.enabled})"
+        return (
+            f"AccessLog({where}, lines={self.lines}, batches={self.batches}, "
+            f"buffered={len(self._buffer)}, enabled={self.enabled})"
+        )
