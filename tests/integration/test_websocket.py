@@ -264,3 +264,33 @@ async def test_close_waits_for_the_frame_in_flight() -> None:
         assert w1.received == ["0123456789"]
         assert w1.close_codes == [1001]
         writer.close()
+
+
+async def test_sigterm_on_a_real_process_closes_tunnels_with_1001_and_exits_0(
+    tmp_path: Any,
+) -> None:
+    import signal
+
+    from tests.helpers.steelyard_process import SteelyardProcess
+
+    async with ws_server("w1") as w1:
+        path = tmp_path / "steelyard.yaml"
+        path.write_text(
+            "shutdown_timeout: 500ms\nlog: {access: "
+            + str(tmp_path / "a.log")
+            + "}\n"
+            + ws_config([w1])
+        )
+        with SteelyardProcess(path) as sy:
+            port = await asyncio.to_thread(sy.port, "web")
+            ws = await connect(f"ws://127.0.0.1:{port}/")
+            await ws.send("x")
+            assert await ws.recv() == "x"
+            sy.send(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            await ws.send("served during shutdown_timeout")
+            assert await ws.recv() == "served during shutdown_timeout"
+            assert await closed_code(ws) == 1001
+            assert await asyncio.to_thread(sy.wait, 20) == 0
+        await wait_for(lambda: w1.close_codes)
+        assert w1.close_codes == [1001]

@@ -135,3 +135,67 @@ def test_frame_tracker_sees_close_frames() -> None:
     assert tracker.close_seen and not tracker.at_boundary
     tracker.feed(close_frame(mask=b"\x09\x08\x07\x06")[7:])
     assert tracker.at_boundary
+
+
+# -- the proxy's side: registry across reloads, leases on the cookie's server -------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from steelyard.core.backend import Backend  # noqa: E402
+from steelyard.core.balancing.base import BalancerSettings, Server  # noqa: E402
+from steelyard.core.clock import FakeClock  # noqa: E402
+from steelyard.core.load import Outcome  # noqa: E402
+from steelyard.net.http_sticky import StickyRegistry, sticky_lease  # noqa: E402
+
+
+def sticky_cfg(cookie: str = "SY_SRV", ttl: float = 60.0, secret: str | None = None) -> object:
+    return SimpleNamespace(cookie=cookie, ttl=ttl, secret=secret)
+
+
+def test_registry_keeps_values_across_config_objects_until_the_secret_changes() -> None:
+    registry = StickyRegistry()
+    first = registry.get("api", sticky_cfg())
+    value = first.value_for("s1")
+    again = registry.get("api", sticky_cfg(cookie="OTHER", ttl=120.0))  # a reload
+    assert again is first and again.cookie == "OTHER" and again.ttl == 120.0
+    assert again.server_for(value, ["s1"]) == "s1"
+    assert registry.get("web", sticky_cfg()).value_for("s1") != value  # per backend
+    rotated = registry.get("api", sticky_cfg(secret="new"))
+    assert rotated.server_for(value, ["s1"]) is None
+    # a configured secret gives the same values in another process
+    assert StickyRegistry().get("api", sticky_cfg(secret="new")).value_for(
+        "s1"
+    ) == rotated.value_for("s1")
+
+
+def backend(max_conns: int = 0) -> Backend:
+    return Backend(
+        "api",
+        [Server(n, "127.0.0.1", 8000 + i) for i, n in enumerate(("a", "b"))],
+        BalancerSettings(algorithm="round_robin"),
+        clock=FakeClock(),
+        rng=random.Random(1),
+        max_connections_per_server=max_conns,
+    )
+
+
+def test_sticky_lease_only_on_a_server_that_may_take_traffic() -> None:
+    b = backend()
+    lease = sticky_lease(b, "a")
+    assert lease is not None and lease.server.name == "a" and b.servers["a"].active == 1
+    lease.release(Outcome.OK)
+    assert b.servers["a"].active == 0 and b.servers["a"].requests_total == 1
+    assert sticky_lease(b, "zz") is None
+    b.disable("a")
+    assert sticky_lease(b, "a") is None
+    b.enable("a")
+    b.drain("a")
+    assert sticky_lease(b, "a") is None
+    b.enable("a")
+    b.set_weight("a", 0)
+    assert sticky_lease(b, "a") is None
+    capped = backend(max_conns=1)
+    held = sticky_lease(capped, "b")
+    assert held is not None and sticky_lease(capped, "b") is None  # at its cap
+    held.release(Outcome.OK)
+    assert sticky_lease(capped, "b") is not None
