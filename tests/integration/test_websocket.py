@@ -294,3 +294,49 @@ async def test_sigterm_on_a_real_process_closes_tunnels_with_1001_and_exits_0(
             assert await asyncio.to_thread(sy.wait, 20) == 0
         await wait_for(lambda: w1.close_codes)
         assert w1.close_codes == [1001]
+
+
+async def test_wss_through_a_tls_listener_to_a_tls_server(tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    front = ca.issue_cert("localhost")
+    cert_path, key_path = tmp_path / "front.pem", tmp_path / "front.key"
+    front.cert_chain_pems[0].write_to_path(str(cert_path))
+    front.private_key_pem.write_to_path(str(key_path))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    srv = WsServer("w1")
+    srv.server = await serve(srv.handler, "127.0.0.1", 0, ssl=server_ctx, max_size=None)
+    srv.port = srv.server.sockets[0].getsockname()[1]  # type: ignore[index]
+    listener = (
+        f"    tls:\n      certificates:\n        - {{cert: '{cert_path}', key: '{key_path}'}}"
+    )
+    backend = f"    tls: {{ca: '{ca_path}'}}\n    drain_timeout: 200ms"
+    try:
+        async with steelyard(ws_config([srv], backend=backend, listener=listener)) as sy:
+            client_ctx = ssl.create_default_context()
+            ca.configure_trust(client_ctx)
+            ws = await connect(f"wss://localhost:{sy.port}/", ssl=client_ctx, max_size=None)
+            messages = [bytes([i % 256]) * (i * 997 % 150_000 + 1) for i in range(200)]
+
+            async def writer() -> None:
+                for m in messages:
+                    await ws.send(m)
+
+            task = asyncio.create_task(writer())
+            got = [await asyncio.wait_for(ws.recv(), 10) for _ in messages]
+            await task
+            assert got == messages
+            sy.engine.backends["ws"].drain("w1")
+            assert await closed_code(ws) == 1001
+            await wait_for(lambda: srv.close_codes)
+            assert srv.close_codes == [1001]
+    finally:
+        srv.server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(srv.server.wait_closed(), 5)
