@@ -765,7 +765,7 @@ class Exchange:
         self.response_timeout = float(getattr(timeouts, "response", 60.0))
         if (
             getattr(cfg, "sticky", None) is not None or getattr(cfg, "tls", None) is not None
-        ) and self._l7_options(name, cfg):
+        ) and self._l7_options(backend.name, cfg):
             return
         self._select()
 
