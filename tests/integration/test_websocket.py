@@ -340,3 +340,23 @@ async def test_wss_through_a_tls_listener_to_a_tls_server(tmp_path: Any) -> None
         srv.server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(srv.server.wait_closed(), 5)
+
+
+async def test_other_upgrades_end_with_a_clean_close_not_a_reset() -> None:
+    listener = "    timeouts: {tunnel: 300ms}"
+    async with (
+        http_backend("s1") as s1,
+        steelyard(ws_config([s1], listener=listener)) as sy,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sy.port)
+        writer.write(
+            b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"PING"
+        # quiet for timeouts.tunnel: EOF (FIN), not a reset, and no WebSocket frame
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await wait_for(lambda: sy.engine.backends["ws"].servers["s1"].active == 0)
