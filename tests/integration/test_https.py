@@ -354,3 +354,18 @@ async def test_upstream_tls_verification_failure_is_502_and_verify_false_connect
         async with steelyard(config(plain_listener(), s1, "    tls: {verify: false}")) as sy:
             r = await request(sy.port, "GET", "/echo")
             assert r.status == 200 and r.json()["server"] == "s1"
+
+
+async def test_reload_adding_tls_to_a_listener_restarts_it_with_tls(
+    ca: trustme.CA, certs: dict[str, tuple[str, str]]
+) -> None:
+    async with http_backend("s1") as s1, steelyard(config(plain_listener(), s1)) as sy:
+        assert (await request(sy.port, "GET", "/")).status == 200
+        await sy.engine.reload(load_config_text(config(tls_listener_yaml([certs["a"]]), s1)))
+        port = sy.engine.bound["web"][1]
+        client, writer = await tls_client(port, client_context(ca), "a.example.com")
+        assert peer_names(writer) == ["a.example.com"]
+        r = await client.request("GET", "/echo")
+        assert r.status == 200
+        assert s1.requests[-1].header("x-forwarded-proto") == "https"
+        await client.close()
