@@ -8,6 +8,10 @@ divided by N; it includes the loop and call overhead of the benchmark itself (~0
 ``--clock cpu`` measures this process's CPU time (time.process_time) instead of
 time.perf_counter, which is steadier on a machine shared with other work.
 
+Balancers with load hooks (least_connections, least_response_time, consistent_hash with a
+hash_balance_factor) are driven as the backend drives them (see tracked_cost): the figure is
+pick() plus the load hooks (on_acquire if it has one, on_release), per request.
+
 Servers carry random latency estimates and in-flight counts: "some idle" draws them from 0-5
 (least_connections may stop its scan at an idle server), "all busy" from 1-6 (the full scan,
 its worst case). Hash algorithms get a different key on every pick. Not collected by pytest
@@ -21,6 +25,7 @@ import platform
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 
 from steelyard.core.balancing import (
@@ -65,9 +70,19 @@ def pick_cost(
     w = [1.0] * n if weights == "equal" else [float(rng.randint(1, 5)) for _ in range(n)]
     if weights == "fractional":
         w = [rng.uniform(0.1, 5.0) for _ in range(n)]
-    b = ALGORITHMS[name](servers, w, BalancerSettings(algorithm=name, **settings), rng)  # type: ignore[arg-type]
+    now = [0.0]
+    extra: dict[str, object] = {"clock": lambda: now[0]}
+    b = ALGORITHMS[name](
+        servers,
+        w,
+        BalancerSettings(algorithm=name, extra=extra, **settings),  # type: ignore[arg-type]
+        rng,
+    )
     contexts = [PickContext(hash_key=rng.getrandbits(32).to_bytes(4, "big")) for _ in range(picks)]
     pick = b.pick
+    track = getattr(b, "track_load", None)
+    if track is not None:
+        return tracked_cost(b, servers, contexts, now, repeat, rng)
     for ctx in contexts[: min(picks, 4096)]:  # warm up (and let round robin record its cycle)
         pick(ctx)
 
@@ -76,6 +91,64 @@ def pick_cost(
             pick(ctx)
 
     return best_of(repeat, run) / picks * 1e6
+
+
+def tracked_cost(
+    b: object,
+    servers: list[ServerState],
+    contexts: list[PickContext],
+    now: list[float],
+    repeat: int,
+    rng: random.Random,
+) -> float:
+    """A balancer with load hooks, driven as the backend drives it: every pick acquires the
+    server (active + 1, on_acquire) and releases the oldest lease in flight (active - 1, a
+    latency sample, on_release), so in-flight stays at its starting level and the index keeps
+    changing. Returns the balancer's share per request, pick() + the hooks: the same loop
+    with the balancer calls left out (the servers it picked replayed from a list) is timed
+    too and subtracted."""
+    b.track_load()  # type: ignore[attr-defined]
+    pick = b.pick  # type: ignore[attr-defined]
+    on_acquire = getattr(b, "on_acquire", None)  # optional (least_connections has none)
+    on_release = b.on_release  # type: ignore[attr-defined]
+    held = deque(s for s in servers for _ in range(s.active))
+    samples = [rng.uniform(0.001, 0.050) for _ in range(len(contexts))]
+    step = 1e-5  # virtual seconds per request: 100k requests/s
+    chosen: list[ServerState] = []
+
+    def run() -> None:
+        t = now[0]
+        for ctx, sample in zip(contexts, samples, strict=True):
+            s = pick(ctx)
+            s.active += 1
+            if on_acquire is not None:
+                on_acquire(s)
+            chosen.append(s)
+            if held:
+                o = held.popleft()
+                t += step
+                now[0] = t
+                o.active -= 1
+                o.ewma.observe(sample, t)
+                on_release(o)
+            held.append(s)
+
+    def bare() -> None:
+        t = now[0]
+        for s, sample in zip(chosen[-len(contexts) :], samples, strict=True):
+            s.active += 1
+            if held:
+                o = held.popleft()
+                t += step
+                now[0] = t
+                o.active -= 1
+                o.ewma.observe(sample, t)
+            held.append(s)
+
+    run()  # warm up
+    full = best_of(repeat, run)
+    base = best_of(repeat, bare)
+    return max(full - base, 0.0) / len(contexts) * 1e6
 
 
 def build_cost(name: str, n: int, repeat: int) -> float:

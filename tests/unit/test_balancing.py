@@ -565,3 +565,48 @@ def test_maglev_without_key_falls_back_to_weighted_random() -> None:
     m = Maglev(servers("a", "b"), [1.0, 3.0], BalancerSettings(table_size=101), random.Random(8))
     counts = collections.Counter(picks(m, 4000))
     assert counts["b"] / 4000 == pytest.approx(0.75, abs=0.04)
+
+
+# -- load hooks: the backend keeps least-load indexes in step ---------------------------------
+
+
+def test_backend_feeds_least_connections_through_its_load_hooks() -> None:
+    from steelyard.core.backend import Backend
+    from steelyard.core.load import Outcome
+
+    group = [Server(f"s{i}", "127.0.0.1", 8000 + i) for i in range(4)]
+    backend = Backend(
+        "b",
+        group,
+        BalancerSettings(algorithm="least_connections"),
+        clock=FakeClock(0.0),
+        rng=random.Random(1),
+    )
+    lc = backend.balancer
+    assert isinstance(lc, LeastConnections) and lc.loads is not None  # tracked on install
+    assert backend.on_acquire is None and backend.on_release == lc.on_release
+    leases = [backend.acquire(PickContext()) for _ in range(6)]
+    assert [lease.server.name for lease in leases if lease] == [
+        "s0", "s1", "s2", "s3", "s0", "s1"
+    ]  # fmt: skip
+    # acquires are not reported: s0 and s1 (2 in flight each) are keyed stale low at 1
+    assert lc.loads.keys == [1.0, 1.0, 1.0, 1.0]
+    for lease in leases[:2]:  # s0 and s1 back to one each
+        assert lease is not None
+        lease.release(Outcome.OK)
+    assert lc.loads.keys[:2] == [1.0, 1.0]
+    nxt = backend.acquire(PickContext())
+    assert nxt is not None and nxt.server.name == "s2"  # ties in turn: after s1 comes s2
+    backend.set_weight("s3", 2)  # a new snapshot: tracked again from the live counts
+    lc2 = backend.balancer
+    assert isinstance(lc2, LeastConnections) and lc2 is not lc
+    assert lc2.loads is not None and lc2.loads.keys == [1.0, 1.0, 2.0, 0.5]
+    assert "RotatingMinIndex(size=4" in repr(lc2.loads)
+
+
+def test_untracked_least_connections_scans_live_counts() -> None:
+    group = servers("a", "b")
+    lc = LeastConnections(group, [1.0, 1.0])
+    assert lc.loads is None
+    group[0].active = 3  # a change nobody reports: the scan still sees it
+    assert picks(lc, 3) == ["b", "b", "b"]

@@ -169,6 +169,10 @@ class Backend:
         # engine hook: called with this backend when a rebuild is needed (e.g. off-loop build);
         # None = rebuild synchronously
         self.scheduler: Callable[[Backend], None] | None = None
+        # the installed balancer's load hooks (balancing.base.LoadTracking), looked up once
+        # per install
+        self.on_acquire: Callable[[ServerState], None] | None = None
+        self.on_release: Callable[[ServerState], None] | None = None
         for server in servers:
             self.file_servers[server.name] = server
             self.servers[server.name] = self._new_state(server)
@@ -434,6 +438,8 @@ class Backend:
                     f"out for {detector.ejection_time(detector.ejections):g}s",
                 )
                 self.mark_dirty()
+        if self.on_release is not None:
+            self.on_release(state)
         if self.waiters:
             self._serve_waiters()
 
@@ -490,6 +496,8 @@ class Backend:
                 return None
         state.active += 1
         state.requests_total += 1
+        if self.on_acquire is not None:
+            self.on_acquire(state)
         return Lease(state, self, now)
 
     def saturated(self, ctx: PickContext) -> bool:
@@ -556,6 +564,8 @@ class Backend:
         lease.released = True
         lease.server.active -= 1
         lease.server.requests_total -= 1
+        if self.on_release is not None:
+            self.on_release(lease.server)
 
     def effective_weight(self, state: ServerState, now: float) -> float:
         weight = float(state.weight)
@@ -602,6 +612,11 @@ class Backend:
         if panic != self.panic:
             self._event("panic", None, "entered panic mode" if panic else "left panic mode")
         self.balancer = balancer
+        track = getattr(balancer, "track_load", None)
+        if track is not None:
+            track()
+        self.on_acquire = getattr(balancer, "on_acquire", None)
+        self.on_release = getattr(balancer, "on_release", None)
         self.installed = version
         self.panic = panic
         self.ramping = any(s.ramp_start is not None for s in self.servers.values())

@@ -142,6 +142,23 @@ class Balancer(Protocol):
         ...
 
 
+class LoadTracking(Protocol):
+    """Optional members of a Balancer that keeps an index of live load instead of scanning.
+
+    The backend calls ``track_load()`` once when it installs the snapshot (the balancer then
+    reads every member's live state once, on the event loop), and afterwards ``on_acquire``
+    after it raised a server's ``active`` count and ``on_release`` after it lowered it and fed
+    the latency estimate. The backend looks the hooks up once per install, never per pick. A
+    balancer that was never told to track (tests, tools) scans the live state on every pick.
+    """
+
+    def track_load(self) -> None: ...
+
+    def on_acquire(self, state: ServerState) -> None: ...
+
+    def on_release(self, state: ServerState) -> None: ...
+
+
 # Builds a Balancer from the eligible servers and their effective weights (parallel
 # sequences; weights > 0). The backend swaps the result in on every change.
 BalancerFactory = Callable[

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
+from steelyard.core.balancing.load_index import RotatingMinIndex
 from steelyard.core.balancing.random_choice import positive, weighted_index
 
 _INF = float("inf")
@@ -47,7 +48,7 @@ MAX_WEIGHT_CLASSES = 8
 
 
 class LeastConnections:
-    __slots__ = ("servers", "weights", "uniform", "classes", "index", "next")
+    __slots__ = ("servers", "weights", "uniform", "classes", "index", "next", "loads", "position")
 
     def __init__(
         self,
@@ -69,15 +70,52 @@ class LeastConnections:
             self.classes = [(w, ix, [self.servers[i] for i in ix]) for w, ix in groups.items()]
         self.index = {s.name: i for i, s in enumerate(self.servers)}
         self.next = 0
+        # set by track_load(): active / weight of every member, kept in step by the hooks
+        self.loads: RotatingMinIndex | None = None
+        self.position: dict[ServerState, int] = {}
+
+    def track_load(self) -> None:
+        """From now on the backend reports every change of a member's ``active`` count."""
+        self.position = {s: i for i, s in enumerate(self.servers)}
+        self.loads = RotatingMinIndex(
+            [s.active / w for s, w in zip(self.servers, self.weights, strict=True)]
+        )
+
+    # No on_acquire: an increment only makes a key stale *low*, which pick() detects when that
+    # key comes to the top and repairs then. Most requests are released before their server's
+    # turn comes round again, and then the release finds the key unchanged: one hook, no move.
+
+    def on_release(self, state: ServerState) -> None:
+        loads = self.loads
+        i = self.position.get(state)
+        if loads is not None and i is not None:
+            loads.update(i, state.active / self.weights[i])
 
     def pick(self, ctx: PickContext) -> ServerState | None:
-        # A plain loop over list slices (rotated to start after the previous winner) measured
-        # faster than C-level map/min/index chains; an idle server ends the scan early.
         servers = self.servers
         if not servers:
             return None
         if ctx.exclude:
             return self._pick_excluding(ctx.exclude)
+        loads = self.loads
+        if loads is not None:
+            # Tracked: the least key, first at or after `next`. Keys are only ever stale low
+            # (an increment nobody reported, e.g. a sticky lease): the winner is checked
+            # against its live count, re-keyed and the search repeated if it is stale, so the
+            # answer is the one a full scan would give.
+            weights = self.weights
+            while True:
+                key, i = loads.first(self.next)
+                s = servers[i]
+                live = s.active / weights[i]
+                if live == key:
+                    break
+                loads.update(i, live)
+            i += 1
+            self.next = i if i < len(servers) else 0
+            return s
+        # A plain loop over list slices (rotated to start after the previous winner) measured
+        # faster than C-level map/min/index chains; an idle server ends the scan early.
         start = self.next
         best = servers[start]
         if self.uniform:

@@ -1,0 +1,94 @@
+"""An index of members by a float key: the least key, ties broken in turn, in O(log n).
+
+How this works: members are the indices 0..n-1 of a snapshot. Members with the same key share
+a *level*: a sorted list of their indices. A heap holds the keys of the levels (each key
+once), so the least key is the top of the heap; a level that emptied is dropped lazily when it
+reaches the top. ``first(start)`` returns the least key and, among the members at that key, the
+first one at or after ``start`` in cyclic order (a bisect in the level): exactly what a full
+scan starting at ``start`` that keeps the first minimum would find. ``update(i, key)`` moves
+one member between levels: a bisect and a list insert/delete (a memmove in C, cheap at the
+sizes a backend has) plus at most one heap push.
+
+The least-load balancers keep one of these in step with the live in-flight counts (and latency
+estimates) through the load hooks the backend calls on acquire and release (see
+base.LoadTracking), instead of scanning every server on every pick.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Sequence
+from heapq import heapify, heappop, heappush
+
+# levels whose key is no longer used stay in the heap until they reach its top; rebuild the
+# heap when they outnumber the members this much (bounds memory whatever the key pattern)
+_COMPACT_FACTOR = 4
+_COMPACT_SLACK = 64
+
+
+class RotatingMinIndex:
+    __slots__ = ("keys", "levels", "heap", "size")
+
+    def __init__(self, keys: Sequence[float | None]) -> None:
+        # keys[i] is None for an index that is not a member
+        self.keys: list[float | None] = list(keys)
+        self.levels: dict[float, list[int]] = {}
+        self.size = 0
+        for i, k in enumerate(self.keys):  # ascending i: every level list comes out sorted
+            if k is not None:
+                self.levels.setdefault(k, []).append(i)
+                self.size += 1
+        self.heap = list(self.levels)
+        heapify(self.heap)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def update(self, i: int, key: float | None) -> None:
+        """Set member i's key (None: i leaves the index)."""
+        old = self.keys[i]
+        if key == old:
+            return
+        self.keys[i] = key
+        levels = self.levels
+        if old is not None:
+            members = levels[old]
+            del members[bisect_left(members, i)]
+            self.size -= 1
+        if key is None:
+            return
+        self.size += 1
+        members_new = levels.get(key)
+        if members_new is None:
+            levels[key] = [i]
+            heappush(self.heap, key)
+            if len(self.heap) > _COMPACT_FACTOR * len(self.keys) + _COMPACT_SLACK:
+                self._compact()
+        else:
+            insort(members_new, i)
+
+    def first(self, start: int) -> tuple[float, int]:
+        """(least key, the member with it at or after ``start`` in cyclic order).
+
+        The index must not be empty."""
+        heap = self.heap
+        levels = self.levels
+        key = heap[0]
+        members = levels[key]
+        while not members:
+            heappop(heap)
+            del levels[key]
+            key = heap[0]
+            members = levels[key]
+        k = bisect_left(members, start)
+        return key, members[k] if k < len(members) else members[0]
+
+    def _compact(self) -> None:
+        self.levels = {k: v for k, v in self.levels.items() if v}
+        self.heap = list(self.levels)
+        heapify(self.heap)
+
+    def __repr__(self) -> str:
+        live = sorted((k, v) for k, v in self.levels.items() if v)
+        shown = ", ".join(f"{k:g}: {v[:8]}" for k, v in live[:4])
+        return f"RotatingMinIndex(size={self.size}, levels={len(live)}, least=[{shown}])"
