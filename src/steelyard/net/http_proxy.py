@@ -804,6 +804,8 @@ class Exchange:
             else:
                 self.local_error(503, "no server available", retry_after=True)
             return
+        if self.attempts:
+            self.record.retries += 1
         self._leased(lease)
 
     def _connects_failed(self) -> None:
@@ -915,8 +917,7 @@ class Exchange:
             self.pick.exclude = self.pick.exclude | {lease.server.name}
             retries = int(getattr(self.backend.config, "retries", 2))
             if self.attempts <= retries:
-                self.record.retries += 1
-                self._select()
+                self._select()  # counts the retry only if another server takes it
             else:
                 self._connects_failed()
             return
