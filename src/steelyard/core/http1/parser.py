@@ -10,8 +10,14 @@ bare LF or CR, whitespace before a colon, obs-fold, invalid chunk sizes. On top 
 - Transfer-Encoding must be exactly `chunked` (llhttp accepts `gzip, chunked`; we cannot frame
   a coding we do not decode, RFC 9112 §6.1) and is refused on HTTP/1.0;
 - HTTP/1.0 or HTTP/1.1 only; exactly one Host on HTTP/1.1 (RFC 9112 §3.2); no CONNECT;
-- hop-by-hop fields (RFC 9110 §7.6.1) are taken out of the header list as they are parsed, so the
-  proxy forwards `head.headers` as it is.
+- hop-by-hop fields (RFC 9110 §7.6.1) are taken out of the header list, so the proxy forwards
+  `head.headers` as it is.
+
+Speed: llhttp calls `on_header` once per field, a C-to-Python call each; that callback only
+appends the (name, value) pair. Everything else (classifying fields, the count and size limits)
+happens in one loop at `on_headers_complete`; fields arriving after it are trailers, handled at
+`on_message_complete`. `feed()` still refuses a head that outgrows its limits across reads, so a
+head is never buffered much past its limit plus one read.
 
 The parsers call a sink (the proxy) with whole heads, body pieces and the end of the message, so
 the I/O layer is a thin shell and these classes are tested with plain calls. A ProtocolError
@@ -24,6 +30,7 @@ fresh httptools parser takes over (`reusable` says whether the read ended exactl
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -119,7 +126,33 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
     return tokens
 
 
-def _drop_named(headers: Headers, tokens: set[bytes]) -> Headers:
+_SIMPLE_TOKENS: dict[bytes, frozenset[bytes]] = {
+    b"keep-alive": frozenset({b"keep-alive"}),
+    b"close": frozenset({b"close"}),
+    b"upgrade": frozenset({b"upgrade"}),
+}
+
+
+def _simple_connection(values: list[bytes]) -> frozenset[bytes] | None:
+    """The tokens of the usual one-word Connection field (keep-alive, close, upgrade), which
+    names no field to drop; None for anything else (then connection_tokens and _drop_named)."""
+    if len(values) == 1:
+        return _SIMPLE_TOKENS.get(values[0].rstrip(b" \t").lower())
+    return None
+
+
+def _trailers(fields: Headers, limits: Limits, status: int, source: Any) -> Headers | None:
+    """The trailer fields of a chunked message, minus those not allowed there."""
+    size = 4 * len(fields)
+    for name, value in fields:
+        size += len(name) + len(value)
+    if len(fields) > limits.max_headers or size > limits.max_head:
+        raise ProtocolError(status, "trailer section too large", source=source)
+    kept = [f for f in fields if f[0].lower() not in _TRAILER_FORBIDDEN]
+    return kept or None
+
+
+def _drop_named(headers: Headers, tokens: AbstractSet[bytes]) -> Headers:
     """Remove the fields the Connection header names (RFC 9110 §7.6.1)."""
     named = tokens - {b"close", b"keep-alive", b"upgrade"}
     if not named:
@@ -255,17 +288,10 @@ class RequestParser:
         "_p",
         "_head",
         "_url",
-        "_headers",
-        "_trailers",
-        "_nheaders",
-        "_head_bytes",
+        "_fields",
         "_raw",
         "_in_head",
         "_body_bytes",
-        "_hosts",
-        "_te",
-        "_conn",
-        "_xff",
         "messages",
     )
 
@@ -275,17 +301,10 @@ class RequestParser:
         self._p = httptools.HttpRequestParser(self)
         self._head = RequestHead()
         self._url = b""
-        self._headers: Headers = []
-        self._trailers: Headers | None = None
-        self._nheaders = 0
-        self._head_bytes = 0
+        self._fields: Headers = []  # as parsed: the head's fields, then the trailer's
         self._raw = 0
         self._in_head = True
         self._body_bytes = 0
-        self._hosts = 0
-        self._te: bytes | None = None
-        self._conn: list[bytes] | None = None
-        self._xff: list[bytes] | None = None
         self.messages = 0  # heads seen
 
     def set_limits(self, limits: Limits) -> None:
@@ -300,7 +319,12 @@ class RequestParser:
     @property
     def partial_head(self) -> RequestHead:
         """What is known of the head being parsed (for the request id of an error reply)."""
-        return self._head
+        head = self._head
+        if head.request_id is None and self._in_head:
+            for name, value in self._fields:
+                if len(name) == 12 and name.lower() == b"x-request-id":
+                    head.request_id = value.rstrip(b" \t")
+        return head
 
     def feed(self, data: bytes) -> bytes | None:
         if self._in_head:
@@ -316,6 +340,8 @@ class RequestParser:
             raise _unwrap(exc, 400, "downstream") from None
         except httptools.HttpParserError as exc:
             raise ProtocolError(400, f"malformed request: {exc}") from None
+        if self._in_head and len(self._fields) > self._limits.max_headers:
+            raise ProtocolError(431, "too many header fields")  # a head still incomplete
         return None
 
     # -- httptools callbacks ----------------------------------------------------------------
@@ -323,16 +349,9 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self._head = RequestHead()
         self._url = b""
-        self._headers = []
-        self._trailers = None
-        self._nheaders = 0
-        self._head_bytes = 0
+        self._fields = []
         self._in_head = True
         self._body_bytes = 0
-        self._hosts = 0
-        self._te = None
-        self._conn = None
-        self._xff = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -343,68 +362,64 @@ class RequestParser:
             raise ProtocolError(431, "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:  # a trailer field
-            self._add_trailer(name, value)
-            return
-        self._nheaders += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._nheaders > self._limits.max_headers:
-            raise ProtocolError(431, "too many header fields")
-        if self._head_bytes + len(self._url) > self._limits.max_head:
-            raise ProtocolError(431, "request head too large")
-        lname = name.lower()
-        kind = _REQUEST_FIELDS.get(lname)
-        if kind is None:
-            self._headers.append((name, value))
-        elif kind == _HOST:
-            self._hosts += 1
-            self._head.host = value.rstrip(b" \t")
-            self._headers.append((name, self._head.host))
-        elif kind == _CL:
-            self._head.content_length = int(value)  # llhttp checked: digits, one field
-        elif kind == _TE:
-            self._te = value.rstrip(b" \t").lower()
-        elif kind == _CONNECTION:
-            if self._conn is None:
-                self._conn = [value]
-            else:
-                self._conn.append(value)
-        elif kind == _XFF:
-            if self._xff is None:
-                self._xff = [value.rstrip(b" \t")]
-            else:
-                self._xff.append(value.rstrip(b" \t"))
-        elif kind == _XRID:
-            self._head.request_id = value.rstrip(b" \t")
-        elif kind == _EXPECT:
-            if value.strip(b" \t").lower() == b"100-continue":
-                self._head.expect_continue = True
-        elif kind == _UPGRADE:
-            self._head.upgrade = value.rstrip(b" \t")
-        # _HOP, _XF_DROP: dropped
-
-    def _add_trailer(self, name: bytes, value: bytes) -> None:
-        self._nheaders += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._nheaders > self._limits.max_headers or self._head_bytes > self._limits.max_head:
-            raise ProtocolError(431, "trailer section too large")
-        if name.lower() in _TRAILER_FORBIDDEN:
-            return
-        if self._trailers is None:
-            self._trailers = [(name, value)]
-        else:
-            self._trailers.append((name, value))
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self._p
         head = self._head
+        limits = self._limits
+        fields = self._fields
+        self._fields = []  # trailers, if any, go here
+        if len(fields) > limits.max_headers:
+            raise ProtocolError(431, "too many header fields")
+        url = self._url
+        size = len(url) + 4 * len(fields)
+        headers: Headers = []
+        hosts = 0
+        te: bytes | None = None
+        conn: list[bytes] | None = None
+        xff: list[bytes] | None = None
+        kinds = _REQUEST_FIELDS
+        for field in fields:
+            name, value = field
+            size += len(name) + len(value)
+            kind = kinds.get(name.lower())
+            if kind is None:
+                headers.append(field)
+            elif kind == _HOST:
+                hosts += 1
+                head.host = host = value.rstrip(b" \t")
+                headers.append((name, host))
+            elif kind == _CL:
+                head.content_length = int(value)  # llhttp checked: digits, one field
+            elif kind == _TE:
+                te = value.rstrip(b" \t").lower()
+            elif kind == _CONNECTION:
+                if conn is None:
+                    conn = [value]
+                else:
+                    conn.append(value)
+            elif kind == _XFF:
+                if xff is None:
+                    xff = [value.rstrip(b" \t")]
+                else:
+                    xff.append(value.rstrip(b" \t"))
+            elif kind == _XRID:
+                head.request_id = value.rstrip(b" \t")
+            elif kind == _EXPECT:
+                if value.strip(b" \t").lower() == b"100-continue":
+                    head.expect_continue = True
+            elif kind == _UPGRADE:
+                head.upgrade = value.rstrip(b" \t")
+            # _HOP, _XF_DROP: dropped
+        if size > limits.max_head:
+            raise ProtocolError(431, "request head too large")
         head.version = version = p.get_http_version()
         if version != "1.1" and version != "1.0":
             raise ProtocolError(400, f"unsupported HTTP version {version}")
         head.method = method = p.get_method()
         if method == b"CONNECT":
             raise ProtocolError(400, "CONNECT is not supported")
-        url = self._url
         if url[:1] == b"/":
             head.target = url
         elif url == b"*":
@@ -412,7 +427,8 @@ class RequestParser:
                 raise ProtocolError(400, "asterisk-form only with OPTIONS")
             head.target = url
         else:
-            url = self._absolute_form(url)
+            url, headers = self._absolute_form(url, headers)
+            hosts = 1
             head.target = url
         qpos = url.find(b"?")
         if qpos < 0:
@@ -420,42 +436,47 @@ class RequestParser:
         else:
             head.path = url[:qpos]
             head.query = url[qpos + 1 :]
-        if self._hosts != 1 and (version == "1.1" or self._hosts > 1):
+        if hosts != 1 and (version == "1.1" or hosts > 1):
             raise ProtocolError(400, "missing or repeated Host")
-        if self._te is not None:
-            if self._te != b"chunked":
+        if te is not None:
+            if te != b"chunked":
                 raise ProtocolError(400, "unsupported Transfer-Encoding")
             if version == "1.0":
                 raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
             head.chunked = True
-        if self._conn is not None:
-            tokens = connection_tokens(self._conn)
+        if conn is not None:
+            simple = _simple_connection(conn)
+            tokens: AbstractSet[bytes]
+            if simple is None:
+                tokens = connection_tokens(conn)
+                headers = _drop_named(headers, tokens)
+            else:
+                tokens = simple
             if version == "1.1":
                 head.keep_alive = b"close" not in tokens
             else:
                 head.keep_alive = b"keep-alive" in tokens
             if head.upgrade is not None and b"upgrade" not in tokens:
                 head.upgrade = None
-            self._headers = _drop_named(self._headers, tokens)
         else:
             head.keep_alive = version == "1.1"
             head.upgrade = None
         if head.upgrade is not None and version != "1.1":
             head.upgrade = None
-        if self._xff is not None:
-            head.forwarded_for = b", ".join(self._xff)
+        if xff is not None:
+            head.forwarded_for = b", ".join(xff)
         if head.expect_continue and (version != "1.1" or not head.has_body):
             head.expect_continue = False
-        max_body = self._limits.max_body
+        max_body = limits.max_body
         if max_body and head.content_length is not None and head.content_length > max_body:
             raise ProtocolError(413, "request body too large")
-        head.headers = self._headers
+        head.headers = headers
         self._in_head = False
         self._raw = 0
         self.messages += 1
         self._sink.on_request_head(head)
 
-    def _absolute_form(self, url: bytes) -> bytes:
+    def _absolute_form(self, url: bytes, headers: Headers) -> tuple[bytes, Headers]:
         """http://authority/path -> /path, and the authority replaces Host (RFC 9112 §3.2.2)."""
         lower = url[:8].lower()
         if lower.startswith(b"http://"):
@@ -476,10 +497,9 @@ class RequestParser:
         if not path.startswith(b"/"):
             path = b"/" + path
         self._head.host = authority
-        self._headers = [(n, v) for n, v in self._headers if n.lower() != b"host"]
-        self._headers.insert(0, (b"Host", authority))
-        self._hosts = 1
-        return path
+        headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+        headers.insert(0, (b"Host", authority))
+        return path, headers
 
     def on_body(self, data: bytes) -> None:
         max_body = self._limits.max_body
@@ -492,7 +512,12 @@ class RequestParser:
     def on_message_complete(self) -> None:
         self._in_head = True
         self._raw = 0
-        self._sink.on_request_end(self._trailers)
+        fields = self._fields
+        trailers = None
+        if fields:
+            self._fields = []
+            trailers = _trailers(fields, self._limits, 431, "downstream")
+        self._sink.on_request_end(trailers)
 
     def __repr__(self) -> str:
         state = "head" if self._in_head else "body"
@@ -513,13 +538,8 @@ class ResponseParser:
         "_p",
         "_head",
         "_reason",
-        "_headers",
-        "_trailers",
-        "_nheaders",
-        "_head_bytes",
+        "_fields",
         "_in_head",
-        "_te",
-        "_conn",
         "_head_request",
         "_interim",
         "_stopped",
@@ -534,13 +554,8 @@ class ResponseParser:
         self._p = httptools.HttpResponseParser(self)
         self._head = ResponseHead()
         self._reason = b""
-        self._headers: Headers = []
-        self._trailers: Headers | None = None
-        self._nheaders = 0
-        self._head_bytes = 0
+        self._fields: Headers = []  # as parsed: the head's fields, then the trailer's
         self._in_head = True
-        self._te: bytes | None = None
-        self._conn: list[bytes] | None = None
         self._head_request = False
         self._interim = False
         self._stopped = False
@@ -579,6 +594,10 @@ class ResponseParser:
         except httptools.HttpParserError as exc:
             self.reusable = False
             raise ProtocolError(502, f"invalid response: {exc}", source="upstream") from None
+        fields = self._fields
+        if fields and len(fields) > self._limits.max_headers:  # a head or trailer still open
+            self.reusable = False
+            raise ProtocolError(502, "response head too large", source="upstream")
         return None
 
     def feed_eof(self) -> bool:
@@ -595,13 +614,8 @@ class ResponseParser:
     def on_message_begin(self) -> None:
         self._head = ResponseHead()
         self._reason = b""
-        self._headers = []
-        self._trailers = None
-        self._nheaders = 0
-        self._head_bytes = 0
+        self._fields = []
         self._in_head = True
-        self._te = None
-        self._conn = None
         self.started = True
         self.complete = False
 
@@ -611,52 +625,60 @@ class ResponseParser:
             raise ProtocolError(502, "response head too large", source="upstream")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._nheaders += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._nheaders > self._limits.max_headers or self._head_bytes > self._limits.max_head:
-            raise ProtocolError(502, "response head too large", source="upstream")
-        if not self._in_head:
-            if name.lower() in _TRAILER_FORBIDDEN:
-                return
-            if self._trailers is None:
-                self._trailers = [(name, value)]
-            else:
-                self._trailers.append((name, value))
-            return
-        kind = _RESPONSE_FIELDS.get(name.lower())
-        if kind is None:
-            self._headers.append((name, value))
-        elif kind == _CL:
-            self._head.content_length = int(value)
-        elif kind == _TE:
-            self._te = value.rstrip(b" \t").lower()
-        elif kind == _CONNECTION:
-            if self._conn is None:
-                self._conn = [value]
-            else:
-                self._conn.append(value)
-        elif kind == _UPGRADE:
-            self._head.upgrade = value.rstrip(b" \t")
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self._p
         head = self._head
+        limits = self._limits
+        fields = self._fields
+        self._fields = []  # trailers, if any, go here
+        size = len(self._reason) + 4 * len(fields)
+        headers: Headers = []
+        te: bytes | None = None
+        conn: list[bytes] | None = None
+        kinds = _RESPONSE_FIELDS
+        for field in fields:
+            name, value = field
+            size += len(name) + len(value)
+            kind = kinds.get(name.lower())
+            if kind is None:
+                headers.append(field)
+            elif kind == _CL:
+                head.content_length = int(value)
+            elif kind == _TE:
+                te = value.rstrip(b" \t").lower()
+            elif kind == _CONNECTION:
+                if conn is None:
+                    conn = [value]
+                else:
+                    conn.append(value)
+            elif kind == _UPGRADE:
+                head.upgrade = value.rstrip(b" \t")
+        if len(fields) > limits.max_headers or size > limits.max_head:
+            self.reusable = False
+            raise ProtocolError(502, "response head too large", source="upstream")
         head.status = status = p.get_status_code()
         head.version = version = p.get_http_version()
         head.reason = self._reason
         if version != "1.1" and version != "1.0":
             self.reusable = False
             raise ProtocolError(502, f"unsupported HTTP version {version}", source="upstream")
-        if self._conn is not None:
-            tokens = connection_tokens(self._conn)
+        if conn is not None:
+            simple = _simple_connection(conn)
+            tokens: AbstractSet[bytes]
+            if simple is None:
+                tokens = connection_tokens(conn)
+                headers = _drop_named(headers, tokens)
+            else:
+                tokens = simple
             if version == "1.1":
                 head.keep_alive = b"close" not in tokens
             else:
                 head.keep_alive = b"keep-alive" in tokens
-            self._headers = _drop_named(self._headers, tokens)
         else:
             head.keep_alive = version == "1.1"
-        head.headers = self._headers
+        head.headers = headers
         self._in_head = False
         if status < 200 and status != 101:
             self._interim = True
@@ -664,8 +686,8 @@ class ResponseParser:
             return
         if self._head_request or status == 204 or status == 304 or status == 101:
             head.no_body = True
-        elif self._te is not None:
-            if self._te != b"chunked":
+        elif te is not None:
+            if te != b"chunked":
                 self.reusable = False
                 raise ProtocolError(502, "unsupported Transfer-Encoding", source="upstream")
             head.chunked = True
@@ -693,7 +715,12 @@ class ResponseParser:
             self.started = False
             return
         self.complete = True
-        self._sink.on_response_end(self._trailers)
+        fields = self._fields
+        trailers = None
+        if fields:
+            self._fields = []
+            trailers = _trailers(fields, self._limits, 502, "upstream")
+        self._sink.on_response_end(trailers)
 
     def __repr__(self) -> str:
         state = "head" if self._in_head else "body"

@@ -1,0 +1,133 @@
+"""A/B: CPU per request of Steelyard builds side by side (for optimisation work).
+
+How this works: like bench/http_bench.py (nginx backends on core 0, each balancer pinned to
+core 1, wrk on core 0), but the targets are Steelyard source trees: `--variant NAME=DIR` runs
+`python -m steelyard run` with DIR/src first on PYTHONPATH (`--variant new=.` is the working
+tree; `git archive COMMIT src | tar -x -C /tmp/old` makes an old one). The bare relay runs too,
+as a yardstick. Runs interleave the variants, and for each run the balancer's user and system
+CPU seconds (from /proc/PID/stat) are divided by the requests wrk completed, so user time
+(Python) and system time (syscalls) show separately. Medians over the runs are printed.
+
+Usage: .venv/bin/python bench/ab_cpu.py --variant old=/tmp/old --variant new=. [--runs 5]
+       [--duration 3] [--modes keep-alive,close] [--no-bare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import (  # noqa: E402
+    CLIENT_CPU,
+    LB_CPU,
+    REPO,
+    VENV_BIN,
+    Supervisor,
+    free_port,
+    install_signal_handlers,
+    log,
+    median,
+    nginx_backends_conf,
+    run_wrk,
+    start_nginx,
+    wait_http,
+    write_wrk_script,
+)
+from http_bench import MODES, steelyard_conf  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def user_sys(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--modes", default="keep-alive")
+    ap.add_argument("--no-bare", action="store_true")
+    args = ap.parse_args(argv)
+    install_signal_handlers()
+    workdir = Path(tempfile.mkdtemp(prefix="steelyard-ab-"))
+    sup = Supervisor(workdir)
+    try:
+        ports = [free_port() for _ in range(3)]
+        backends = start_nginx(sup, "backends", nginx_backends_conf(workdir, ports), CLIENT_CPU)
+        for p in ports:
+            if wait_http(p, proc=backends):
+                raise SystemExit("backends not serving")
+        targets: list[tuple[str, int, int]] = []  # name, port, pid
+        for spec in args.variant:
+            name, _, src = spec.partition("=")
+            port = free_port()
+            cfg = steelyard_conf(workdir, port, ports, "/dev/null", name)
+            env_src = str(Path(src).resolve() / "src")
+            argv_ = [str(VENV_BIN / "python"), "-m", "steelyard", "run", "-c", str(cfg)]
+            old = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = env_src
+            try:
+                proc = sup.start(name, argv_, LB_CPU)
+            finally:
+                if old is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = old
+            targets.append((name, port, proc.pid))
+        if not args.no_bare:
+            port = free_port()
+            argv_ = [str(VENV_BIN / "python"), str(REPO / "bench" / "bare_relay.py"), str(port)]
+            proc = sup.start("bare-relay", [*argv_, *map(str, ports)], LB_CPU)
+            targets.append(("bare-relay", port, proc.pid))
+        for name, port, _pid in targets:
+            if wait_http(port, timeout=15.0):
+                raise SystemExit(f"{name} not serving")
+        script = write_wrk_script(workdir)
+        for mode in args.modes.split(","):
+            res: dict[str, list[tuple[float, float, float]]] = {t[0]: [] for t in targets}
+            for name, port, _ in targets:  # warm-up
+                run_wrk(f"http://127.0.0.1:{port}/", script, 1, args.connections, headers=MODES[mode])
+            for i in range(args.runs):
+                for name, port, pid in targets:
+                    u0, s0 = user_sys(pid)
+                    r = run_wrk(
+                        f"http://127.0.0.1:{port}/",
+                        script,
+                        args.duration,
+                        args.connections,
+                        headers=MODES[mode],
+                    )
+                    u1, s1 = user_sys(pid)
+                    n = max(r.requests, 1)
+                    res[name].append(((u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6, r.rps))
+                    log(
+                        f"{mode} run {i + 1} {name:12s} user {res[name][-1][0]:6.1f} "
+                        f"sys {res[name][-1][1]:6.1f} us/req, {r.rps:8.0f} req/s"
+                    )
+            print(f"\n{mode}: median over {args.runs} runs (µs of CPU per request)")
+            print(f"{'target':14s} {'user':>7s} {'sys':>7s} {'total':>7s} {'req/s':>8s}")
+            for name, rows in res.items():
+                u = median([x[0] for x in rows])
+                s = median([x[1] for x in rows])
+                t = median([x[0] + x[1] for x in rows])
+                print(f"{name:14s} {u:7.1f} {s:7.1f} {t:7.1f} {median([x[2] for x in rows]):8.0f}")
+        return 0
+    finally:
+        sup.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
