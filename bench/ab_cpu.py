@@ -96,8 +96,10 @@ def main(argv: list[str]) -> int:
         script = write_wrk_script(workdir)
         for mode in args.modes.split(","):
             res: dict[str, list[tuple[float, float, float]]] = {t[0]: [] for t in targets}
-            for name, port, _ in targets:  # warm-up
-                run_wrk(f"http://127.0.0.1:{port}/", script, 1, args.connections, headers=MODES[mode])
+            for _name, port, _ in targets:  # warm-up
+                run_wrk(
+                    f"http://127.0.0.1:{port}/", script, 1, args.connections, headers=MODES[mode]
+                )
             for i in range(args.runs):
                 for name, port, pid in targets:
                     u0, s0 = user_sys(pid)

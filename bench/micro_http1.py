@@ -97,9 +97,9 @@ def cases() -> dict[str, Any]:
 
     return {
         "RequestParser.feed (wrk GET)": lambda: req_parser.feed(REQUEST),
-        "RequestParser() + feed (wrk GET, Connection: close)": lambda: RequestParser(
-            req_sink
-        ).feed(REQUEST_CLOSE),
+        "RequestParser() + feed (wrk GET, Connection: close)": lambda: RequestParser(req_sink).feed(
+            REQUEST_CLOSE
+        ),
         "RequestParser.feed (browser GET, 9 fields)": lambda: req_parser.feed(BROWSER),
         "ResponseParser.feed (nginx 200, 6 fields)": response,
         "build_request_head": lambda: build_request_head(
