@@ -105,7 +105,7 @@ def run_demo(port: int = 8080, admin_port: int = 9901) -> int:
                 print(f"  demo server {n:6} http://127.0.0.1:{p}/")
             print(f"  balancer           http://{web[0]}:{web[1]}/")
             if engine.admin is not None:
-                print(f"  dashboard          http://127.0.0.1:{admin_port}/")
+                print(f"  dashboard          {engine.admin.url.rstrip('/')}/")
             print(f"\nTry:  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:{web[1]}/; done")
             print("Stop with Ctrl-C.\n", flush=True)
 

@@ -267,3 +267,20 @@ def test_a_stuck_destination_never_blocks_the_caller(tmp_path: Path) -> None:
     lines = b"".join(chunks).decode().splitlines()
     assert len(lines) == n
     assert json.loads(lines[-1])["path"] == f"/{n - 1}"
+
+
+def test_durations_have_sub_millisecond_precision() -> None:
+    """uvloop's loop.time() moves in whole milliseconds; logged durations must not."""
+    import uvloop
+    from tests.helpers.http_backends import http_backend, proxy_config, steelyard
+
+    async def main() -> list[float]:
+        async with http_backend(name="s1") as b, steelyard(proxy_config({"b": [b]})) as sy:
+            async with httpx.AsyncClient() as client:
+                for _ in range(20):
+                    await client.get(f"http://127.0.0.1:{sy.port}/")
+            return [r.duration * 1000 for r in sy.records]
+
+    durations = uvloop.run(main())  # the loop `steelyard run` uses
+    assert len(durations) == 20
+    assert any(abs(d - round(d)) > 1e-6 for d in durations), durations

@@ -656,6 +656,7 @@ class Exchange:
         "response_timeout",
         "last_activity",
         "started",
+        "t0",
         "record",
         "tls",
         "sticky",
@@ -699,7 +700,8 @@ class Exchange:
         self.out: list[bytes] | None = None  # downstream writes gathered during one read
         self.idle_timeout = 60.0
         self.response_timeout = 60.0
-        self.started = self.loop.time()
+        self.started = self.loop.time()  # timers (uvloop's clock has 1 ms steps)
+        self.t0 = time.perf_counter()  # the logged duration, with sub-millisecond precision
         self.last_activity = self.started
         self.record = RequestRecord(down.settings.name, down.client, time.time())
         self.tls: Any = None  # UpstreamTLS of a backend with `tls`
@@ -1314,7 +1316,7 @@ class Exchange:
         record.bytes_out = down.bytes_out - down.out_mark
         down.in_mark = down.bytes_in
         down.out_mark = down.bytes_out
-        record.duration = self.loop.time() - self.started
+        record.duration = time.perf_counter() - self.t0
         down.listener.engine.record(record)
         down.exchange_done(self, keep_alive)
 
