@@ -82,7 +82,9 @@ def pick_cost(
     pick = b.pick
     track = getattr(b, "track_load", None)
     if track is not None:
-        return tracked_cost(b, servers, contexts, now, repeat, rng)
+        track()  # as the backend does on install
+        if getattr(b, "on_release", None) is not None:
+            return tracked_cost(b, servers, contexts, now, repeat, rng)
     for ctx in contexts[: min(picks, 4096)]:  # warm up (and let round robin record its cycle)
         pick(ctx)
 
@@ -107,7 +109,6 @@ def tracked_cost(
     changing. Returns the balancer's share per request, pick() + the hooks: the same loop
     with the balancer calls left out (the servers it picked replayed from a list) is timed
     too and subtracted."""
-    b.track_load()  # type: ignore[attr-defined]
     pick = b.pick  # type: ignore[attr-defined]
     on_acquire = getattr(b, "on_acquire", None)  # optional (least_connections has none)
     on_release = b.on_release  # type: ignore[attr-defined]

@@ -460,3 +460,69 @@ def test_tracked_least_connections_picks_what_a_full_scan_would(
         assert scan.pick(PickContext(exclude=exclude)) is got
         if got is not None:
             got.active += 1  # the backend does not report acquires to least_connections
+
+
+@FAST
+@given(
+    n=st.integers(1, 8),
+    factor=st.sampled_from([100, 110, 125, 150, 200]),
+    weights_kind=st.sampled_from(["equal", "integer"]),
+    data=st.data(),
+    ops=op_st,
+)
+def test_tracked_bounded_loads_pick_what_summing_would(
+    n: int, factor: int, weights_kind: str, data: st.DataObject, ops: list[tuple[str, int]]
+) -> None:
+    """consistent_hash with a hash_balance_factor, fed by the load hooks, keeps a running
+    in-flight total; after any acquires, releases and retries it picks exactly what the
+    untracked balancer (which sums every server's count) picks, and an increment nobody reported
+    is counted again at that server's next hook."""
+    group = make([f"s{i}" for i in range(n)])
+    weights = (
+        [1] * n
+        if weights_kind == "equal"
+        else data.draw(st.lists(int_weight, min_size=n, max_size=n))
+    )
+    for s in group:
+        s.active = data.draw(st.integers(0, 5))
+    settings_ = BalancerSettings(hash_balance_factor=factor, extra={"ring_points_per_weight": 50})
+    tracked = ConsistentHash(group, weights, settings_)
+    assert tracked.on_acquire is None
+    tracked.track_load()
+    assert tracked.on_acquire is not None and tracked.on_release is not None
+    summing = ConsistentHash(group, weights, settings_)
+    hot = [bytes([k]) for k in range(4)]
+    for op, r in ops:
+        if op == "release":
+            busy = [s for s in group if s.active]
+            if busy:
+                s = busy[r % len(busy)]
+                s.active -= 1
+                tracked.on_release(s)
+            continue
+        if op == "sticky":  # unreported, then reported by the next acquire of that server
+            s = group[r % n]
+            s.active += 1
+            s.active += 1
+            tracked.on_acquire(s)
+            assert tracked.total == sum(g.active for g in group)
+            continue
+        exclude = frozenset({group[r % n].name}) if op == "retry" else frozenset()
+        ctx = PickContext(hash_key=hot[r % len(hot)], exclude=exclude)
+        got = tracked.pick(ctx)
+        assert got is summing.pick(ctx)
+        if got is not None:
+            got.active += 1
+            tracked.on_acquire(got)
+        assert tracked.total == sum(g.active for g in group)
+
+
+def test_unbounded_ring_has_no_load_hooks() -> None:
+    group = make(["a", "b"])
+    unbounded = [
+        ConsistentHash(group, [1.0, 1.0]),
+        IpHash(group, [1.0, 1.0], BalancerSettings(hash_balance_factor=125)),  # never bounded
+    ]
+    for b in unbounded:
+        b.track_load()
+        assert b.on_acquire is None and b.on_release is None and b.total is None

@@ -4,7 +4,7 @@ How this works (Karger et al., "Consistent Hashing and Random Trees", STOC 1997;
 library, last.fm 2007): every server puts points on a circle, round(POINTS_PER_WEIGHT x weight)
 of them, at stable hashes of its name (hashing.ring_point_bytes). A key hashes to a position
 and belongs to the first point at or after it (binary search, O(log n); a bucket index on the
-top bits of the position narrows it to a few points). Removing a server
+top bits of the position narrows it to a few points, held in flat arrays for cache locality). Removing a server
 removes only its points, so only its own keys move, each to the next point on the ring; the
 other keys stay where they were. A server's points are a prefix of one stream per name, so a
 weight change (slow start) only adds or removes that server's points.
@@ -22,6 +22,9 @@ equal weights: ceil(c x average)). A key whose server is full walks on along the
 first server with room. Some server always has room (the capacities sum to more than the
 in-flight total), unless retries excluded them: then the bound is ignored rather than fail.
 
+The in-flight total is a sum over every server; once the backend tracks the snapshot's load
+(base.LoadTracking) the hooks keep it as a running total, so a bounded pick stays O(log n).
+
 Retries walk the ring the same way past excluded servers, deterministically. A request without
 a hash key falls back to weighted random.
 """
@@ -30,15 +33,16 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import attrgetter
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.hashing import (
+    KEY_HASHER,
     doubles_from_le,
-    hash64,
     key_position,
     ring_point_bytes,
 )
@@ -47,7 +51,7 @@ from steelyard.core.balancing.random_choice import WeightedRandom, positive
 POINTS_PER_WEIGHT = 1600
 MAX_POINTS = 1 << 20
 MAX_SERVERS = 1 << 16  # the owner tag is 16 bits
-BUCKET_POINTS = 16
+BUCKET_POINTS = 16  # points per bucket of the ring's bucket index, about
 _active = attrgetter("active")
 _TWO_POW_M52 = 2.0**-52
 _TWO_POW_52 = 2.0**52
@@ -73,17 +77,21 @@ class HashRing:
             ring_point_bytes(name, count, tag)
             for tag, (name, count) in enumerate(zip(names, counts, strict=True))
         )
-        # A plain list: bisect on it is faster than on an array('d') (no float boxing per
-        # probe) and it saves a conversion at build time; it costs ~32 bytes per point.
-        self.positions: list[float] = doubles_from_le(raw).tolist()
-        self.positions.sort()  # ties (same 36-bit position) are ordered by owner tag
+        points = doubles_from_le(raw).tolist()
+        points.sort()  # ties (same 36-bit position) are ordered by owner tag
+        # Flat arrays, not lists: a ring of 300 servers has ~500k points, far more than the CPU
+        # caches hold, and a list of floats is a pointer per point plus a float object
+        # elsewhere in memory (two cache misses per probe). An array('d') keeps a bucket's few
+        # points in one or two cache lines; boxing the probed values costs less than the misses.
+        self.positions: array[float] = array("d", points)
+        del points
         # A bucket index on the top bits of the position (about BUCKET_POINTS points per
         # bucket): a lookup bisects one bucket instead of the whole ring.
         bits = max(1, min(20, (len(self.positions) // BUCKET_POINTS).bit_length()))
         self.shift = 64 - bits
         step = 2.0**-bits
         bounds = [1.0 + b * step for b in range(1 << bits)]
-        self.starts = list(map(bisect_left, repeat(self.positions), bounds))
+        self.starts: array[int] = array("l", map(bisect_left, repeat(self.positions), bounds))
         self.starts.append(len(self.positions))
 
     def __len__(self) -> int:
@@ -114,7 +122,20 @@ class HashRing:
 class ConsistentHash:
     """The ``consistent_hash`` algorithm (ketama ring, optional bounded loads)."""
 
-    __slots__ = ("servers", "weights", "ring", "factor", "capacity", "fallback", "names")
+    __slots__ = (
+        "servers",
+        "weights",
+        "ring",
+        "factor",
+        "capacity",
+        "fallback",
+        "names",
+        "total",
+        "counted",
+        "position",
+        "on_acquire",
+        "on_release",
+    )
 
     def __init__(
         self,
@@ -139,6 +160,33 @@ class ConsistentHash:
         # capacity_i = ceil(factor * (in-flight + 1) * share_i), share_i = w_i / W
         self.capacity = [self.factor * w / total for w in self.weights] if self.factor else []
         self.fallback = WeightedRandom(self.servers, self.weights, settings, rng)
+        # bounded loads, once tracked: the in-flight total of the members, kept by the hooks
+        # (base.LoadTracking) instead of summing every server's count on every pick
+        self.total: int | None = None
+        self.counted: list[int] = []
+        self.position: dict[ServerState, int] = {}
+        # the hooks exist only where they are needed (bounded loads): the backend finds None
+        # otherwise and calls nothing
+        self.on_acquire: Callable[[ServerState], None] | None = None
+        self.on_release: Callable[[ServerState], None] | None = None
+
+    def track_load(self) -> None:
+        """Bounded loads: from now on the backend reports every change of ``active``."""
+        if not self.capacity:
+            return
+        self.position = {s: i for i, s in enumerate(self.servers)}
+        self.counted = [s.active for s in self.servers]
+        self.total = sum(self.counted)
+        self.on_acquire = self.on_release = self._recount
+
+    def _recount(self, state: ServerState) -> None:
+        # re-read rather than +-1: an increment nobody reported (a sticky lease) is made
+        # good at that server's next acquire or release
+        i = self.position.get(state)
+        if i is not None and self.total is not None:
+            active = state.active
+            self.total += active - self.counted[i]
+            self.counted[i] = active
 
     @staticmethod
     def _factor(settings: BalancerSettings) -> float | None:
@@ -155,14 +203,22 @@ class ConsistentHash:
         if not positions:
             return None
         # ring.locate(hash64(key)), inlined: this is the hot path
-        h = hash64(key)
+        hasher = KEY_HASHER.copy()
+        hasher.update(key)
+        h = int.from_bytes(hasher.digest(), "little")
         b = h >> ring.shift
         starts = ring.starts
         i = bisect_left(positions, 1.0 + (h >> 12) * _TWO_POW_M52, starts[b], starts[b + 1])
         if i == len(positions):
             i = 0
-        if self.factor is None and not ctx.exclude:
-            return self.servers[int((positions[i] - 1.0) * _TWO_POW_52) & 0xFFFF]
+        if not ctx.exclude:
+            o = int((positions[i] - 1.0) * _TWO_POW_52) & 0xFFFF
+            s = self.servers[o]
+            if self.factor is None:
+                return s
+            total = self.total
+            if total is not None and s.active < math.ceil(self.capacity[o] * (total + 1) - 1e-9):
+                return s  # bounded, tracked, and the key's own server has room
         return self._walk(i, ctx.exclude)
 
     def _walk(self, i: int, exclude: frozenset[str]) -> ServerState | None:
@@ -172,13 +228,19 @@ class ConsistentHash:
         n_points = len(ring)
         capacity = self.capacity
         bounded = bool(capacity)
-        placing = sum(map(_active, servers)) + 1 if bounded else 0
+        if not bounded:
+            placing = 0
+        elif self.total is not None:
+            placing = self.total + 1
+        else:
+            placing = sum(map(_active, servers)) + 1
         if exclude and len(exclude & self.names) == len(servers):
             return None
         first_allowed: ServerState | None = None
         seen: set[int] = set()
+        positions = ring.positions
         for _ in range(n_points):
-            o = ring.owner(i)
+            o = int((positions[i] - 1.0) * _TWO_POW_52) & 0xFFFF  # ring.owner(i), inlined
             i += 1
             if i == n_points:
                 i = 0
