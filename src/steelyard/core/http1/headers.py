@@ -256,27 +256,27 @@ def build_request_head(
     request_id: bytes,
 ) -> bytes:
     """The head we send upstream: always HTTP/1.1, persistent unless an upgrade."""
-    lines = [b"%s %s HTTP/1.1" % (head.method, target)]
-    lines += [n + b": " + v for n, v in headers]
+    # one join of a flat list; `map(b": ".join, headers)` renders the fields in C
+    parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
+    if headers:
+        parts += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
     if head.chunked:
-        lines.append(b"Transfer-Encoding: chunked")
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None:
-        lines.append(b"Content-Length: %d" % head.content_length)
+        parts.append(b"Content-Length: %d\r\n" % head.content_length)
     if head.expect_continue:
-        lines.append(b"Expect: 100-continue")
+        parts.append(b"Expect: 100-continue\r\n")
     if head.upgrade is not None:
-        lines.append(b"Connection: upgrade")
-        lines.append(b"Upgrade: " + head.upgrade)
+        parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
     if head.forwarded_for:
-        lines.append(b"X-Forwarded-For: " + head.forwarded_for + b", " + client_ip)
+        parts += (b"X-Forwarded-For: ", head.forwarded_for, b", ", client_ip)
     else:
-        lines.append(b"X-Forwarded-For: " + client_ip)
-    lines.append(b"X-Forwarded-Proto: " + proto)
+        parts += (b"X-Forwarded-For: ", client_ip)
+    parts += (b"\r\nX-Forwarded-Proto: ", proto)
     if head.host is not None:
-        lines.append(b"X-Forwarded-Host: " + head.host)
-    lines.append(b"X-Request-Id: " + request_id)
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
+        parts += (b"\r\nX-Forwarded-Host: ", head.host)
+    parts += (b"\r\nX-Request-Id: ", request_id, b"\r\n\r\n")
+    return b"".join(parts)
 
 
 def response_mode(resp: ResponseHead, http10_client: bool) -> int:
@@ -285,6 +285,18 @@ def response_mode(resp: ResponseHead, http10_client: bool) -> int:
     if resp.content_length is not None and not resp.chunked:
         return BODY_LENGTH
     return BODY_CLOSE if http10_client else BODY_CHUNKED
+
+
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}  # (status, reason) -> status line
+
+
+def _status_line(status: int, reason_: bytes) -> bytes:
+    line = _STATUS_LINES.get((status, reason_))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason_)
+        if len(_STATUS_LINES) < 512:  # servers use a handful; never grow without bound
+            _STATUS_LINES[(status, reason_)] = line
+    return line
 
 
 def build_response_head(
@@ -298,25 +310,26 @@ def build_response_head(
 ) -> bytes:
     """The head we send downstream. `mode` from response_mode(); a CLOSE mode never keeps alive."""
     status = resp.status
-    lines = [b"HTTP/1.1 %d %s" % (status, resp.reason or reason(status))]
-    lines += [n + b": " + v for n, v in headers]
+    parts = [_status_line(status, resp.reason or reason(status))]
+    if headers:
+        parts += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
     if mode == BODY_LENGTH:
-        lines.append(b"Content-Length: %d" % (resp.content_length or 0))
+        parts.append(b"Content-Length: %d\r\n" % (resp.content_length or 0))
     elif mode == BODY_CHUNKED:
-        lines.append(b"Transfer-Encoding: chunked")
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     elif resp.content_length is not None and status != 204 and status >= 200:
-        lines.append(b"Content-Length: %d" % resp.content_length)  # HEAD / 304: as the server said
+        # HEAD / 304: as the server said
+        parts.append(b"Content-Length: %d\r\n" % resp.content_length)
     if status == 101:
-        lines.append(b"Connection: upgrade")
+        parts.append(b"Connection: upgrade\r\n")
         if resp.upgrade is not None:
-            lines.append(b"Upgrade: " + resp.upgrade)
+            parts += (b"Upgrade: ", resp.upgrade, b"\r\n")
     elif not keep_alive or mode == BODY_CLOSE:
-        lines.append(b"Connection: close")
+        parts.append(b"Connection: close\r\n")
     elif http10_client:
-        lines.append(b"Connection: keep-alive")
-    lines.append(b"X-Request-Id: " + request_id)
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
+        parts.append(b"Connection: keep-alive\r\n")
+    parts += (b"X-Request-Id: ", request_id, b"\r\n\r\n")
+    return b"".join(parts)
 
 
 def build_interim(resp: ResponseHead) -> bytes:
