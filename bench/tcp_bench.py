@@ -394,6 +394,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--profile-seconds", type=float, default=6.0)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--profile-mode", default="close", choices=tuple(MODES),
+                    help="the wrk client kind Steelyard is profiled under")  # fmt: skip
+    ap.add_argument("--no-bulk", action="store_true", help="skip the iperf3 runs")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S")
     args = ap.parse_args(argv)
     if args.quick:
@@ -532,10 +535,16 @@ def main(argv: list[str]) -> int:
                     )
         profiles: list[dict[str, object]] = []
         sy = next((t for t in live if t.name == "steelyard"), None)
-        if sy is not None and not args.no_profile and "close" in modes:
-            log("profiling Steelyard's L4 listener under new-connection load")
+        if sy is not None and not args.no_profile and args.profile_mode in modes:
+            log(f"profiling Steelyard's L4 listener under {args.profile_mode} load")
             prof = profile_steelyard(
-                sy, "close", script, args.out, args.profile_seconds, args.connections, "pyspy-l4"
+                sy,
+                args.profile_mode,
+                script,
+                args.out,
+                args.profile_seconds,
+                args.connections,
+                f"pyspy-l4-{args.profile_mode}",
             )
             if prof:
                 profiles.append(prof)
@@ -543,6 +552,8 @@ def main(argv: list[str]) -> int:
             (t.name, d): [] for t in all_targets for d in ("upload", "download")
         }
         bulk_failed: dict[str, str] = {}
+        if args.no_bulk:
+            live_bulk = []
         for t in list(live_bulk):  # warm-up, and proof that the bulk listener works
             try:
                 run_iperf(t, bulk_ports[t.name], "upload", 1, helpers)

@@ -87,6 +87,10 @@ SPLICE_MIN_READ = 64 * 1024
 _NEVER = 1 << 62  # splice() rounds per wakeup before yielding to other connections
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE_DEFAULT = os.environ.get("STEELYARD_SPLICE", "1") != "0"
+_NO_SERVERS: frozenset[str] = frozenset()
+# the pick of a first attempt without a hash key: nothing to carry, so one shared context
+# (balancers only read it)
+_ANY_SERVER = PickContext(None, _NO_SERVERS)
 
 
 class Phase(enum.Enum):
@@ -172,6 +176,100 @@ class _Upstream(asyncio.Protocol):
         self.conn.resume_downstream_reading()
 
 
+class _ConnectAttempt:
+    """One connect to one server, driven without a Task.
+
+    loop.create_connection() is a coroutine; a Task to run it costs an allocation, a
+    registration in the loop's task set and a get_running_loop() (a getpid() system call on
+    3.11) per step, and asyncio.timeout() around it costs more. Here the coroutine is stepped
+    by hand, as a Task would: send(None) runs it to its next awaited future, whose done-callback
+    steps it again; StopIteration carries the (transport, protocol) pair. The connect timeout
+    is a call_later handle; timing out or cancelling cancels the awaited future, so the
+    coroutine sees CancelledError at its await and cleans up its half-made transport itself.
+    """
+
+    __slots__ = ("conn", "lease", "coro", "waiting", "timer", "cancelled", "timed_out", "done")
+
+    def __init__(self, conn: TcpConnection, lease: Lease) -> None:
+        self.conn = conn
+        self.lease = lease
+        self.coro: Any = None
+        self.waiting: Any = None  # the future the coroutine awaits
+        self.timer: asyncio.TimerHandle | None = None
+        self.cancelled = False
+        self.timed_out = False
+        self.done = False
+
+    def start(self, timeout: float) -> None:
+        conn = self.conn
+        server = self.lease.server.server
+        loop = conn.loop
+        if timeout > 0:
+            self.timer = loop.call_later(timeout, self._timeout)
+        try:
+            self.coro = loop.create_connection(conn.new_upstream, server.host, server.port)
+        except Exception as exc:
+            self._finish(None, exc)
+            return
+        self._step(None)
+
+    def _step(self, _arg: Any) -> None:
+        if self.done:
+            return
+        self.waiting = None
+        try:
+            if _arg is None and (self.cancelled or self.timed_out):
+                # interrupted after a bare yield: there is no future to cancel
+                fut = self.coro.throw(asyncio.CancelledError())
+            else:
+                fut = self.coro.send(None)
+        except StopIteration as stop:
+            transport, upstream = stop.value
+            self._finish((transport, upstream), None)
+            return
+        except BaseException as exc:  # OSError, CancelledError (timeout, cancel), bugs
+            self._finish(None, exc)
+            return
+        if fut is None:  # a bare yield: run again on the next loop iteration
+            self.conn.loop.call_soon(self._step, None)
+            return
+        self.waiting = fut
+        fut.add_done_callback(self._step)
+        if self.cancelled:
+            fut.cancel()
+
+    def _timeout(self) -> None:
+        self.timer = None
+        self.timed_out = True
+        self._interrupt()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        fut = self.waiting
+        if fut is not None and not self.done:
+            fut.cancel()  # its done-callback steps the coroutine into CancelledError
+
+    def _finish(self, pair: tuple[Any, Any] | None, exc: BaseException | None) -> None:
+        self.done = True
+        self.waiting = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if pair is not None:
+            self.conn.connect_finished(self, pair[0], pair[1], None)
+            return
+        if isinstance(exc, asyncio.CancelledError) and self.timed_out and not self.cancelled:
+            exc = TimeoutError("connect timed out")
+        self.conn.connect_finished(self, None, None, exc)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "cancelled" if self.cancelled else "connecting"
+        return f"_ConnectAttempt({self.lease.server.name} {state})"
+
+
 class TcpConnection(asyncio.Protocol):
     """One downstream connection and its upstream leg (see the module docstring)."""
 
@@ -198,7 +296,13 @@ class TcpConnection(asyncio.Protocol):
         "last_activity",
         "idle_timeout",
         "timer",
-        "connect_task",
+        "connector",
+        "backend",
+        "retries",
+        "attempts",
+        "tried",
+        "connect_timeout",
+        "hash_key",
         "down_eof",
         "up_eof",
         "down_lost",
@@ -232,7 +336,13 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.idle_timeout = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.connect_task: asyncio.Task[None] | None = None
+        self.connector: _ConnectAttempt | None = None
+        self.backend: Any = None
+        self.retries = 0
+        self.attempts = 0
+        self.tried = _NO_SERVERS
+        self.connect_timeout = 5.0
+        self.hash_key: bytes | None = None
         self.down_eof = False
         self.up_eof = False
         self.down_lost = False
@@ -304,8 +414,8 @@ class TcpConnection(asyncio.Protocol):
             return  # the transport was detached: the splice relay owns the socket now
         self.down_lost = True
         self.transport_gone()
-        if self.phase is Phase.CONNECTING and self.connect_task is not None:
-            self.connect_task.cancel()
+        if self.phase is Phase.CONNECTING and self.connector is not None:
+            self.connector.cancel()
         if exc is not None:
             if self.outcome is Outcome.OK:
                 self.outcome = Outcome.CANCELLED
@@ -422,86 +532,112 @@ class TcpConnection(asyncio.Protocol):
         self.phase = Phase.CONNECTING
         assert self.transport is not None
         self.transport.pause_reading()
-        task = self.loop.create_task(self._connect_upstream(backend_name))
-        self.connect_task = task
-        task.add_done_callback(self._connect_done)
-
-    def _connect_done(self, task: asyncio.Task[None]) -> None:
-        self.connect_task = None
-        exc = None if task.cancelled() else task.exception()
-        if exc is not None:
-            log.error("%s: connecting failed", self.listener.name, exc_info=exc)
-        if self.phase is Phase.RELAY:
-            if exc is not None:
-                self.abort()  # a bug half-way into the relay: do not leave it hanging
-            return
-        # no server took it (or the client left while we were connecting)
-        self.phase = Phase.CLOSED
-        self._close_both()
-        self._maybe_finish()
-
-    async def _connect_upstream(self, backend_name: str) -> None:
         listener = self.listener
-        engine = listener.engine
-        backend = engine.backends.get(backend_name)
+        backend = listener.engine.backends.get(backend_name)
         if backend is None:
             log.warning("%s: unknown backend %s", listener.name, backend_name)
+            self._connect_failed()
             return
         cfg = backend.config
-        retries = getattr(cfg, "retries", 0) if cfg is not None else 0
+        self.backend = backend
+        self.retries = getattr(cfg, "retries", 0) if cfg is not None else 0
         timeouts = getattr(cfg, "timeouts", None)
-        connect_timeout = timeouts.connect if timeouts is not None else 5.0
-        self.idle_timeout = timeouts.idle if timeouts is not None else 0.0
-        key: bytes | None = None
+        if timeouts is not None:
+            self.connect_timeout = timeouts.connect
+            self.idle_timeout = timeouts.idle
         if backend.settings.algorithm in HASHING:
             hash_on = getattr(cfg, "hash_on", "client_ip")
             if hash_on == "sni" and self.server_name:
-                key = self.server_name.encode("ascii")
+                self.hash_key = self.server_name.encode("ascii")
             else:
-                key = self.client_ip.encode("ascii")
-        tried: set[str] = set()
+                self.hash_key = self.client_ip.encode("ascii")
         record = self.record
         assert record is not None
         record.backend = backend_name
-        for attempt in range(retries + 1):
-            lease = backend.acquire(PickContext(key, frozenset(tried)))
-            if lease is None:
-                break
-            server = lease.server.server
-            if attempt:
-                record.retries = attempt
-            try:
-                async with asyncio.timeout(connect_timeout):
-                    transport, upstream = await self.loop.create_connection(
-                        lambda: _Upstream(self), server.host, server.port
-                    )
-            except asyncio.CancelledError:
-                lease.release(Outcome.CANCELLED)
-                raise
-            except OSError as exc:
-                if exc.errno in _LOCAL_ERRORS:
-                    # out of descriptors, buffers or local ports: not the server's failure
-                    log.warning("%s: cannot open an upstream socket: %s", listener.name, exc)
-                    lease.release(Outcome.CANCELLED)
-                    return
-                timed_out = isinstance(exc, TimeoutError)
-                lease.release(Outcome.TIMEOUT if timed_out else Outcome.CONNECT_FAILED)
-                log.info(
-                    "%s: connect to %s/%s failed: %s",
-                    listener.name,
-                    backend_name,
-                    server.name,
-                    "timeout" if timed_out else exc,
-                )
-                tried.add(server.name)
-                continue
-            if self.down_lost or self.phase is Phase.CLOSED:
+        self._attempt()
+
+    def _attempt(self) -> None:
+        """Pick a server (not one that failed already) and start connecting to it."""
+        ctx = _ANY_SERVER if self.hash_key is None and not self.tried else None
+        if ctx is None:
+            ctx = PickContext(self.hash_key, self.tried)
+        lease = self.backend.acquire(ctx)
+        if lease is None:
+            log.info(
+                "%s: no server of %s could take the connection",
+                self.listener.name,
+                self.backend_name,
+            )
+            self._connect_failed()
+            return
+        if self.attempts:
+            assert self.record is not None
+            self.record.retries = self.attempts
+        self.attempts += 1
+        attempt = _ConnectAttempt(self, lease)
+        self.connector = attempt
+        attempt.start(self.connect_timeout)
+
+    def new_upstream(self) -> _Upstream:
+        return _Upstream(self)
+
+    def connect_finished(
+        self, attempt: _ConnectAttempt, transport: Any, upstream: Any, exc: BaseException | None
+    ) -> None:
+        """The end of a connect attempt (from _ConnectAttempt)."""
+        if self.connector is attempt:
+            self.connector = None
+        lease = attempt.lease
+        if exc is None:
+            if attempt.cancelled or self.down_lost or self.phase is Phase.CLOSED:
                 lease.release(Outcome.CANCELLED)
                 transport.close()
+                self._connect_failed()
                 return
-            self._start_relay(lease, transport, upstream, backend.config)
+            try:
+                self._start_relay(lease, transport, upstream, self.backend.config)
+            except Exception:  # a bug half-way into the relay: do not leave it hanging
+                log.exception("%s: starting the relay failed", self.listener.name)
+                self.abort()
             return
-        log.info("%s: no server of %s could take the connection", listener.name, backend_name)
+        if attempt.cancelled:
+            lease.release(Outcome.CANCELLED)
+            self._connect_failed()
+            return
+        listener = self.listener
+        if not isinstance(exc, OSError):
+            log.error("%s: connecting failed", listener.name, exc_info=exc)
+            lease.release(Outcome.CANCELLED)
+            self._connect_failed()
+            return
+        if exc.errno in _LOCAL_ERRORS:
+            # out of descriptors, buffers or local ports: not the server's failure
+            log.warning("%s: cannot open an upstream socket: %s", listener.name, exc)
+            lease.release(Outcome.CANCELLED)
+            self._connect_failed()
+            return
+        timed_out = isinstance(exc, TimeoutError)
+        lease.release(Outcome.TIMEOUT if timed_out else Outcome.CONNECT_FAILED)
+        server = lease.server.server
+        log.info(
+            "%s: connect to %s/%s failed: %s",
+            listener.name,
+            self.backend_name,
+            server.name,
+            "timeout" if timed_out else exc,
+        )
+        self.tried = self.tried | {server.name}
+        if self.attempts <= self.retries and not self.down_lost:
+            self._attempt()
+            return
+        log.info("%s: no server of %s could take the connection", listener.name, self.backend_name)
+        self._connect_failed()
+
+    def _connect_failed(self) -> None:
+        """No server took it (or the client left while we were connecting)."""
+        self.phase = Phase.CLOSED
+        self._close_both()
+        self._maybe_finish()
 
     def _start_relay(self, lease: Lease, transport: Any, upstream: Any, bcfg: Any) -> None:
         self.lease = lease
@@ -599,9 +735,9 @@ class TcpConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close both sides gracefully (what is buffered is still sent)."""
-        if self.connect_task is not None:
-            self.connect_task.cancel()
-            self.connect_task = None
+        if self.connector is not None:
+            self.connector.cancel()
+            self.connector = None
         self._close_both()
         if self.phase is not Phase.RELAY:
             self.phase = Phase.CLOSED
@@ -609,9 +745,9 @@ class TcpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Cut both sides now (drain timeout, shutdown timeout)."""
-        if self.connect_task is not None:
-            self.connect_task.cancel()
-            self.connect_task = None
+        if self.connector is not None:
+            self.connector.cancel()
+            self.connector = None
         if self.splice is not None:
             self.splice.close(Outcome.CANCELLED)
             return
@@ -630,8 +766,8 @@ class TcpConnection(asyncio.Protocol):
     def _maybe_finish(self) -> None:
         if not (self.down_lost and self.up_lost):
             return
-        if self.connect_task is not None:
-            return  # the connect task finishes (and calls close) once cancelled
+        if self.connector is not None:
+            return  # the connect attempt finishes (and calls close) once cancelled
         if self.record is None:
             return  # finished already
         if self.timer is not None:
