@@ -51,13 +51,16 @@ _INFO = logging.INFO
 _second_cache: list[Any] = [None, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]: one per loop
 
 
+_MILLIS = [f".{i:03d}Z" for i in range(1000)]
+
+
 def _rfc3339(ts: float) -> str:
     """UTC with milliseconds and a Z; the date part is formatted once per second."""
     second, millis = divmod(int(ts * 1000), 1000)
     if _second_cache[0] != second:
         _second_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = second
-    return f"{_second_cache[1]}.{millis:03d}Z"
+    return _second_cache[1] + _MILLIS[millis]
 
 
 def record_fields(rec: RequestRecord) -> dict[str, Any]:
