@@ -661,7 +661,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short smoke run (2 runs of 2 s)")
     ap.add_argument("--runs", type=int, default=5, help="runs per target and client kind")
-    ap.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
     ap.add_argument(
         "--targets",

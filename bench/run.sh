@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: Steelyard against HAProxy and nginx on this machine (see bench/RESULTS.md).
 #
-#   bash bench/run.sh              the full HTTP benchmark (~4-5 min), then the L4 one if Steelyard
+#   bash bench/run.sh              the HTTP benchmark (~4 min), then the L4 one (~3.5 min) if Steelyard
 #                                  has tcp listeners (BENCH_TCP=0 skips it, =1 forces it)
 #   bash bench/run.sh --quick      a short smoke run
 #   bash bench/run.sh --wait-quiet 600   first wait (up to 600 s) for a quiet machine

@@ -383,7 +383,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--if-supported", action="store_true",
                     help="exit 0 quietly if Steelyard cannot serve a tcp listener yet")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--targets", default=",".join(ALL_TARGETS))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
