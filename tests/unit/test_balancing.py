@@ -610,3 +610,44 @@ def test_untracked_least_connections_scans_live_counts() -> None:
     assert lc.loads is None
     group[0].active = 3  # a change nobody reports: the scan still sees it
     assert picks(lc, 3) == ["b", "b", "b"]
+
+
+def test_backend_feeds_least_response_time_through_its_release_hook() -> None:
+    from steelyard.core.backend import Backend
+    from steelyard.core.load import Outcome
+
+    clock = FakeClock(100.0)
+    group = [Server(n, "127.0.0.1", 8000 + i) for i, n in enumerate(("a", "b", "c"))]
+    backend = Backend(
+        "b",
+        group,
+        BalancerSettings(algorithm="least_response_time", extra={"clock": clock}),
+        clock=clock,
+        rng=random.Random(1),
+    )
+    lrt = backend.balancer
+    assert isinstance(lrt, LeastResponseTime) and lrt.view is not None
+    assert backend.on_acquire is None and backend.on_release == lrt.on_release
+    first = [backend.acquire(PickContext()) for _ in range(3)]  # no samples: in turn
+    assert [lease.server.name for lease in first if lease] == ["a", "b", "c"]
+    clock.now = 100.010
+    first[0].release(Outcome.OK)  # type: ignore[union-attr]  # a: 10 ms
+    clock.now = 100.030
+    first[1].release(Outcome.OK)  # type: ignore[union-attr]  # b: 30 ms
+    assert "fresh=2, idle=1, stale=0" in repr(lrt.view)
+    # c (in flight, no sample) costs the mean 20 ms x 2; a 10 ms x 1 wins, then a again
+    # (10 ms x 2 = 20 ms < b's 30 ms and c's 40 ms): the stale-low key of a is repaired
+    lease = backend.acquire(PickContext())
+    assert lease is not None and lease.server.name == "a"
+    lease2 = backend.acquire(PickContext())
+    assert lease2 is not None and lease2.server.name == "a"
+    clock.now = 101.0  # a and b answered more than STALE_AFTER ago: stale, fading
+    lease3 = backend.acquire(PickContext())
+    assert lease3 is not None
+    assert "fresh=0, idle=1, stale=2" in repr(lrt.view)
+    estimates = lrt.estimates()
+    costs = [
+        e * (s.active + (0 if s is lease3.server else 1))
+        for e, s in zip(estimates, lrt.servers, strict=True)
+    ]
+    assert costs[lrt.servers.index(lease3.server)] == min(costs)

@@ -35,6 +35,7 @@ import math
 import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
+from heapq import heappop, heappush
 from itertools import accumulate
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
@@ -211,8 +212,80 @@ class LeastConnections:
         return f"LeastConnections({state}, next={self.next})"
 
 
+# where a tracked least_response_time member is
+_IDLE = 0  # no latency sample yet: costed at the fill estimate
+_FRESH = 1  # a sample within STALE_AFTER: costed at its own estimate
+_STALE = 2  # samples, none within STALE_AFTER: its estimate fades towards the fill
+RESUM_EVERY = 4096  # hook calls between exact re-summations of the running estimate sums
+
+
+class _LatencyView:
+    """The indexes a tracked LeastResponseTime keeps (see LeastResponseTime.track_load)."""
+
+    __slots__ = (
+        "fresh",
+        "idle",
+        "stale",
+        "where",
+        "value",
+        "queued",
+        "expiry",
+        "fresh_sum",
+        "fresh_count",
+        "known_sum",
+        "known_count",
+        "updates",
+    )
+
+    def __init__(self, n: int) -> None:
+        self.fresh = RotatingMinIndex([None] * n)  # cost = estimate x (active + 1) / weight
+        self.idle = RotatingMinIndex([None] * n)  # (active + 1) / weight
+        self.stale: set[int] = set()
+        self.where = [_IDLE] * n
+        self.value = [0.0] * n  # the estimate counted in the sums below
+        self.queued = [False] * n  # has an entry in `expiry`
+        self.expiry: list[tuple[float, int]] = []  # heap of (sample time, member)
+        self.fresh_sum = 0.0
+        self.fresh_count = 0
+        self.known_sum = 0.0  # fresh and stale
+        self.known_count = 0
+        self.updates = 0
+
+    def resum(self) -> None:
+        """Exact sums again (running float sums drift by an ulp now and then)."""
+        where, value = self.where, self.value
+        self.fresh_sum = sum(v for v, w in zip(value, where, strict=True) if w == _FRESH)
+        self.known_sum = sum(v for v, w in zip(value, where, strict=True) if w != _IDLE)
+        self.updates = 0
+
+    def fill(self) -> float:
+        """The estimate of a server without a recent sample: the mean of the fresh ones, else
+        of all sampled ones, else 1 s (as LeastResponseTime.estimates)."""
+        if self.fresh_count:
+            return self.fresh_sum / self.fresh_count
+        if self.known_count:
+            return self.known_sum / self.known_count
+        return 1.0
+
+    def __repr__(self) -> str:
+        return (
+            f"LatencyView(fresh={len(self.fresh)}, idle={len(self.idle)}, "
+            f"stale={len(self.stale)}, fill={self.fill() * 1000:.3f}ms)"
+        )
+
+
 class LeastResponseTime:
-    __slots__ = ("servers", "weights", "inverse", "index", "next", "clock", "latest")
+    __slots__ = (
+        "servers",
+        "weights",
+        "inverse",
+        "index",
+        "next",
+        "clock",
+        "latest",
+        "view",
+        "position",
+    )
 
     def __init__(
         self,
@@ -229,9 +302,183 @@ class LeastResponseTime:
         self.clock: Callable[[], float] | None = clock if callable(clock) else None
         # without a clock, "now" is the latest sample time seen in this backend
         self.latest = max((s.ewma.stamp for s in self.servers if s.ewma.samples), default=0.0)
+        self.view: _LatencyView | None = None  # set by track_load()
+        self.position: dict[ServerState, int] = {}
 
     def now(self) -> float:
         return self.clock() if self.clock is not None else self.latest
+
+    # -- tracked: indexes kept in step by the release hook ------------------------------------
+    #
+    # Members with a recent sample sit in `fresh`, a RotatingMinIndex on their cost; members
+    # without a sample in `idle`, on (active + 1) / weight (they all cost fill x that, so
+    # their order does not depend on the fill); members whose samples are all older than
+    # STALE_AFTER in `stale`, costed on every pick (their faded estimate depends on the time
+    # and the fill). A heap of sample times moves members from fresh to stale as time passes;
+    # only a new sample (a release) moves them back. Running sums of the fresh and of all
+    # estimates give the fill without a pass. As for least_connections, acquires are not
+    # reported: a raised in-flight count leaves a key stale low, and pick() re-checks the
+    # winner. So a pick is O(log n) plus the stale members: none while every server has
+    # answered within STALE_AFTER, which is when picks are frequent enough to matter.
+
+    def track_load(self) -> None:
+        """From now on the backend reports every release (a lower count, a new sample)."""
+        servers = self.servers
+        self.position = {s: i for i, s in enumerate(servers)}
+        view = _LatencyView(len(servers))
+        self.view = view
+        for s in servers:
+            if s.ewma.samples and s.ewma.stamp > self.latest:
+                self.latest = s.ewma.stamp
+        for s in servers:
+            self.on_release(s)
+        view.resum()
+
+    def on_release(self, state: ServerState) -> None:
+        view = self.view
+        i = self.position.get(state)
+        if view is None or i is None:
+            return
+        e = state.ewma
+        if not e.samples:  # a failure before any sample: still idle
+            view.idle.update(i, (state.active + 1) * self.inverse[i])
+            return
+        stamp = e.stamp
+        if stamp > self.latest:
+            self.latest = stamp
+        now = self.clock() if self.clock is not None else self.latest
+        new = _FRESH if stamp >= now - STALE_AFTER else _STALE
+        old = view.where[i]
+        v = e.value
+        floor = MIN_ESTIMATE
+        if new == old == _FRESH:  # the common case: a busy server answered again
+            d = v - view.value[i]
+            if d:
+                view.value[i] = v
+                view.fresh_sum += d
+                view.known_sum += d
+                view.updates += 1
+                if view.updates >= RESUM_EVERY:
+                    view.resum()
+            view.fresh.update(i, (v if v > floor else floor) * (state.active + 1) * self.inverse[i])
+            return
+        if old == _IDLE:
+            view.idle.update(i, None)
+        else:
+            view.known_sum -= view.value[i]
+            view.known_count -= 1
+            if old == _FRESH:
+                view.fresh_sum -= view.value[i]
+                view.fresh_count -= 1
+        view.value[i] = v
+        view.known_sum += v
+        view.known_count += 1
+        view.where[i] = new
+        if new == _FRESH:
+            view.fresh_sum += v
+            view.fresh_count += 1
+            view.fresh.update(i, (v if v > floor else floor) * (state.active + 1) * self.inverse[i])
+            if old == _STALE:
+                view.stale.discard(i)
+            if not view.queued[i]:
+                heappush(view.expiry, (stamp, i))
+                view.queued[i] = True
+        else:
+            if old == _FRESH:
+                view.fresh.update(i, None)
+            view.stale.add(i)
+        view.updates += 1
+        if view.updates >= RESUM_EVERY:
+            view.resum()
+
+    def _expire(self, view: _LatencyView, cutoff: float) -> None:
+        """Fresh members whose latest sample is now older than STALE_AFTER become stale."""
+        expiry = view.expiry
+        servers = self.servers
+        while expiry and expiry[0][0] < cutoff:
+            _, i = heappop(expiry)
+            if view.where[i] != _FRESH:
+                view.queued[i] = False
+                continue
+            stamp = servers[i].ewma.stamp
+            if stamp >= cutoff:  # sampled again since it was queued
+                heappush(expiry, (stamp, i))
+                continue
+            view.queued[i] = False
+            view.where[i] = _STALE
+            view.fresh.update(i, None)
+            view.fresh_sum -= view.value[i]
+            view.fresh_count -= 1
+            view.stale.add(i)
+
+    def _pick_tracked(self, view: _LatencyView) -> ServerState:
+        servers = self.servers
+        n = len(servers)
+        inverse = self.inverse
+        now = self.clock() if self.clock is not None else self.latest
+        cutoff = now - STALE_AFTER
+        if view.expiry and view.expiry[0][0] < cutoff:
+            self._expire(view, cutoff)
+        start = self.next
+        floor = MIN_ESTIMATE
+        best = -1
+        best_cost = _INF
+        fresh = view.fresh
+        if fresh.size:
+            heap = fresh.heap
+            levels = fresh.levels
+            while True:
+                key = heap[0]  # fresh.first(start), inlined: this is the hot path
+                members = levels[key]
+                while not members:
+                    heappop(heap)
+                    del levels[key]
+                    key = heap[0]
+                    members = levels[key]
+                k = bisect_left(members, start)
+                i = members[k] if k < len(members) else members[0]
+                s = servers[i]
+                v = s.ewma.value
+                live = (v if v > floor else floor) * (s.active + 1) * inverse[i]
+                if live == key:
+                    break
+                fresh.update(i, live)  # an acquire since: repair, look again
+            best = i
+            best_cost = key
+        if view.idle.size or view.stale:
+            # the aside servers, in rotation order with the first minimum kept; one of them
+            # wins only when strictly cheaper than the best fresh one (as the scan does)
+            fill = view.fill()
+            aside = -1
+            aside_cost = _INF
+            aside_distance = n
+            idle = view.idle
+            if idle.size:
+                while True:
+                    key, i = idle.first(start)
+                    live = (servers[i].active + 1) * inverse[i]
+                    if live == key:
+                        break
+                    idle.update(i, live)
+                aside = i
+                aside_cost = (fill if fill > floor else floor) * key
+                aside_distance = i - start if i >= start else i - start + n
+            for i in view.stale:
+                s = servers[i]
+                e = s.ewma
+                v = fill + (e.value - fill) * math.exp(-(now - e.stamp) / e.tau)
+                cost = (v if v > floor else floor) * (s.active + 1) * inverse[i]
+                if cost <= aside_cost:
+                    distance = i - start if i >= start else i - start + n
+                    if cost < aside_cost or distance < aside_distance:
+                        aside = i
+                        aside_cost = cost
+                        aside_distance = distance
+            if aside >= 0 and aside_cost < best_cost:
+                best = aside
+        i = best + 1
+        self.next = i if i < n else 0
+        return servers[best]
 
     def estimates(self, now: float | None = None) -> list[float]:
         """The latency estimate each server is costed at (seconds): the pick's view."""
@@ -254,12 +501,16 @@ class LeastResponseTime:
         return out
 
     def pick(self, ctx: PickContext) -> ServerState | None:
-        # one pass in Python, rotated to start after the previous winner (ties go in turn)
+        # one pass in Python, rotated to start after the previous winner (ties go in turn),
+        # unless tracked (see track_load)
         servers = self.servers
         n = len(servers)
         if not n:
             return None
         exclude = ctx.exclude
+        view = self.view
+        if view is not None and not exclude:
+            return self._pick_tracked(view)
         inverse = self.inverse
         clock = self.clock
         latest = self.latest
