@@ -100,6 +100,14 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
+# Looking a member up through its Enum class costs ~150 ns on 3.11 (about ten times a global
+# look-up), and the relay path does it per chunk and the connection path a dozen times per
+# connection: they use these aliases
+_PREFACE, _CONNECTING, _RELAY, _CLOSED = Phase.PREFACE, Phase.CONNECTING, Phase.RELAY, Phase.CLOSED
+_OK, _CANCELLED, _RESET = Outcome.OK, Outcome.CANCELLED, Outcome.RESET
+_TIMEOUT, _CONNECT_FAILED = Outcome.TIMEOUT, Outcome.CONNECT_FAILED
+
+
 def reset_transport(transport: asyncio.Transport | None) -> None:
     """Abort with SO_LINGER 0: the peer gets a TCP RST, not a FIN."""
     if transport is None:
@@ -154,12 +162,13 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        conn.bytes_out += len(data)
+        n = len(data)
+        conn.bytes_out += n
         conn.last_activity = conn.loop.time()
         down = conn.transport
         if down is not None:
             down.write(data)
-        if len(data) >= SPLICE_MIN_READ and conn.bytes_in + conn.bytes_out >= conn.splice_at:
+        if n >= SPLICE_MIN_READ and conn.bytes_in + conn.bytes_out >= conn.splice_at:
             conn.try_splice()
 
     def eof_received(self) -> bool:
@@ -319,7 +328,7 @@ class TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: _Upstream | None = None
         self.up_transport: asyncio.Transport | None = None
-        self.phase = Phase.PREFACE
+        self.phase = _PREFACE
         self.buffer = bytearray()
         self.need_proxy = False
         self.client_ip = ""
@@ -347,7 +356,7 @@ class TcpConnection(asyncio.Protocol):
         self.up_eof = False
         self.down_lost = False
         self.up_lost = True  # no upstream yet
-        self.outcome = Outcome.OK
+        self.outcome = _OK
         self.reading_paused = False
         self.splice: SpliceRelay | None = None
         self.splice_at = _NEVER  # relayed byte count at which to try the splice path
@@ -375,19 +384,20 @@ class TcpConnection(asyncio.Protocol):
         self._connect(cfg.backend)
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        if self.phase is Phase.RELAY:
+        n = len(data)
+        self.bytes_in += n
+        if self.phase is _RELAY:
             self.last_activity = self.loop.time()
             up = self.up_transport
             if up is not None:
                 up.write(data)
-            if len(data) >= SPLICE_MIN_READ and self.bytes_in + self.bytes_out >= self.splice_at:
+            if n >= SPLICE_MIN_READ and self.bytes_in + self.bytes_out >= self.splice_at:
                 self.try_splice()
             return
-        if self.phase is Phase.CLOSED:
+        if self.phase is _CLOSED:
             return
         self.buffer += data
-        if self.phase is Phase.PREFACE:
+        if self.phase is _PREFACE:
             self._preface()
         elif self.transport is not None:
             # CONNECTING: a pause_reading() from connection_made may be undone when the loop
@@ -398,13 +408,13 @@ class TcpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.down_eof = True
         keep_open = self.listener.ssl_context is None  # TLS has no half-close
-        if self.phase is Phase.RELAY:
+        if self.phase is _RELAY:
             up = self.up_transport
             if up is not None and not up.is_closing():
                 write_eof_soon(self.loop, up)
             if self.up_eof:
                 self._close_both()
-        elif self.phase is Phase.PREFACE:
+        elif self.phase is _PREFACE:
             # the client said all it will say: decide with what we have
             self._preface(final=True)
         return keep_open
@@ -414,11 +424,11 @@ class TcpConnection(asyncio.Protocol):
             return  # the transport was detached: the splice relay owns the socket now
         self.down_lost = True
         self.transport_gone()
-        if self.phase is Phase.CONNECTING and self.connector is not None:
+        if self.phase is _CONNECTING and self.connector is not None:
             self.connector.cancel()
         if exc is not None:
-            if self.outcome is Outcome.OK:
-                self.outcome = Outcome.CANCELLED
+            if self.outcome is _OK:
+                self.outcome = _CANCELLED
             reset_transport(self.up_transport)
         elif self.up_transport is not None and not self.up_transport.is_closing():
             self.up_transport.close()  # flushes what is still buffered for the server
@@ -452,8 +462,8 @@ class TcpConnection(asyncio.Protocol):
             return
         self.up_lost = True
         if exc is not None:
-            if self.outcome is Outcome.OK:
-                self.outcome = Outcome.RESET
+            if self.outcome is _OK:
+                self.outcome = _RESET
             reset_transport(self.transport)
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -481,7 +491,7 @@ class TcpConnection(asyncio.Protocol):
                 return
             if result.status is not ParseStatus.OK or result.header is None:
                 log.debug("%s: refused %s: no PROXY header", listener.name, self.client_ip)
-                self.outcome = Outcome.CANCELLED
+                self.outcome = _CANCELLED
                 self.close()
                 return
             header = result.header
@@ -511,10 +521,10 @@ class TcpConnection(asyncio.Protocol):
 
     def _preface_timeout(self) -> None:
         self.timer = None
-        if self.phase is not Phase.PREFACE:
+        if self.phase is not _PREFACE:
             return
         if self.need_proxy:
-            self.outcome = Outcome.CANCELLED
+            self.outcome = _CANCELLED
             self.close()
             return
         self._preface(final=True)
@@ -529,7 +539,7 @@ class TcpConnection(asyncio.Protocol):
             self.close()
             return
         self.backend_name = backend_name
-        self.phase = Phase.CONNECTING
+        self.phase = _CONNECTING
         assert self.transport is not None
         self.transport.pause_reading()
         listener = self.listener
@@ -589,8 +599,8 @@ class TcpConnection(asyncio.Protocol):
             self.connector = None
         lease = attempt.lease
         if exc is None:
-            if attempt.cancelled or self.down_lost or self.phase is Phase.CLOSED:
-                lease.release(Outcome.CANCELLED)
+            if attempt.cancelled or self.down_lost or self.phase is _CLOSED:
+                lease.release(_CANCELLED)
                 transport.close()
                 self._connect_failed()
                 return
@@ -601,23 +611,23 @@ class TcpConnection(asyncio.Protocol):
                 self.abort()
             return
         if attempt.cancelled:
-            lease.release(Outcome.CANCELLED)
+            lease.release(_CANCELLED)
             self._connect_failed()
             return
         listener = self.listener
         if not isinstance(exc, OSError):
             log.error("%s: connecting failed", listener.name, exc_info=exc)
-            lease.release(Outcome.CANCELLED)
+            lease.release(_CANCELLED)
             self._connect_failed()
             return
         if exc.errno in _LOCAL_ERRORS:
             # out of descriptors, buffers or local ports: not the server's failure
             log.warning("%s: cannot open an upstream socket: %s", listener.name, exc)
-            lease.release(Outcome.CANCELLED)
+            lease.release(_CANCELLED)
             self._connect_failed()
             return
         timed_out = isinstance(exc, TimeoutError)
-        lease.release(Outcome.TIMEOUT if timed_out else Outcome.CONNECT_FAILED)
+        lease.release(_TIMEOUT if timed_out else _CONNECT_FAILED)
         server = lease.server.server
         log.info(
             "%s: connect to %s/%s failed: %s",
@@ -635,7 +645,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _connect_failed(self) -> None:
         """No server took it (or the client left while we were connecting)."""
-        self.phase = Phase.CLOSED
+        self.phase = _CLOSED
         self._close_both()
         self._maybe_finish()
 
@@ -644,7 +654,7 @@ class TcpConnection(asyncio.Protocol):
         self.upstream = upstream
         self.up_transport = transport
         self.up_lost = False
-        self.phase = Phase.RELAY
+        self.phase = _RELAY
         record = self.record
         assert record is not None
         record.server = lease.server.name
@@ -676,7 +686,7 @@ class TcpConnection(asyncio.Protocol):
             down.resume_reading()
 
     def try_splice(self) -> None:
-        if self.phase is not Phase.RELAY or self.splice is not None or self._start_splice():
+        if self.phase is not _RELAY or self.splice is not None or self._start_splice():
             self.splice_at = _NEVER
         else:
             self.splice_at += SPLICE_AFTER // 8  # something was buffered: try again soon
@@ -707,7 +717,7 @@ class TcpConnection(asyncio.Protocol):
         return True
 
     def splice_finished(self, outcome: Outcome) -> None:
-        if self.outcome is Outcome.OK:
+        if self.outcome is _OK:
             self.outcome = outcome
         self.down_lost = self.up_lost = True
         self._maybe_finish()
@@ -716,7 +726,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _idle_check(self) -> None:
         self.timer = None
-        if self.phase is not Phase.RELAY:
+        if self.phase is not _RELAY:
             return
         quiet = self.loop.time() - self.last_activity
         if quiet >= self.idle_timeout:
@@ -727,7 +737,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _close_both(self) -> None:
         if self.splice is not None:
-            self.splice.close(Outcome.OK)
+            self.splice.close(_OK)
             return
         for tr in (self.transport, self.up_transport):
             if tr is not None and not tr.is_closing():
@@ -739,8 +749,8 @@ class TcpConnection(asyncio.Protocol):
             self.connector.cancel()
             self.connector = None
         self._close_both()
-        if self.phase is not Phase.RELAY:
-            self.phase = Phase.CLOSED
+        if self.phase is not _RELAY:
+            self.phase = _CLOSED
             self._maybe_finish()
 
     def abort(self) -> None:
@@ -749,17 +759,17 @@ class TcpConnection(asyncio.Protocol):
             self.connector.cancel()
             self.connector = None
         if self.splice is not None:
-            self.splice.close(Outcome.CANCELLED)
+            self.splice.close(_CANCELLED)
             return
         for tr in (self.transport, self.up_transport):
             if tr is not None:
                 tr.abort()
-        if self.phase is not Phase.RELAY:
-            self.phase = Phase.CLOSED
+        if self.phase is not _RELAY:
+            self.phase = _CLOSED
             self._maybe_finish()
 
     def transport_gone(self) -> None:
-        if self.phase is Phase.PREFACE and self.timer is not None:
+        if self.phase is _PREFACE and self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
@@ -773,7 +783,7 @@ class TcpConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.phase = Phase.CLOSED
+        self.phase = _CLOSED
         if self.lease is not None:
             self.lease.release(self.outcome)
         record = self.record
@@ -901,7 +911,7 @@ class SpliceRelay:
                 "splice relay: %s side failed: %s", "server" if failed_side else "client", exc
             )
             # whoever failed, the peer on the other side must see a reset too
-            self.close(Outcome.RESET if failed_side else Outcome.CANCELLED, reset=True)
+            self.close(_RESET if failed_side else _CANCELLED, reset=True)
             return
         finally:
             if moved:
@@ -931,7 +941,7 @@ class SpliceRelay:
         except OSError:
             pass
         if all(lg.eof and lg.pending == 0 for lg in self.legs):
-            self.close(Outcome.OK)
+            self.close(_OK)
 
     def close(self, outcome: Outcome, reset: bool = False) -> None:
         if self.closed:
@@ -1022,7 +1032,7 @@ class TcpListener:
         """Stop new work: connections still reading their preface are closed."""
         self.closing = True
         for conn in list(self.connections):
-            if conn.phase is Phase.PREFACE:
+            if conn.phase is _PREFACE:
                 conn.close()
 
     async def wait_closed(self, timeout: float | None) -> None:
