@@ -141,12 +141,17 @@ def _simple_connection(values: list[bytes]) -> frozenset[bytes] | None:
     return None
 
 
-def _trailers(fields: Headers, limits: Limits, status: int, source: Any) -> Headers | None:
-    """The trailer fields of a chunked message, minus those not allowed there."""
+def _head_size(fields: Headers) -> int:
+    """Bytes of the fields as they came: name, value, ': ' and CRLF."""
     size = 4 * len(fields)
     for name, value in fields:
         size += len(name) + len(value)
-    if len(fields) > limits.max_headers or size > limits.max_head:
+    return size
+
+
+def _trailers(fields: Headers, limits: Limits, status: int, source: Any) -> Headers | None:
+    """The trailer fields of a chunked message, minus those not allowed there."""
+    if len(fields) > limits.max_headers or _head_size(fields) > limits.max_head:
         raise ProtocolError(status, "trailer section too large", source=source)
     kept = [f for f in fields if f[0].lower() not in _TRAILER_FORBIDDEN]
     return kept or None
@@ -290,6 +295,7 @@ class RequestParser:
         "_url",
         "_fields",
         "_raw",
+        "_chunk",
         "_in_head",
         "_body_bytes",
         "messages",
@@ -302,7 +308,8 @@ class RequestParser:
         self._head = RequestHead()
         self._url = b""
         self._fields: Headers = []  # as parsed: the head's fields, then the trailer's
-        self._raw = 0
+        self._raw = 0  # bytes fed since the read in which the current message began
+        self._chunk = 0  # bytes of the read being parsed
         self._in_head = True
         self._body_bytes = 0
         self.messages = 0  # heads seen
@@ -327,9 +334,10 @@ class RequestParser:
         return head
 
     def feed(self, data: bytes) -> bytes | None:
+        self._chunk = n = len(data)
         if self._in_head:
             before = self._raw
-            self._raw = before + len(data)
+            self._raw = before + n
             if before > self._limits.max_head:
                 raise ProtocolError(431, "request head too large")
         try:
@@ -352,6 +360,7 @@ class RequestParser:
         self._fields = []
         self._in_head = True
         self._body_bytes = 0
+        self._raw = self._chunk  # an upper bound of this message's bytes so far
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -373,7 +382,9 @@ class RequestParser:
         if len(fields) > limits.max_headers:
             raise ProtocolError(431, "too many header fields")
         url = self._url
-        size = len(url) + 4 * len(fields)
+        # `_raw` bounds the head's size from above; count exactly only when it might be over
+        if self._raw > limits.max_head and len(url) + _head_size(fields) > limits.max_head:
+            raise ProtocolError(431, "request head too large")
         headers: Headers = []
         hosts = 0
         te: bytes | None = None
@@ -382,7 +393,6 @@ class RequestParser:
         kinds = _REQUEST_FIELDS
         for field in fields:
             name, value = field
-            size += len(name) + len(value)
             kind = kinds.get(name.lower())
             if kind is None:
                 headers.append(field)
@@ -412,8 +422,6 @@ class RequestParser:
             elif kind == _UPGRADE:
                 head.upgrade = value.rstrip(b" \t")
             # _HOP, _XF_DROP: dropped
-        if size > limits.max_head:
-            raise ProtocolError(431, "request head too large")
         head.version = version = p.get_http_version()
         if version != "1.1" and version != "1.0":
             raise ProtocolError(400, f"unsupported HTTP version {version}")
@@ -539,6 +547,8 @@ class ResponseParser:
         "_head",
         "_reason",
         "_fields",
+        "_raw",
+        "_chunk",
         "_in_head",
         "_head_request",
         "_interim",
@@ -555,6 +565,8 @@ class ResponseParser:
         self._head = ResponseHead()
         self._reason = b""
         self._fields: Headers = []  # as parsed: the head's fields, then the trailer's
+        self._raw = 0  # bytes fed since the read in which the current message began
+        self._chunk = 0  # bytes of the read being parsed
         self._in_head = True
         self._head_request = False
         self._interim = False
@@ -579,6 +591,8 @@ class ResponseParser:
         self.complete = False
 
     def feed(self, data: bytes) -> bytes | None:
+        self._chunk = n = len(data)
+        self._raw += n
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -615,6 +629,7 @@ class ResponseParser:
         self._head = ResponseHead()
         self._reason = b""
         self._fields = []
+        self._raw = self._chunk  # an upper bound of this message's bytes so far
         self._in_head = True
         self.started = True
         self.complete = False
@@ -633,14 +648,17 @@ class ResponseParser:
         limits = self._limits
         fields = self._fields
         self._fields = []  # trailers, if any, go here
-        size = len(self._reason) + 4 * len(fields)
+        if len(fields) > limits.max_headers or (
+            self._raw > limits.max_head and len(self._reason) + _head_size(fields) > limits.max_head
+        ):
+            self.reusable = False
+            raise ProtocolError(502, "response head too large", source="upstream")
         headers: Headers = []
         te: bytes | None = None
         conn: list[bytes] | None = None
         kinds = _RESPONSE_FIELDS
         for field in fields:
             name, value = field
-            size += len(name) + len(value)
             kind = kinds.get(name.lower())
             if kind is None:
                 headers.append(field)
@@ -655,9 +673,6 @@ class ResponseParser:
                     conn.append(value)
             elif kind == _UPGRADE:
                 head.upgrade = value.rstrip(b" \t")
-        if len(fields) > limits.max_headers or size > limits.max_head:
-            self.reusable = False
-            raise ProtocolError(502, "response head too large", source="upstream")
         head.status = status = p.get_status_code()
         head.version = version = p.get_http_version()
         head.reason = self._reason
