@@ -14,12 +14,8 @@ from steelyard.engine import Engine
 
 GIB = 1 << 30
 
-pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
-
-
-@pytest.fixture(scope="module")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return uvloop.EventLoopPolicy()  # production's loop
+# production's loop (see tests/integration/conftest.py)
+LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

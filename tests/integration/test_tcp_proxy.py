@@ -19,15 +19,8 @@ from steelyard.core.records import RequestRecord
 from steelyard.engine import Engine
 from steelyard.net import tcp_proxy
 
-pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
-
-
-@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Production runs on uvloop; the stdlib loop must work too."""
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+# production runs on uvloop; the stdlib loop must work too (see tests/integration/conftest.py)
+LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(autouse=True, params=["splice", "protocol"])
@@ -166,6 +159,34 @@ async def test_relay_and_record(tagged: Any, relay_mode: str) -> None:
         assert state.active == 0 and state.requests_total == 1
         runtime = engine.listeners["l4"].runtime
         assert runtime.spliced_total == (1 if relay_mode == "splice" else 0)
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_each_loop_is_the_one_named(request: pytest.FixtureRequest) -> None:
+    """LOOP_FACTORIES (through the conftest hook) really runs these tests on both loops."""
+    loop_id = request.node.callspec.id.split("-")[0]  # e.g. "uvloop-splice"
+    assert loop_id in LOOP_FACTORIES
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop) == (loop_id == "uvloop")
+
+
+async def test_nodelay_on_both_legs(tagged: Any, relay_mode: str) -> None:
+    """Small request/response exchanges must not wait for Nagle on either leg: the loop's
+    transports set TCP_NODELAY on the accepted and on the connected socket."""
+    if relay_mode == "splice":
+        pytest.skip("the Protocol relay's transports are what is checked")
+    port, _ = await tagged(b"s0")
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await read_until(reader, b"\n") == b"s0\n"
+        (conn,) = engine.listeners["l4"].runtime.connections
+        for transport in (conn.transport, conn.up_transport):
+            sock = transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        writer.close()
+        await writer.wait_closed()
     finally:
         await engine.shutdown(1)
 

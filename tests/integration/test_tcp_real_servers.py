@@ -19,12 +19,8 @@ from steelyard.config import load_config_text
 from steelyard.core.records import RequestRecord
 from steelyard.engine import Engine
 
-pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
-
-
-@pytest.fixture(scope="module")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return uvloop.EventLoopPolicy()
+# production's loop (see tests/integration/conftest.py)
+LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop}
 
 
 def need(*tools: str) -> None:
