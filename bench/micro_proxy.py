@@ -161,6 +161,15 @@ def main(argv: list[str]) -> int:
             fn()
         sys.settrace(None)
         print(f"{counts[0] / n:.1f} Python calls, {counts[1] / n:.0f} bytecodes per request")
+        by_file: dict[str, int] = {}
+        for key, k in per_code.items():
+            by_file[key.split(":")[0]] = by_file.get(key.split(":")[0], 0) + k
+        print(
+            "by file: "
+            + ", ".join(
+                f"{f} {k / n:.0f}" for f, k in sorted(by_file.items(), key=lambda kv: -kv[1])
+            )
+        )
         for key, k in sorted(per_code.items(), key=lambda kv: -kv[1])[:30]:
             print(f"{k / n:8.1f}  {key}")
     elif args.profile:
