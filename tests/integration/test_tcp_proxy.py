@@ -824,3 +824,50 @@ async def test_connect_timeout_then_retry_elsewhere(
         for f in fillers:
             f.close()
         stuck.close()
+
+
+async def test_shutdown_while_connecting_cancels_the_attempt() -> None:
+    """Shutdown reaches a connection whose connect to the server still hangs: the attempt is
+    cancelled (not left to its 30 s timeout), the lease is released as CANCELLED (not held
+    against the server), the client is closed and the connection is recorded."""
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    stuck_port = stuck.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue (nobody accepts): SYNs go unanswered
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", stuck_port))
+        fillers.append(f)
+    await asyncio.sleep(0.2)
+    extra = "    timeouts: {connect: 30s}"
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [stuck_port], extra)))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"hello")
+        state = engine.backends["b"].servers["s0"]
+        for _ in range(100):
+            if state.active == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert state.active == 1  # the connect is pending, holding a lease
+        (conn,) = engine.listeners["l4"].runtime.connections
+        assert "connecting" in repr(conn.connector)
+        await asyncio.wait_for(engine.shutdown(0.2), 5)
+        try:  # cut: a FIN, or a reset since "hello" was never read; nothing relayed
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        assert len(records) == 1 and records[0].server is None
+        assert state.active == 0
+        assert state.failures_total == 0  # cut by us: no fault of the server
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+        for f in fillers:
+            f.close()
+        stuck.close()
