@@ -871,3 +871,23 @@ async def test_shutdown_while_connecting_cancels_the_attempt() -> None:
         for f in fillers:
             f.close()
         stuck.close()
+
+
+async def test_server_given_by_host_name(tagged: Any) -> None:
+    """A server address with a name (resolved per connect, through the loop's resolver)."""
+    port, _ = await tagged(b"named")
+    backends = f"""  b:
+    servers:
+      - {{address: "localhost:{port}", name: s0}}
+"""
+    engine = await start_engine(config(tcp_listener(), backends))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await read_until(reader, b"\n") == b"named\n"
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await engine.shutdown(1)
