@@ -196,11 +196,14 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{name} ({weights} weights, {'all busy' if busy else 'some idle'})"
         if extra:
             label = f"{name} (hash_balance_factor {extra['hash_balance_factor']})"
+        if name.startswith("least_") or extra:
+            label += " *"
         cells = []
         for n in SIZES:
             picks = args.picks if n < 300 else args.picks // 4
             cells.append(pick_cost(name, n, weights, picks, args.repeat, busy, **extra))
         print(f"{label:<{width}}" + "".join(f"{c:>11.2f}us" for c in cells))
+    print("\n* pick() + load hooks per request, driven as the backend drives them (tracked_cost)")
     print(f"\nbuild time, milliseconds (best of {max(1, args.repeat // 2)}, equal weights)\n")
     header = f"{'algorithm':<{width}}" + "".join(f"{n:>10} srv" for n in BUILD_SIZES)
     print(header)

@@ -600,3 +600,38 @@ def test_tracked_least_response_time_picks_the_least_cost(
         if use_clock and other is not got:
             assert abs(costs[group.index(other)] - c) <= c * 1e-9
         got.active += 1
+
+
+@MODEL
+@given(
+    n=st.integers(1, 12),
+    ops=st.lists(
+        st.tuples(
+            st.integers(0, 11),
+            st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0]), st.floats(0, 9)),
+            st.integers(0, 11),
+        ),
+        max_size=300,
+    ),
+)
+def test_rotating_min_index_matches_a_scan(
+    n: int, ops: list[tuple[int, float | None, int]]
+) -> None:
+    """The least key, ties to the first member at or after `start` in cyclic order; members
+    come and go (None), levels empty and move whole, and the heap is compacted when stale
+    keys pile up."""
+    from steelyard.core.balancing.load_index import RotatingMinIndex
+
+    keys: list[float | None] = [None] * n
+    index = RotatingMinIndex(keys)
+    for i, key, start in ops:
+        i %= n
+        start %= n
+        keys[i] = key
+        index.update(i, key)
+        members = [j for j in range(n) if keys[j] is not None]
+        assert len(index) == len(members)
+        assert len(index.heap) <= 4 * n + 64 + 1
+        if members:
+            want = min(members, key=lambda j: (keys[j], (j - start) % n))
+            assert index.first(start) == (keys[want], want)

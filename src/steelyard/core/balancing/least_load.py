@@ -429,12 +429,13 @@ class LeastResponseTime:
             levels = fresh.levels
             while True:
                 key = heap[0]  # fresh.first(start), inlined: this is the hot path
-                members = levels[key]
+                members = levels.get(key)
                 while not members:
                     heappop(heap)
-                    del levels[key]
+                    if members is not None:
+                        del levels[key]
                     key = heap[0]
-                    members = levels[key]
+                    members = levels.get(key)
                 k = bisect_left(members, start)
                 i = members[k] if k < len(members) else members[0]
                 s = servers[i]

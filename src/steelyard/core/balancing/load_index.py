@@ -7,7 +7,8 @@ reaches the top. ``first(start)`` returns the least key and, among the members a
 first one at or after ``start`` in cyclic order (a bisect in the level): exactly what a full
 scan starting at ``start`` that keeps the first minimum would find. ``update(i, key)`` moves
 one member between levels: a bisect and a list insert/delete (a memmove in C, cheap at the
-sizes a backend has) plus at most one heap push.
+sizes a backend has) plus at most one heap push. A heap key whose level is empty or gone is
+dropped when it comes to the top; every level key is in the heap at least once.
 
 The least-load balancers keep one of these in step with the live in-flight counts (and latency
 estimates) through the load hooks the backend calls on acquire and release (see
@@ -53,6 +54,15 @@ class RotatingMinIndex:
         levels = self.levels
         if old is not None:
             members = levels[old]
+            if len(members) == 1 and key is not None and key not in levels:
+                # a member alone at its key moves to a new key (the usual case for float
+                # costs): the level moves whole; the old key's heap entry is left to lapse
+                del levels[old]
+                levels[key] = members
+                heappush(self.heap, key)
+                if len(self.heap) > _COMPACT_FACTOR * len(self.keys) + _COMPACT_SLACK:
+                    self._compact()
+                return
             del members[bisect_left(members, i)]
             self.size -= 1
         if key is None:
@@ -74,12 +84,13 @@ class RotatingMinIndex:
         heap = self.heap
         levels = self.levels
         key = heap[0]
-        members = levels[key]
+        members = levels.get(key)
         while not members:
             heappop(heap)
-            del levels[key]
+            if members is not None:
+                del levels[key]
             key = heap[0]
-            members = levels[key]
+            members = levels.get(key)
         k = bisect_left(members, start)
         return key, members[k] if k < len(members) else members[0]
 
