@@ -1,0 +1,140 @@
+"""CPU per keep-alive request and per new connection through Steelyard's L4 listener, A/B.
+
+    .venv/bin/python bench/l4_ab.py [--base-src DIR] [--rounds 8] [--duration 2]
+        [--modes keep-alive,close] [--targets steelyard,base,haproxy] [--strace]
+
+How this works: the nginx backends of the load benchmark (bench/benchlib.py) on core 0, and on
+core 1 a Steelyard `protocol: tcp` listener from this tree ("steelyard"), optionally the same
+from another source tree ("base": `--base-src` is put first on its PYTHONPATH, e.g. a
+`git archive <commit> src | tar -x -C DIR` of an older commit), and HAProxy `mode tcp`. wrk
+(core 0) drives each one in turn, round after round, so that all of them see the same noise;
+we report each run's balancer CPU (utime+stime from /proc) per request and the median and
+minimum per target. On a shared machine CPU per request is the figure to compare; req/s is
+printed but set by whoever else is using the cores. `--strace` also counts system calls per
+request (strace -c -f on the balancer during the run; it slows the run down, so CPU figures
+from such rounds are not comparable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import (  # noqa: E402
+    CLIENT_CPU,
+    LB_CPU,
+    CpuMeter,
+    Supervisor,
+    free_port,
+    median,
+    nginx_backends_conf,
+    run_wrk,
+    start_nginx,
+    steelyard_cmd,
+    wait_http,
+    write_wrk_script,
+)
+from tcp_bench import haproxy_tcp_conf, steelyard_tcp_conf  # noqa: E402
+
+MODES = {"keep-alive": (), "close": ("Connection: close",)}
+
+
+def strace_counts(path: Path, requests: int) -> list[tuple[str, float]]:
+    out = []
+    for line in path.read_text().splitlines()[2:]:
+        parts = line.split()
+        if len(parts) >= 5 and parts[3].isdigit():
+            out.append((parts[-1], int(parts[3]) / max(requests, 1)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base-src", type=Path, help="another tree's src/ for the 'base' target")
+    ap.add_argument("--targets", default="steelyard,base,haproxy")
+    ap.add_argument("--modes", default="keep-alive,close")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--duration", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--strace", action="store_true")
+    args = ap.parse_args()
+    names = [t for t in args.targets.split(",") if t != "base" or args.base_src]
+    workdir = Path(tempfile.mkdtemp(prefix="steelyard-l4-ab-"))
+    sup = Supervisor(workdir)
+    try:
+        ports = [free_port() for _ in range(3)]
+        backends = start_nginx(sup, "backends", nginx_backends_conf(workdir, ports), CLIENT_CPU)
+        for p in ports:
+            if wait_http(p, proc=backends) is not None:
+                raise SystemExit(f"backend on {p} not serving")
+        script = write_wrk_script(workdir)
+        targets = {}
+        for name in names:
+            port = free_port()
+            if name == "haproxy":
+                cfg = haproxy_tcp_conf(workdir, port, free_port(), ports, ports[0])
+                proc = sup.start(name, ["haproxy", "-db", "-f", str(cfg)], LB_CPU)
+            else:
+                cfg = steelyard_tcp_conf(workdir, port, free_port(), ports, ports[0], name)
+                env = {}
+                if name == "base":
+                    env["PYTHONPATH"] = str(args.base_src.resolve())
+                proc = sup.start(name, [*steelyard_cmd(), "run", "-c", str(cfg)], LB_CPU, env)
+            if wait_http(port, timeout=15, proc=proc) is not None:
+                raise SystemExit(f"{name} not serving:\n{proc.log_tail()}")
+            targets[name] = (port, proc)
+        for mode in args.modes.split(","):
+            for port, _ in targets.values():  # warm-up
+                run_wrk(f"http://127.0.0.1:{port}/", script, 1, args.connections,
+                        headers=MODES[mode])  # fmt: skip
+            cpu_per_req: dict[str, list[float]] = {n: [] for n in targets}
+            for _ in range(args.rounds):
+                for name, (port, proc) in targets.items():
+                    meter = CpuMeter(proc.pid)
+                    meter.start()
+                    trace = workdir / f"strace-{name}.txt"
+                    st = None
+                    if args.strace:
+                        argv = ["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(trace)]
+                        st = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+                        time.sleep(0.5)
+                    try:
+                        res = run_wrk(f"http://127.0.0.1:{port}/", script, args.duration,
+                                      args.connections, headers=MODES[mode])  # fmt: skip
+                    except RuntimeError as exc:
+                        print(f"{mode} {name}: wrk failed: {exc}", flush=True)
+                        continue
+                    finally:
+                        if st is not None:
+                            st.send_signal(2)
+                            st.wait()
+                    cpu = meter.stop()
+                    if not res.requests:
+                        continue
+                    us = cpu / res.requests * 1e6
+                    cpu_per_req[name].append(us)
+                    print(f"{mode:10s} {name:10s} {res.rps:9,.0f} req/s {us:7.1f} us/req "
+                          f"errors {res.errors}", flush=True)  # fmt: skip
+                    if st is not None:
+                        calls = strace_counts(trace, res.requests)
+                        print("   syscalls/request: " + ", ".join(
+                            f"{c} {n:.2f}" for c, n in calls), flush=True)  # fmt: skip
+            for name, xs in cpu_per_req.items():
+                if xs:
+                    print(f"== {mode} {name}: median {median(xs):.1f} us/req, min {min(xs):.1f}"
+                          f" ({len(xs)} runs)", flush=True)  # fmt: skip
+        return 0
+    finally:
+        sup.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
