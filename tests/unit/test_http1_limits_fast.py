@@ -129,3 +129,34 @@ def test_trailer_limits_and_forbidden_fields() -> None:
             + b"\r\n"
         )
     assert info.value.status == 431
+
+
+def test_close_breaks_the_parser_cycle() -> None:
+    """httptools holds our bound callbacks and we hold it: close() lets refcounting free a
+    connection's parser (no work for the cyclic GC per connection)."""
+    import gc
+
+    class Conn(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.parser = RequestParser(self)
+
+    gc.collect()
+    gc.disable()
+    try:
+        for close in (False, True):
+            for _ in range(50):
+                conn = Conn()
+                conn.parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                if close:
+                    conn.parser.close()
+                del conn
+            found = gc.collect()
+            assert (found == 0) == close, (close, found)
+    finally:
+        gc.enable()
+    response = ResponseParser(Collect())
+    response.close()
+    assert not response.reusable
+    with pytest.raises(RuntimeError):
+        response.feed(b"HTTP/1.1 200 OK\r\n\r\n")

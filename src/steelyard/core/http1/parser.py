@@ -267,6 +267,18 @@ class ResponseSink(Protocol):
     def on_response_end(self, trailers: Headers | None) -> None: ...
 
 
+class _Closed:
+    """Stands in for httptools' parser and the sink after close(): any use is a bug."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"parser used after close() ({name})")
+
+
+_CLOSED: Any = _Closed()
+
+
 class _Stop(Exception):
     """Raised inside a callback to stop httptools at the end of a response to HEAD."""
 
@@ -351,6 +363,13 @@ class RequestParser:
         if self._in_head and len(self._fields) > self._limits.max_headers:
             raise ProtocolError(431, "too many header fields")  # a head still incomplete
         return None
+
+    def close(self) -> None:
+        """The connection is gone: let go of httptools' parser and the sink. They refer to
+        each other and to this object (httptools holds our bound callbacks), a cycle that
+        only the garbage collector would free, once per connection."""
+        self._p = _CLOSED
+        self._sink = _CLOSED
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -613,6 +632,13 @@ class ResponseParser:
             self.reusable = False
             raise ProtocolError(502, "response head too large", source="upstream")
         return None
+
+    def close(self) -> None:
+        """The connection is gone: break the cycle with httptools' parser (see
+        RequestParser.close)."""
+        self._p = _CLOSED
+        self._sink = _CLOSED
+        self.reusable = False
 
     def feed_eof(self) -> bool:
         """The server closed. True if that ended the current response (close-delimited body)."""
