@@ -651,3 +651,36 @@ def test_backend_feeds_least_response_time_through_its_release_hook() -> None:
         for e, s in zip(estimates, lrt.servers, strict=True)
     ]
     assert costs[lrt.servers.index(lease3.server)] == min(costs)
+
+
+def test_tracked_least_response_time_survives_index_compaction() -> None:
+    # every release re-keys a float cost, so stale heap keys pile up and the index compacts
+    # itself every few dozen requests; pick() must keep working on the compacted index
+    clock = FakeClock(0.0)
+    group = servers("a", "b", "c")
+    lrt = LeastResponseTime(group, [1.0, 2.0, 1.0], BalancerSettings(extra={"clock": clock}))
+    lrt.track_load()
+    assert lrt.view is not None
+    rng = random.Random(5)
+    held: collections.deque[ServerState] = collections.deque()
+    compactions = 0
+    for _ in range(3000):
+        heap = lrt.view.fresh.heap
+        before = len(heap)
+        costs = [
+            e * (g.active + 1) / w
+            for e, g, w in zip(lrt.estimates(), group, [1.0, 2.0, 1.0], strict=True)
+        ]
+        s = lrt.pick(PickContext())
+        assert s is not None
+        assert costs[group.index(s)] <= min(costs) * (1 + 1e-9)
+        s.active += 1
+        held.append(s)
+        if len(held) > 4:
+            o = held.popleft()
+            clock.now += 0.001
+            o.active -= 1
+            o.ewma.observe(rng.uniform(0.001, 0.050), clock.now)
+            lrt.on_release(o)
+        compactions += len(heap) < before - 8
+    assert compactions > 10

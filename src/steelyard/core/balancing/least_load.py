@@ -105,16 +105,18 @@ class LeastConnections:
             # against its live count, re-keyed and the search repeated if it is stale, so the
             # answer is the one a full scan would give.
             weights = self.weights
-            while True:
+            for _ in range(len(servers) + 1):  # each member is repaired at most once
                 key, i = loads.first(self.next)
                 s = servers[i]
                 live = s.active / weights[i]
                 if live == key:
-                    break
+                    i += 1
+                    self.next = i if i < len(servers) else 0
+                    return s
                 loads.update(i, live)
-            i += 1
-            self.next = i if i < len(servers) else 0
-            return s
+            # keys stale high (a decrement nobody reported): index afresh, answer by a scan
+            self.track_load()
+            return self._pick_excluding(frozenset())
         # A plain loop over list slices (rotated to start after the previous winner) measured
         # faster than C-level map/min/index chains; an idle server ends the scan early.
         start = self.next
@@ -411,7 +413,7 @@ class LeastResponseTime:
             view.fresh_count -= 1
             view.stale.add(i)
 
-    def _pick_tracked(self, view: _LatencyView) -> ServerState:
+    def _pick_tracked(self, view: _LatencyView) -> ServerState | None:
         servers = self.servers
         n = len(servers)
         inverse = self.inverse
@@ -427,7 +429,7 @@ class LeastResponseTime:
         if fresh.size:
             heap = fresh.heap
             levels = fresh.levels
-            while True:
+            for _ in range(n + 1):  # each member is repaired at most once
                 key = heap[0]  # fresh.first(start), inlined: this is the hot path
                 members = levels.get(key)
                 while not members:
@@ -444,6 +446,8 @@ class LeastResponseTime:
                 if live == key:
                     break
                 fresh.update(i, live)  # an acquire since: repair, look again
+            else:
+                return None
             best = i
             best_cost = key
         if view.idle.size or view.stale:
@@ -455,12 +459,14 @@ class LeastResponseTime:
             aside_distance = n
             idle = view.idle
             if idle.size:
-                while True:
+                for _ in range(n + 1):
                     key, i = idle.first(start)
                     live = (servers[i].active + 1) * inverse[i]
                     if live == key:
                         break
                     idle.update(i, live)
+                else:
+                    return None
                 aside = i
                 aside_cost = (fill if fill > floor else floor) * key
                 aside_distance = i - start if i >= start else i - start + n
@@ -511,7 +517,10 @@ class LeastResponseTime:
         exclude = ctx.exclude
         view = self.view
         if view is not None and not exclude:
-            return self._pick_tracked(view)
+            picked = self._pick_tracked(view)
+            if picked is not None:
+                return picked
+            self.track_load()  # the index was inconsistent: index afresh, answer by a scan
         inverse = self.inverse
         clock = self.clock
         latest = self.latest

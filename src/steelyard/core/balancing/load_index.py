@@ -95,8 +95,11 @@ class RotatingMinIndex:
         return key, members[k] if k < len(members) else members[0]
 
     def _compact(self) -> None:
-        self.levels = {k: v for k, v in self.levels.items() if v}
-        self.heap = list(self.levels)
+        # in place: callers (and LeastResponseTime's inlined first()) hold these objects
+        live = {k: v for k, v in self.levels.items() if v}
+        self.levels.clear()
+        self.levels.update(live)
+        self.heap[:] = live
         heapify(self.heap)
 
     def __repr__(self) -> str:
