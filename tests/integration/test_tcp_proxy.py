@@ -891,3 +891,112 @@ async def test_server_given_by_host_name(tagged: Any) -> None:
         await writer.wait_closed()
     finally:
         await engine.shutdown(1)
+
+
+async def test_client_reset_while_connecting_cancels_the_attempt() -> None:
+    """The client resets while the connect to the server still hangs: noticed at once (the
+    proxy keeps reading while it connects), the attempt is cancelled, the lease released as
+    CANCELLED (not held against the server) and the connection recorded."""
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    stuck_port = stuck.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue (nobody accepts): SYNs go unanswered
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", stuck_port))
+        fillers.append(f)
+    await asyncio.sleep(0.2)
+    extra = "    timeouts: {connect: 30s}"
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [stuck_port], extra)))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        _, writer = await asyncio.open_connection(host, lport)
+        writer.write(b"hello")
+        state = engine.backends["b"].servers["s0"]
+        for _ in range(100):
+            if state.active == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert state.active == 1  # the connect is pending, holding a lease
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+        for _ in range(150):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        assert len(records) == 1 and records[0].server is None
+        assert records[0].bytes_in == 5
+        assert state.active == 0
+        assert state.failures_total == 0  # the client left: no fault of the server
+        assert not engine.listeners["l4"].runtime.connections
+    finally:
+        await engine.shutdown(1)
+        for f in fillers:
+            f.close()
+        stuck.close()
+
+
+async def test_client_data_while_connecting_is_bounded_then_relayed_intact() -> None:
+    """A client that sends 1 MiB before the server has answered the connect: the proxy keeps
+    at most about CONNECT_BUFFER of it (reading pauses), and once the connect completes every
+    byte arrives, in order."""
+    loop = asyncio.get_running_loop()
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    stuck.setblocking(False)
+    stuck_port = stuck.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue: the proxy's SYN goes unanswered for now
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", stuck_port))
+        fillers.append(f)
+    await asyncio.sleep(0.2)
+    extra = "    timeouts: {connect: 20s}"
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [stuck_port], extra)))
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    try:
+        host, lport = engine.bound["l4"]
+        _, writer = await asyncio.open_connection(host, lport)
+        writer.write(payload)
+        state = engine.backends["b"].servers["s0"]
+        for _ in range(100):
+            if state.active == 1:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        (conn,) = engine.listeners["l4"].runtime.connections
+        assert conn.phase is tcp_proxy.Phase.CONNECTING
+        assert conn.reading_paused
+        assert tcp_proxy.CONNECT_BUFFER <= len(conn.buffer) < tcp_proxy.CONNECT_BUFFER + 512 * 1024
+        # accept everything queued: the fillers (known by their ports) are closed, and the
+        # proxy's SYN, retransmitted once there is room, gets through
+        filler_ports = {f.getsockname()[1] for f in fillers}
+        received = bytearray()
+        server_side = None
+        for _ in range(len(fillers) + 1):
+            s, peer = await asyncio.wait_for(loop.sock_accept(stuck), 15)
+            if peer[1] in filler_ports:
+                s.close()
+                continue
+            server_side = s
+            break
+        assert server_side is not None
+        while len(received) < len(payload):
+            chunk = await asyncio.wait_for(loop.sock_recv(server_side, 1 << 20), 5)
+            assert chunk, f"closed after {len(received)} bytes"
+            received += chunk
+        assert bytes(received) == payload
+        server_side.close()
+        writer.close()
+    finally:
+        await engine.shutdown(1)
+        for f in fillers:
+            f.close()
+        stuck.close()

@@ -11,10 +11,11 @@ How this works. One `TcpConnection` per accepted connection is the downstream Pr
   the bytes are forwarded as they came) and its server name picks the backend: exact name, then
   `*.` wildcard; no SNI, no match, no valid ClientHello or no hello within the listener's
   `timeouts.request_head` -> the listener's `backend`, or close when there is none.
-- CONNECTING: downstream reading is paused; `backend.acquire()` picks a server (hash
-  algorithms hash the client IP, or the SNI name with `hash_on: sni`), the connect gets the
-  backend's `timeouts.connect`, and a failed connect is retried on a different server up to
-  `retries` times. With `proxy_protocol: v1|v2` on the backend the header goes out first, then
+- CONNECTING: what the client sends is kept (plain TCP keeps reading, so a client that
+  leaves is noticed at once; past CONNECT_BUFFER, and always with TLS, reading pauses).
+  `backend.acquire()` picks a server (hash algorithms hash the client IP, or the SNI name with
+  `hash_on: sni`), the connect gets the backend's `timeouts.connect`, and a failed connect is
+  retried on a different server up to `retries` times. With `proxy_protocol: v1|v2` on the backend the header goes out first, then
   whatever the client already sent.
 - RELAY: each side's data_received writes to the other transport. Back-pressure on both legs:
   when a transport's write buffer passes its high-water mark, its protocol's pause_writing()
@@ -68,6 +69,8 @@ log = logging.getLogger("steelyard")
 
 HIGH_WATER = 1024 * 1024  # per transport write buffer before we pause the other side
 LOW_WATER = 256 * 1024
+# what a client may send while we connect before we stop reading from it
+CONNECT_BUFFER = 64 * 1024
 MAX_PREFACE = 16384 + 4096 + 512  # ClientHello (bounded by core.sni) + PROXY v2 header + slack
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _LOCAL_ERRORS = frozenset(
@@ -399,11 +402,13 @@ class TcpConnection(asyncio.Protocol):
         self.buffer += data
         if self.phase is _PREFACE:
             self._preface()
-        elif self.transport is not None:
-            # CONNECTING: a pause_reading() from connection_made may be undone when the loop
-            # starts reading after it returns (uvloop), so pause again: at most one read is
-            # buffered while we connect
-            self.transport.pause_reading()
+        elif len(self.buffer) >= CONNECT_BUFFER or self.listener.ssl_context is not None:
+            # CONNECTING: what the client sends (usually its first request) is kept until the
+            # server is there, up to CONNECT_BUFFER. Plain TCP keeps reading meanwhile, so a
+            # client that resets or goes away is noticed at once and the connect is cancelled.
+            # TLS pauses (a close_notify would end the connection before its data was passed
+            # on), and pauses again here: uvloop may undo a pause made in connection_made
+            self._pause_connecting()
 
     def eof_received(self) -> bool:
         self.down_eof = True
@@ -540,8 +545,8 @@ class TcpConnection(asyncio.Protocol):
             return
         self.backend_name = backend_name
         self.phase = _CONNECTING
-        assert self.transport is not None
-        self.transport.pause_reading()
+        if len(self.buffer) >= CONNECT_BUFFER or self.listener.ssl_context is not None:
+            self._pause_connecting()
         listener = self.listener
         backend = listener.engine.backends.get(backend_name)
         if backend is None:
@@ -565,6 +570,11 @@ class TcpConnection(asyncio.Protocol):
         assert record is not None
         record.backend = backend_name
         self._attempt()
+
+    def _pause_connecting(self) -> None:
+        self.reading_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def _attempt(self) -> None:
         """Pick a server (not one that failed already) and start connecting to it."""
@@ -681,9 +691,8 @@ class TcpConnection(asyncio.Protocol):
             self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
         if self.listener.use_splice:
             self.splice_at = self.bytes_in + self.bytes_out + SPLICE_AFTER
-        down = self.transport
-        if down is not None and not down.is_closing() and not self.down_eof:
-            down.resume_reading()
+        if self.reading_paused and not self.down_eof:
+            self.resume_downstream_reading()
 
     def try_splice(self) -> None:
         if self.phase is not _RELAY or self.splice is not None or self._start_splice():
