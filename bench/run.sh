@@ -17,9 +17,25 @@ PY=.venv/bin/python
 PIDFILE=$(mktemp /tmp/steelyard-bench-pids.XXXXXX)
 export BENCH_PIDFILE=$PIDFILE
 POLICY_RC_CREATED=0
+CHILD=""
+
+# run a harness in the background and wait for it, so that a signal reaches our traps at once
+# (bash runs traps only between commands) and is passed on to the harness, which stops its own
+run_harness() {
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
 
 cleanup() {
     local pid
+    if [ -n "$CHILD" ] && kill -0 "$CHILD" 2>/dev/null; then
+        kill -TERM "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
     if [ -s "$PIDFILE" ]; then
         while read -r pid; do
             [ -n "$pid" ] || continue
@@ -66,11 +82,11 @@ if [ ! -x .venv/bin/py-spy ]; then
 fi
 
 # --- HTTP (issue 2) ------------------------------------------------------------------------
-"$PY" bench/http_bench.py "$@"
+run_harness "$PY" bench/http_bench.py "$@"
 
 # --- L4 (issue 5): only once Steelyard has tcp listeners ------------------------------------
 case "${BENCH_TCP:-auto}" in
     0) ;;
-    1) "$PY" bench/tcp_bench.py "$@" ;;
-    *) if [ -f bench/tcp_bench.py ]; then "$PY" bench/tcp_bench.py --if-supported "$@"; fi ;;
+    1) run_harness "$PY" bench/tcp_bench.py "$@" ;;
+    *) run_harness "$PY" bench/tcp_bench.py --if-supported "$@" ;;
 esac
