@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests.helpers.engine_setup import api_config, until
 from tests.helpers.flaky_backend import FlakyBackend, RawTcpServer, flaky_backend
 from tests.helpers.http_backends import request, steelyard
 
@@ -29,36 +30,12 @@ def config(
     *,
     check: str = "",
     extra: str = "",
-    admin: bool = False,
 ) -> str:
-    servers = "\n".join(f"      - {{address: '{b.address}', name: {b.name}}}" for b in backends)
     check = check or (
         f"{{type: http, path: /health, interval: {INTERVAL}s, timeout: 150ms, "
         "healthy_threshold: 2, unhealthy_threshold: 3}"
     )
-    return f"""
-version: 1
-listeners:
-  - name: web
-    protocol: http
-    bind: 127.0.0.1:0
-    routes:
-      - match: {{path_prefix: /}}
-        backend: api
-backends:
-  api:
-    health_check: {check}
-{extra}    servers:
-{servers}
-"""
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+    return api_config(backends, f"    health_check: {check}\n{extra}")
 
 
 def state_of(engine: Any, server: str, backend: str = "api") -> str:

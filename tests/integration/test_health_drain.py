@@ -4,48 +4,17 @@ drain_timeout cut, and kept-alive upstream connections not being reused."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
-from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
+from tests.helpers.engine_setup import api_config, served, until
+from tests.helpers.flaky_backend import flaky_backend
 from tests.helpers.http_backends import H11Client, request, steelyard
-
-
-def config(backends: list[FlakyBackend], extra: str = "") -> str:
-    servers = "\n".join(f"      - {{address: '{b.address}', name: {b.name}}}" for b in backends)
-    return f"""
-version: 1
-listeners:
-  - name: web
-    protocol: http
-    bind: 127.0.0.1:0
-    routes:
-      - match: {{path_prefix: /}}
-        backend: api
-backends:
-  api:
-{extra}    servers:
-{servers}
-"""
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what}")
-        await asyncio.sleep(0.02)
-
-
-def served(b: FlakyBackend) -> int:
-    return len([r for r in b.requests if r.target != "/health"])
 
 
 async def test_drain_stops_new_requests_and_lets_in_flight_finish() -> None:
     async with (
         flaky_backend("s1") as s1,
         flaky_backend("s2") as s2,
-        steelyard(config([s1, s2], "    drain_timeout: 30s\n")) as sy,
+        steelyard(api_config([s1, s2], "    drain_timeout: 30s\n")) as sy,
     ):
         backend = sy.engine.backends["api"]
         # warm a keep-alive upstream connection to each server
@@ -76,7 +45,7 @@ async def test_drain_timeout_cuts_what_is_left() -> None:
     async with (
         flaky_backend("s1") as s1,
         flaky_backend("s2") as s2,
-        steelyard(config([s1, s2], "    drain_timeout: 300ms\n")) as sy,
+        steelyard(api_config([s1, s2], "    drain_timeout: 300ms\n")) as sy,
     ):
         backend = sy.engine.backends["api"]
         client = await H11Client.connect(sy.port)
@@ -98,7 +67,7 @@ async def test_removed_server_is_listed_draining_until_idle_then_gone() -> None:
     async with (
         flaky_backend("s1") as s1,
         flaky_backend("s2") as s2,
-        steelyard(config([s1, s2], "    drain_timeout: 30s\n")) as sy,
+        steelyard(api_config([s1, s2], "    drain_timeout: 30s\n")) as sy,
     ):
         backend = sy.engine.backends["api"]
         pinned = asyncio.create_task(request(sy.port, "GET", "/delay/0.5"))
@@ -116,7 +85,7 @@ async def test_disabled_server_is_out_at_once_but_in_flight_finishes() -> None:
     async with (
         flaky_backend("s1") as s1,
         flaky_backend("s2") as s2,
-        steelyard(config([s1, s2])) as sy,
+        steelyard(api_config([s1, s2])) as sy,
     ):
         backend = sy.engine.backends["api"]
         pinned = asyncio.create_task(request(sy.port, "GET", "/delay/0.3"))

@@ -5,9 +5,8 @@ drain_timeout."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
+from tests.helpers.engine_setup import until
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
 
 from steelyard.config import load_config_text
@@ -28,14 +27,6 @@ backends:
 {extra}    servers:
 {servers}
 """
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def get_once(port: int) -> bytes:

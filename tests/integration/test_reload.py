@@ -6,67 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import h11
 import pytest
-from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
+from tests.helpers.engine_setup import api_config, start_engine, until
+from tests.helpers.flaky_backend import flaky_backend
 from tests.helpers.http_backends import H11Client, request
 from tests.helpers.steelyard_process import SteelyardProcess
 
 from steelyard.config import ConfigError, load_config_text
 from steelyard.core.balancing.base import AdminState
-from steelyard.engine import Engine
-
-
-def config(
-    backends: list[FlakyBackend],
-    extra: str = "",
-    routes: str = "",
-    weights: dict[str, int] | None = None,
-    bind: str = "127.0.0.1:0",
-    more_listeners: str = "",
-) -> str:
-    weights = weights or {}
-    servers = "\n".join(
-        f"      - {{address: '{b.address}', name: {b.name}, weight: {weights.get(b.name, 1)}}}"
-        for b in backends
-    )
-    return f"""
-version: 1
-listeners:
-  - name: web
-    protocol: http
-    bind: {bind}
-    routes:
-{routes}      - match: {{path_prefix: /}}
-        backend: api
-{more_listeners}backends:
-  api:
-{extra}    servers:
-{servers}
-"""
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what}")
-        await asyncio.sleep(0.02)
-
-
-async def start_engine(text: str, path: Path | None = None) -> tuple[Engine, int]:
-    engine = Engine(
-        load_config_text(text),
-        str(path) if path else None,
-        loop=asyncio.get_running_loop(),
-    )
-    await engine.start()
-    return engine, engine.bound["web"][1]
-
 
 NEW_ROUTE = """      - match: {path_prefix: /new}
         respond: {status: 200, body: "new config"}
@@ -76,10 +26,10 @@ NEW_ROUTE = """      - match: {path_prefix: /new}
 async def test_invalid_config_keeps_the_old_one(tmp_path: Path) -> None:
     async with flaky_backend("s1") as s1:
         path = tmp_path / "steelyard.yaml"
-        path.write_text(config([s1]))
+        path.write_text(api_config([s1]))
         engine, port = await start_engine(path.read_text(), path)
         try:
-            path.write_text(config([s1]) + "\nbogus_key: 1\n")
+            path.write_text(api_config([s1]) + "\nbogus_key: 1\n")
             with pytest.raises(ConfigError):
                 await engine.reload()
             assert engine.reloads == 0
@@ -91,12 +41,12 @@ async def test_invalid_config_keeps_the_old_one(tmp_path: Path) -> None:
 
 async def test_kept_listener_keeps_socket_and_kept_alive_connections(tmp_path: Path) -> None:
     async with flaky_backend("s1") as s1:
-        engine, port = await start_engine(config([s1]))
+        engine, port = await start_engine(api_config([s1]))
         try:
             client = await H11Client.connect(port)
             assert (await client.request("GET", "/new")).header("x-server") == "s1"
             server_before = engine.listeners["web"].server
-            await engine.reload(load_config_text(config([s1], routes=NEW_ROUTE)))
+            await engine.reload(load_config_text(api_config([s1], routes=NEW_ROUTE)))
             assert engine.listeners["web"].server is server_before
             assert engine.bound["web"][1] == port
             # the same connection carries on, under the new configuration
@@ -116,11 +66,11 @@ async def test_changed_bind_moves_the_listener_and_removed_listener_closes() -> 
     bind: 127.0.0.1:0
     backend: api
 """
-        engine, port = await start_engine(config([s1], more_listeners=extra_listener))
+        engine, port = await start_engine(api_config([s1], more_listeners=extra_listener))
         try:
             other_port = engine.bound["other"][1]
             assert (await request(other_port, "GET", "/")).status == 200
-            await engine.reload(load_config_text(config([s1], bind="127.0.0.2:0")))
+            await engine.reload(load_config_text(api_config([s1], bind="127.0.0.2:0")))
             new_port = engine.bound["web"][1]
             assert "other" not in engine.bound
             assert engine.bound["web"][0] == "127.0.0.2"
@@ -141,7 +91,7 @@ async def test_servers_keep_health_ejection_and_counters_across_reload() -> None
             "    health_check: {type: http, path: /health, interval: 5s, timeout: 1s}\n"
             "    outlier_detection: {consecutive_failures: 2, base_ejection_time: 60s}\n"
         )
-        engine, port = await start_engine(config([s1, s2], extra))
+        engine, port = await start_engine(api_config([s1, s2], extra))
         try:
             backend = engine.backends["api"]
             await until(lambda: all(s.health.value == "healthy" for s in backend.servers.values()))
@@ -151,7 +101,7 @@ async def test_servers_keep_health_ejection_and_counters_across_reload() -> None
             s1_state = backend.servers["s1"]
             assert s1_state.state(engine.clock()) == "ejected"
             requests_before = backend.servers["s2"].requests_total
-            await engine.reload(load_config_text(config([s1, s2], extra)))
+            await engine.reload(load_config_text(api_config([s1, s2], extra)))
             new = engine.backends["api"]
             assert new is not backend
             assert new.servers["s1"] is s1_state
@@ -167,14 +117,14 @@ async def test_servers_keep_health_ejection_and_counters_across_reload() -> None
 
 async def test_removed_server_drains_in_flight_work() -> None:
     async with flaky_backend("s1") as s1, flaky_backend("s2") as s2:
-        engine, port = await start_engine(config([s1, s2]))
+        engine, port = await start_engine(api_config([s1, s2]))
         try:
             backend = engine.backends["api"]
             pinned = asyncio.create_task(request(port, "GET", "/delay/0.5"))
             await until(lambda: any(s.active for s in backend.servers.values()))
             busy = next(s.name for s in backend.servers.values() if s.active)
             keep = [b for b in (s1, s2) if b.name != busy]
-            await engine.reload(load_config_text(config(keep)))
+            await engine.reload(load_config_text(api_config(keep)))
             new = engine.backends["api"]
             assert new.servers[busy].state(engine.clock()) == "draining"
             for _ in range(4):
@@ -189,15 +139,15 @@ async def test_removed_server_drains_in_flight_work() -> None:
 
 async def test_admin_changes_survive_unless_the_file_changed_the_server() -> None:
     async with flaky_backend("s1") as s1, flaky_backend("s2") as s2:
-        engine, port = await start_engine(config([s1, s2]))
+        engine, port = await start_engine(api_config([s1, s2]))
         try:
             engine.backends["api"].drain("s1")
             engine.backends["api"].set_weight("s2", 9)
-            await engine.reload(load_config_text(config([s1, s2])))
+            await engine.reload(load_config_text(api_config([s1, s2])))
             b = engine.backends["api"]
             assert b.servers["s1"].admin is AdminState.DRAINING
             assert b.servers["s2"].weight == 9
-            await engine.reload(load_config_text(config([s1, s2], weights={"s1": 2})))
+            await engine.reload(load_config_text(api_config([s1, s2], weights={"s1": 2})))
             b = engine.backends["api"]
             assert (b.servers["s1"].admin, b.servers["s1"].weight) == (AdminState.ENABLED, 2)
             assert b.servers["s2"].weight == 9  # the file did not change s2
@@ -211,17 +161,17 @@ async def test_sighup_reloads_and_an_invalid_file_keeps_the_old_config(tmp_path:
     async with flaky_backend("s1") as s1:
         path = tmp_path / "steelyard.yaml"
         access = f"log: {{access: {tmp_path / 'access.log'}}}\n"
-        path.write_text(access + config([s1]))
+        path.write_text(access + api_config([s1]))
         with SteelyardProcess(path) as sy:
             port = await asyncio.to_thread(sy.port, "web")
             assert (await request(port, "GET", "/new")).header("x-server") == "s1"
             mark = len(sy.lines)
-            path.write_text(access + config([s1], routes=NEW_ROUTE))
+            path.write_text(access + api_config([s1], routes=NEW_ROUTE))
             sy.send(signal.SIGHUP)
             await asyncio.to_thread(sy.wait_for, r"reloaded", 15.0, mark)
             assert (await request(port, "GET", "/new")).body == b"new config"
             mark = len(sy.lines)
-            path.write_text(access + config([s1]) + "\nlisteners: [oops\n")
+            path.write_text(access + api_config([s1]) + "\nlisteners: [oops\n")
             sy.send(signal.SIGHUP)
             await asyncio.to_thread(sy.wait_for, r"reload refused, old config kept", 15.0, mark)
             assert (await request(port, "GET", "/new")).body == b"new config"
@@ -240,7 +190,7 @@ async def test_reload_that_cannot_bind_keeps_the_old_config_whole() -> None:
     busy = blocker.getsockname()[1]
     try:
         async with flaky_backend("s1") as s1, flaky_backend("s2") as s2:
-            engine, port = await start_engine(config([s1]))
+            engine, port = await start_engine(api_config([s1]))
             try:
                 config_before = engine.config
                 backends_before = engine.backends
@@ -250,14 +200,16 @@ async def test_reload_that_cannot_bind_keeps_the_old_config_whole() -> None:
     backend: api
 """
                 with pytest.raises(StartError):
-                    await engine.reload(load_config_text(config([s1, s2], more_listeners=taken)))
+                    await engine.reload(
+                        load_config_text(api_config([s1, s2], more_listeners=taken))
+                    )
                 assert engine.config is config_before
                 assert engine.backends is backends_before
                 assert list(engine.listeners) == ["web"]
                 assert engine.reloads == 0
                 assert "s2" not in engine.backends["api"].servers
                 assert (await request(port, "GET", "/")).status == 200
-                await engine.reload(load_config_text(config([s1, s2])))
+                await engine.reload(load_config_text(api_config([s1, s2])))
                 assert "s2" in engine.backends["api"].servers
             finally:
                 await engine.shutdown(1.0)
@@ -267,9 +219,9 @@ async def test_reload_that_cannot_bind_keeps_the_old_config_whole() -> None:
 
 async def test_renamed_listener_on_the_same_address_moves_over() -> None:
     async with flaky_backend("s1") as s1:
-        engine, port = await start_engine(config([s1]))
+        engine, port = await start_engine(api_config([s1]))
         try:
-            renamed = config([s1], bind=f"127.0.0.1:{port}").replace("name: web", "name: www")
+            renamed = api_config([s1], bind=f"127.0.0.1:{port}").replace("name: web", "name: www")
             await engine.reload(load_config_text(renamed))
             assert list(engine.listeners) == ["www"]
             assert engine.bound["www"] == ("127.0.0.1", port)
@@ -292,7 +244,7 @@ async def test_admin_reload_that_cannot_bind_is_400_and_keeps_the_old_config(
         async with flaky_backend("s1") as s1:
             path = tmp_path / "steelyard.yaml"
             admin = "admin: {bind: '127.0.0.1:0'}\n"
-            path.write_text(admin + config([s1]))
+            path.write_text(admin + api_config([s1]))
             engine, port = await start_engine(path.read_text(), path)
             try:
                 admin_port = engine.admin.port
@@ -301,7 +253,7 @@ async def test_admin_reload_that_cannot_bind_is_400_and_keeps_the_old_config(
     bind: 127.0.0.1:{busy}
     backend: api
 """
-                path.write_text(admin + config([s1], more_listeners=taken))
+                path.write_text(admin + api_config([s1], more_listeners=taken))
                 reply = await request(admin_port, "POST", "/api/v1/reload")
                 assert reply.status == 400
                 assert "cannot bind" in json.loads(reply.body)["error"]
@@ -320,7 +272,7 @@ async def test_a_retired_backend_still_cuts_its_leaving_servers_after_drain_time
             "backends:\n  other:\n    servers:\n"
             f"      - {{address: '{s2.address}', name: s2}}\n  api:\n"
         )
-        text = config([s1], "    drain_timeout: 300ms\n").replace("backends:\n  api:\n", two)
+        text = api_config([s1], "    drain_timeout: 300ms\n").replace("backends:\n  api:\n", two)
         engine, port = await start_engine(text)
         try:
             client = await H11Client.connect(port)

@@ -5,43 +5,12 @@ with a bounded wait queue. Real sockets, real backends (tests/helpers)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
+from tests.helpers.engine_setup import api_config, served, until
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
 from tests.helpers.http_backends import Behaviour, H11Client, request, steelyard
-
-
-def config(backends: list[FlakyBackend], extra: str = "") -> str:
-    servers = "\n".join(f"      - {{address: '{b.address}', name: {b.name}}}" for b in backends)
-    return f"""
-version: 1
-listeners:
-  - name: web
-    protocol: http
-    bind: 127.0.0.1:0
-    routes:
-      - match: {{path_prefix: /}}
-        backend: api
-backends:
-  api:
-{extra}    servers:
-{servers}
-"""
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what}")
-        await asyncio.sleep(0.02)
-
-
-def served(b: FlakyBackend) -> int:
-    return len([r for r in b.requests if r.target != "/health"])
 
 
 class Backends:
@@ -68,7 +37,7 @@ class Backends:
 async def test_connect_failure_is_retried_on_a_different_server() -> None:
     async with Backends("s1", "s2", "s3") as (s1, s2, s3):
         await s1.kill()
-        async with steelyard(config([s1, s2, s3], "    retries: 2\n")) as sy:
+        async with steelyard(api_config([s1, s2, s3], "    retries: 2\n")) as sy:
             for _ in range(12):
                 reply = await request(sy.port, "GET", "/")
                 assert reply.status == 200
@@ -82,7 +51,7 @@ async def test_every_connect_refused_is_503_with_retry_after() -> None:
     async with Backends("s1", "s2") as (s1, s2):
         await s1.kill()
         await s2.kill()
-        async with steelyard(config([s1, s2], "    retries: 5\n")) as sy:
+        async with steelyard(api_config([s1, s2], "    retries: 5\n")) as sy:
             reply = await request(sy.port, "GET", "/")
             assert reply.status == 503
             assert reply.header("retry-after") is not None
@@ -92,7 +61,7 @@ async def test_every_connect_refused_is_503_with_retry_after() -> None:
 
 
 async def test_nothing_eligible_is_503_at_once_with_retry_after() -> None:
-    async with Backends("s1", "s2") as (s1, s2), steelyard(config([s1, s2])) as sy:
+    async with Backends("s1", "s2") as (s1, s2), steelyard(api_config([s1, s2])) as sy:
         backend = sy.engine.backends["api"]
         backend.disable("s1")
         backend.drain("s2")
@@ -105,7 +74,7 @@ async def test_nothing_eligible_is_503_at_once_with_retry_after() -> None:
 async def test_idempotent_request_reset_before_the_response_is_retried_elsewhere() -> None:
     async with Backends("s1", "s2") as (s1, s2):
         s1.behaviour = Behaviour(reset_before_head=True)
-        async with steelyard(config([s1, s2], "    retries: 1\n")) as sy:
+        async with steelyard(api_config([s1, s2], "    retries: 1\n")) as sy:
             for _ in range(6):
                 reply = await request(sy.port, "GET", "/")
                 assert (reply.status, reply.header("x-server")) == (200, "s2")
@@ -116,7 +85,7 @@ async def test_request_with_a_streamed_body_is_not_replayed_after_reaching_a_ser
     async with Backends("s1", "s2") as (s1, s2):
         s1.behaviour = Behaviour(reset_before_head=True)
         s2.behaviour = Behaviour(reset_before_head=True)
-        async with steelyard(config([s1, s2], "    retries: 1\n")) as sy:
+        async with steelyard(api_config([s1, s2], "    retries: 1\n")) as sy:
             reply = await request(sy.port, "POST", "/echo", body=b"x" * 10)
             assert reply.status == 502
             assert served(s1) + served(s2) == 1  # reached one server, not replayed
@@ -125,7 +94,7 @@ async def test_request_with_a_streamed_body_is_not_replayed_after_reaching_a_ser
 async def test_response_timeout_is_504_and_not_retried() -> None:
     async with Backends("s1", "s2") as (s1, s2):
         extra = "    retries: 2\n    timeouts: {connect: 1s, response: 200ms, idle: 1s}\n"
-        async with steelyard(config([s1, s2], extra)) as sy:
+        async with steelyard(api_config([s1, s2], extra)) as sy:
             reply = await request(sy.port, "GET", "/delay/2")
             assert reply.status == 504
             assert served(s1) + served(s2) == 1
@@ -142,7 +111,7 @@ OUTLIER = (
 async def test_server_5xx_ejects_after_consecutive_failures() -> None:
     async with Backends("s1", "s2") as (s1, s2):
         s1.behaviour = Behaviour(status=500)
-        async with steelyard(config([s1, s2], OUTLIER)) as sy:
+        async with steelyard(api_config([s1, s2], OUTLIER)) as sy:
             statuses = Counter()
             for _ in range(30):
                 reply = await request(sy.port, "GET", "/")
@@ -157,7 +126,7 @@ async def test_server_5xx_ejects_after_consecutive_failures() -> None:
 async def test_steelyards_own_errors_do_not_eject() -> None:
     async with Backends("s1", "s2") as (s1, s2):
         extra = OUTLIER + "    timeouts: {connect: 1s, response: 5s, idle: 1s}\n"
-        async with steelyard(config([s1, s2], extra)) as sy:
+        async with steelyard(api_config([s1, s2], extra)) as sy:
             for _ in range(6):
                 # the client goes away mid-request: CANCELLED, not a server failure
                 client = await H11Client.connect(sy.port)
@@ -180,7 +149,7 @@ async def test_ejection_cap_holds_end_to_end() -> None:
             "    outlier_detection: {consecutive_failures: 2, base_ejection_time: 30s, "
             "max_ejection_percent: 50}\n"
         )
-        async with steelyard(config(servers, extra)) as sy:
+        async with steelyard(api_config(servers, extra)) as sy:
             for _ in range(40):
                 await request(sy.port, "GET", "/")
             backend = sy.engine.backends["api"]
@@ -197,7 +166,7 @@ async def test_ejected_server_returns_only_after_time_up_and_a_passing_check() -
             "    outlier_detection: {consecutive_failures: 2, base_ejection_time: 300ms, "
             "max_ejection_percent: 50}\n"
         )
-        async with steelyard(config([s1, s2], extra)) as sy:
+        async with steelyard(api_config([s1, s2], extra)) as sy:
             engine = sy.engine
             backend = engine.backends["api"]
 
@@ -228,7 +197,7 @@ async def test_ejected_server_returns_only_after_time_up_and_a_passing_check() -
 async def test_at_the_cap_requests_wait_in_the_queue_and_all_succeed() -> None:
     async with Backends("s1") as (s1,):
         extra = "    max_connections_per_server: 1\n    queue_timeout: 5s\n"
-        async with steelyard(config([s1], extra)) as sy:
+        async with steelyard(api_config([s1], extra)) as sy:
             replies = await asyncio.gather(
                 *(request(sy.port, "GET", "/delay/0.2") for _ in range(4))
             )
@@ -239,7 +208,7 @@ async def test_at_the_cap_requests_wait_in_the_queue_and_all_succeed() -> None:
 async def test_queue_timeout_gives_503() -> None:
     async with Backends("s1") as (s1,):
         extra = "    max_connections_per_server: 1\n    queue_timeout: 200ms\n"
-        async with steelyard(config([s1], extra)) as sy:
+        async with steelyard(api_config([s1], extra)) as sy:
             slow = asyncio.create_task(request(sy.port, "GET", "/delay/1.5"))
             await until(lambda: sy.engine.backends["api"].servers["s1"].active == 1)
             reply = await request(sy.port, "GET", "/")
@@ -258,7 +227,7 @@ async def test_an_ejected_server_is_checked_at_once_when_its_time_is_up() -> Non
             "    outlier_detection: {consecutive_failures: 2, base_ejection_time: 300ms, "
             "max_ejection_percent: 50}\n"
         )
-        async with steelyard(config([s1, s2], extra)) as sy:
+        async with steelyard(api_config([s1, s2], extra)) as sy:
             engine = sy.engine
             backend = engine.backends["api"]
 

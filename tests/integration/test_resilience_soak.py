@@ -14,12 +14,12 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import h11
+from tests.helpers.engine_setup import until
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
 from tests.helpers.http_backends import H11Client, request
 from tests.helpers.steelyard_process import SteelyardProcess
@@ -184,14 +184,6 @@ class Load:
             finally:
                 self.in_flight -= 1
             self.outcomes.append(out)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 async def wait_ready(port: int, names: set[str], timeout: float = 15.0) -> None:

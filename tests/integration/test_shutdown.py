@@ -5,58 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import h11
 import pytest
-from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
+from tests.helpers.engine_setup import api_config, start_engine, until
+from tests.helpers.flaky_backend import flaky_backend
 from tests.helpers.http_backends import H11Client, request
 from tests.helpers.steelyard_process import SteelyardProcess
-
-from steelyard.config import load_config_text
-from steelyard.engine import Engine
 
 # what a client sees when its connection is closed before the response
 CUT = (ConnectionError, asyncio.IncompleteReadError, h11.RemoteProtocolError)
 
 
-def config(backends: list[FlakyBackend], extra: str = "", top: str = "") -> str:
-    servers = "\n".join(f"      - {{address: '{b.address}', name: {b.name}}}" for b in backends)
-    return f"""
-version: 1
-{top}listeners:
-  - name: web
-    protocol: http
-    bind: 127.0.0.1:0
-    routes:
-      - match: {{path_prefix: /}}
-        backend: api
-backends:
-  api:
-{extra}    servers:
-{servers}
-"""
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what}")
-        await asyncio.sleep(0.02)
-
-
-async def start_engine(text: str) -> tuple[Engine, int]:
-    engine = Engine(load_config_text(text), loop=asyncio.get_running_loop())
-    await engine.start()
-    return engine, engine.bound["web"][1]
-
-
 async def test_shutdown_stops_accepting_and_lets_in_flight_finish() -> None:
     async with flaky_backend("s1") as s1:
-        engine, port = await start_engine(config([s1]))
+        engine, port = await start_engine(api_config([s1]))
         try:
             slow = asyncio.create_task(request(port, "GET", "/delay/0.5"))
             await until(lambda: engine.backends["api"].servers["s1"].active == 1)
@@ -79,7 +43,7 @@ async def test_shutdown_stops_accepting_and_lets_in_flight_finish() -> None:
 
 async def test_shutdown_timeout_cuts_what_is_left() -> None:
     async with flaky_backend("s1") as s1:
-        engine, port = await start_engine(config([s1]))
+        engine, port = await start_engine(api_config([s1]))
         try:
             client = await H11Client.connect(port)
             stuck = asyncio.create_task(client.request("GET", "/delay/30", timeout=20))
@@ -94,7 +58,7 @@ async def test_shutdown_timeout_cuts_what_is_left() -> None:
 async def test_shutdown_stops_health_checks() -> None:
     async with flaky_backend("s1") as s1:
         check = "    health_check: {type: http, path: /health, interval: 100ms, timeout: 50ms}\n"
-        engine, _ = await start_engine(config([s1], check))
+        engine, _ = await start_engine(api_config([s1], check))
         await until(lambda: s1.health_checks >= 2)
         tasks = [c.task for c in engine.health.checks.values()]
         await engine.shutdown(1.0)
@@ -109,7 +73,7 @@ async def test_sigterm_finishes_in_flight_and_exits_0(tmp_path: Path) -> None:
     async with flaky_backend("s1") as s1:
         path = tmp_path / "steelyard.yaml"
         path.write_text(
-            config(
+            api_config(
                 [s1],
                 top=f"shutdown_timeout: 10s\nlog: {{access: {tmp_path / 'access.log'}}}\n",
             )
@@ -131,7 +95,7 @@ async def test_sigterm_cuts_after_shutdown_timeout_and_still_exits_0(tmp_path: P
     async with flaky_backend("s1") as s1:
         path = tmp_path / "steelyard.yaml"
         path.write_text(
-            config(
+            api_config(
                 [s1],
                 top=f"shutdown_timeout: 300ms\nlog: {{access: {tmp_path / 'access.log'}}}\n",
             )
