@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from tests.helpers.yaml_text import at
 
 from steelyard.config import ConfigError, load_config, load_config_text
 from steelyard.config.loader import analyse_text
@@ -20,15 +21,6 @@ backends:
   static:
     servers: [{address: 10.0.0.2:80}]
 """
-
-
-def at(text: str, needle: str, nth: int = 0) -> str:
-    idx = -1
-    for _ in range(nth + 1):
-        idx = text.index(needle, idx + 1)
-    line = text.count("\n", 0, idx) + 1
-    col = idx - (text.rfind("\n", 0, idx) + 1) + 1
-    return f"{line}:{col}"
 
 
 def atq(text: str, needle: str, nth: int = 0) -> str:

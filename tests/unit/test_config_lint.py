@@ -6,18 +6,10 @@ import io
 import pathlib
 
 import pytest
+from tests.helpers.yaml_text import at
 
 from steelyard.config import check_command, load_config_text
 from steelyard.config.loader import analyse_text
-
-
-def at(text: str, needle: str, nth: int = 0) -> str:
-    idx = -1
-    for _ in range(nth + 1):
-        idx = text.index(needle, idx + 1)
-    line = text.count("\n", 0, idx) + 1
-    col = idx - (text.rfind("\n", 0, idx) + 1) + 1
-    return f"{line}:{col}"
 
 
 def warnings(text: str) -> list[str]:
