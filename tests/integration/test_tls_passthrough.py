@@ -374,3 +374,96 @@ backends:
         assert len(set().union(*seen.values())) >= 2  # names spread over servers
     finally:
         await engine.shutdown(1)
+
+
+def _write_cert(ca: trustme.CA, cert_path: Path, key_path: Path, *names: str) -> bytes:
+    """Issue a certificate for `names` into the two files; returns the leaf's DER bytes."""
+    cert = ca.issue_cert(*names)
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert_path), append=True)
+    cert.private_key_pem.write_to_path(str(key_path))
+    return ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+
+
+async def test_tcp_tls_reload_rereads_certificates_and_keeps_connections(
+    ca: trustme.CA, servers: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload re-reads a TLS-terminating TCP listener's certificate files: new handshakes
+    get the new certificate (rewritten in place, or a new path), an open TLS connection
+    through the listener carries on, and a broken file keeps the old certificates."""
+    port_plain = await servers(b"P")
+    cert_path, key_path = tmp_path / "l.pem", tmp_path / "l.key"
+    first = _write_cert(ca, cert_path, key_path, "a.example.com")
+
+    def tls_config(cert: Path, key: Path) -> Any:
+        return load_config_text(
+            f"""
+listeners:
+  - name: tls
+    protocol: tcp
+    bind: 127.0.0.1:0
+    backend: p
+    tls:
+      certificates:
+        - {{cert: "{cert}", key: "{key}"}}
+backends:
+  p:
+    servers: [{{address: 127.0.0.1:{port_plain}}}]
+"""
+        )
+
+    async def served_cert(port: int) -> bytes:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_context(ca), server_hostname="a.example.com"
+            ),
+            5,
+        )
+        try:
+            assert await asyncio.wait_for(reader.readline(), 5) == b"P\n"
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            assert isinstance(der, bytes)
+            return der
+        finally:
+            writer.close()
+
+    engine = Engine(tls_config(cert_path, key_path))
+    await engine.start()
+    try:
+        _, port = engine.bound["tls"]
+        assert await served_cert(port) == first
+        # an open connection through the listener, across every reload below
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(ca), server_hostname="a.example.com"
+        )
+        assert await asyncio.wait_for(reader.readline(), 5) == b"P\n"
+
+        async def still_open(payload: bytes) -> None:
+            writer.write(payload)
+            assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+
+        # rewritten in place (a renewal): the same config, new file contents
+        second = _write_cert(ca, cert_path, key_path, "a.example.com", "www.example.com")
+        assert second != first
+        await engine.reload(tls_config(cert_path, key_path))
+        assert await served_cert(port) == second
+        await still_open(b"after renewal")
+        # moved to new files
+        new_cert, new_key = tmp_path / "n.pem", tmp_path / "n.key"
+        third = _write_cert(ca, new_cert, new_key, "a.example.com")
+        await engine.reload(tls_config(new_cert, new_key))
+        assert await served_cert(port) == third
+        await still_open(b"after move")
+        # a file that breaks after the config was checked (a renewal half-written): the
+        # old certificates stay, and the error names the file
+        broken = tls_config(new_cert, new_key)
+        new_cert.write_text("-----BEGIN CERTIFICATE-----\ntruncated\n")
+        with caplog.at_level("ERROR", logger="steelyard"):
+            await engine.reload(broken)
+        assert "keeps its certificates" in caplog.text and "n.pem" in caplog.text
+        assert await served_cert(port) == third
+        await still_open(b"after a bad reload")
+        writer.close()
+    finally:
+        await engine.shutdown(1)

@@ -1010,10 +1010,20 @@ class TcpListener:
         self.update(listener_config)
 
     def update(self, cfg: Any) -> None:
-        """Reload: new connections use the new config; open ones carry on untouched."""
+        """Reload: new connections use the new config; open ones carry on untouched.
+        Certificate files are read again: new handshakes get them, connections stay."""
         self.config = cfg
-        if getattr(cfg, "tls", None) is not None:
+        tls = getattr(cfg, "tls", None)
+        if tls is not None:
             self.use_splice = False
+            if self.ssl_context is not None:  # None on the first call, from __init__
+                # imported here: plain L4 listeners need neither ssl nor cryptography
+                from steelyard.net.tls import TLSConfigError, reload_certificates
+
+                try:
+                    reload_certificates(self.ssl_context, tls)
+                except TLSConfigError as exc:
+                    log.error("listener %s keeps its certificates: %s", cfg.name, exc)
         routes = getattr(cfg, "sni_routes", ()) or ()
         self.sni = SniTable((r.server_name, r.backend) for r in routes) if routes else None
         timeouts = getattr(cfg, "timeouts", None)
