@@ -86,6 +86,11 @@ def _resolve(value: str, info: ValidationInfo) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
+def _bind(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
 def _as_tuple(value: Any) -> Any:
     if isinstance(value, str):
         return (value,)
@@ -105,6 +110,22 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Name = Annotated[str, AfterValidator(_name)]
 FilePath = Annotated[str, AfterValidator(_file)]
 OutputPath = Annotated[str, AfterValidator(_output_file)]
+BindAddress = Annotated[str, AfterValidator(_bind)]  # HOST:PORT
+
+
+class HasBind:
+    """`host` and `port` of a model's `bind` (a BindAddress, checked when the model is built)."""
+
+    if typing.TYPE_CHECKING:
+        bind: str
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.bind)[1]
 
 
 class Model(BaseModel):
@@ -131,23 +152,9 @@ class Model(BaseModel):
 # ---------------------------------------------------------------- admin, log
 
 
-class Admin(Model):
-    bind: str = "127.0.0.1:9901"
+class Admin(Model, HasBind):
+    bind: BindAddress = "127.0.0.1:9901"
     token: str | None = None
-
-    @field_validator("bind")
-    @classmethod
-    def _bind(cls, v: str) -> str:
-        split_host_port(v)
-        return v
-
-    @property
-    def host(self) -> str:
-        return split_host_port(self.bind)[0]
-
-    @property
-    def port(self) -> int:
-        return split_host_port(self.bind)[1]
 
 
 class Log(Model):
@@ -309,12 +316,12 @@ class SniRoute(Model):
         return name
 
 
-class Listener(Model):
+class Listener(Model, HasBind):
     _EMPTY_MEANS_DEFAULTS = ("timeouts",)
 
     name: Name
     protocol: Literal["http", "tcp", "udp"] = "http"
-    bind: str
+    bind: BindAddress
     timeouts: ListenerTimeouts = Field(default_factory=ListenerTimeouts)
     tls: ListenerTLS | None = None
     routes: tuple[Route, ...] = ()
@@ -325,20 +332,6 @@ class Listener(Model):
     redirect_https: bool = False
     session_idle_timeout: Duration = 30.0  # udp
     max_sessions: Int = Field(default=10000, ge=1)  # udp
-
-    @field_validator("bind")
-    @classmethod
-    def _bind(cls, v: str) -> str:
-        split_host_port(v)
-        return v
-
-    @property
-    def host(self) -> str:
-        return split_host_port(self.bind)[0]
-
-    @property
-    def port(self) -> int:
-        return split_host_port(self.bind)[1]
 
 
 # ---------------------------------------------------------------- backends
