@@ -56,13 +56,10 @@ class Behaviour:
     reset_reused: bool = False  # reset a connection on its second request (keep-alive race)
 
 
-@dataclass
-class RequestSeen:
-    method: str
-    target: str
+class HeaderLookup:
+    """Case-insensitive reads of `headers` (lower-cased (name, value) pairs, in order)."""
+
     headers: list[tuple[str, str]]
-    body: bytes
-    trailers: list[tuple[str, str]] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -74,6 +71,15 @@ class RequestSeen:
     def header_all(self, name: str) -> list[str]:
         name = name.lower()
         return [v for n, v in self.headers if n == name]
+
+
+@dataclass
+class RequestSeen(HeaderLookup):
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -361,24 +367,13 @@ async def http_backend(
 
 
 @dataclass
-class Reply:
+class Reply(HeaderLookup):
     status: int
     headers: list[tuple[str, str]]
     body: bytes
     trailers: list[tuple[str, str]] = field(default_factory=list)
     interim: list[int] = field(default_factory=list)
     http_version: str = "1.1"
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
-
-    def header_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for n, v in self.headers if n == name]
 
     def json(self) -> Any:
         return json.loads(self.body)
