@@ -379,6 +379,42 @@ class Reply(HeaderLookup):
         return json.loads(self.body)
 
 
+class ReplyParts:
+    """h11 client events of one response collected into a Reply (`reply` set at its end)."""
+
+    def __init__(self) -> None:
+        self.interim: list[int] = []
+        self.response: h11.Response | None = None
+        self.body = bytearray()
+        self.reply: Reply | None = None
+
+    def take(self, event: Any) -> bool:
+        """Add one event; False when it is not part of a response (the caller decides)."""
+        if isinstance(event, h11.InformationalResponse):
+            self.interim.append(event.status_code)
+        elif isinstance(event, h11.Response):
+            self.response = event
+        elif isinstance(event, h11.Data):
+            self.body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            assert self.response is not None
+            self.reply = Reply(
+                self.response.status_code,
+                _text_fields(self.response.headers),
+                bytes(self.body),
+                _text_fields(event.headers),
+                self.interim,
+                self.response.http_version.decode(),
+            )
+        else:
+            return False
+        return True
+
+
+def _text_fields(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
+
+
 class H11Client:
     """A keep-alive client on one connection, parsing every answer with h11."""
 
@@ -423,31 +459,16 @@ class H11Client:
         return await asyncio.wait_for(self.read_reply(), timeout)
 
     async def read_reply(self) -> Reply:
-        interim: list[int] = []
-        body = bytearray()
-        response: h11.Response | None = None
+        parts = ReplyParts()
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 data = await self.reader.read(65536)
                 self.conn.receive_data(data)
                 continue
-            if isinstance(event, h11.InformationalResponse):
-                interim.append(event.status_code)
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert response is not None
-                return Reply(
-                    response.status_code,
-                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers],
-                    bytes(body),
-                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers],
-                    interim,
-                    response.http_version.decode(),
-                )
+            if parts.take(event):
+                if parts.reply is not None:
+                    return parts.reply
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionError("closed before the response ended")
 
@@ -531,34 +552,15 @@ def parse_responses(data: bytes, methods: Iterable[str] | None = None) -> list[R
         conn.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
         conn.send(h11.EndOfMessage())
         conn.receive_data(rest)
-        interim: list[int] = []
-        response = None
-        body = bytearray()
-        while True:
+        parts = ReplyParts()
+        while parts.reply is None:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 conn.receive_data(b"")
                 continue
-            if isinstance(event, h11.InformationalResponse):
-                interim.append(event.status_code)
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert response is not None
-                replies.append(
-                    Reply(
-                        response.status_code,
-                        [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers],
-                        bytes(body),
-                        [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers],
-                        interim,
-                    )
-                )
-                break
-            else:
+            if not parts.take(event):
                 raise AssertionError(f"unexpected {event!r}")
+        replies.append(parts.reply)
         rest = bytes(conn.trailing_data[0])
         i += 1
     return replies
