@@ -73,6 +73,12 @@ async def start_engine(text: str, path: Path | None = None) -> tuple[Engine, int
     return engine, engine.bound["web"][1]
 
 
+def state_of(engine: Any, server: str, backend: str = "api") -> str:
+    """The state of one server as the admin API names it (healthy, ejected, ...)."""
+    b = engine.backends[backend]
+    return str(b.servers[server].state(b.clock()))
+
+
 def served(b: Any) -> int:
     """Requests a test backend answered, health checks not counted."""
     return len([r for r in b.requests if r.target != "/health"])

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tests.helpers.engine_setup import api_config, until
+from tests.helpers.engine_setup import api_config, state_of, until
 from tests.helpers.flaky_backend import FlakyBackend, RawTcpServer, flaky_backend
 from tests.helpers.http_backends import request, steelyard
 
@@ -36,11 +36,6 @@ def config(
         "healthy_threshold: 2, unhealthy_threshold: 3}"
     )
     return api_config(backends, f"    health_check: {check}\n{extra}")
-
-
-def state_of(engine: Any, server: str, backend: str = "api") -> str:
-    b = engine.backends[backend]
-    return str(b.servers[server].state(b.clock()))
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,9 @@ drain_timeout."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
-from tests.helpers.engine_setup import until
+from tests.helpers.engine_setup import state_of, until
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
 
 from steelyard.config import load_config_text
@@ -50,10 +51,7 @@ async def test_l4_connections_avoid_an_unhealthy_server() -> None:
         await engine.start()
         try:
             port = engine.bound["l4"][1]
-            backend = engine.backends["api"]
-
-            def st(name: str) -> str:
-                return str(backend.servers[name].state(engine.clock()))
+            st = functools.partial(state_of, engine)
 
             await until(lambda: st("s1") == st("s2") == "healthy")
             await s1.kill()

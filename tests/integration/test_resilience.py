@@ -5,10 +5,11 @@ with a bounded wait queue. Real sockets, real backends (tests/helpers)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from typing import Any
 
-from tests.helpers.engine_setup import api_config, served, until
+from tests.helpers.engine_setup import api_config, served, state_of, until
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
 from tests.helpers.http_backends import Behaviour, H11Client, request, steelyard
 
@@ -168,10 +169,7 @@ async def test_ejected_server_returns_only_after_time_up_and_a_passing_check() -
         )
         async with steelyard(api_config([s1, s2], extra)) as sy:
             engine = sy.engine
-            backend = engine.backends["api"]
-
-            def st(name: str) -> str:
-                return str(backend.servers[name].state(engine.clock()))
+            st = functools.partial(state_of, engine)
 
             await until(lambda: st("s1") == st("s2") == "healthy")
             s1.behaviour = Behaviour(status=500)
@@ -229,10 +227,7 @@ async def test_an_ejected_server_is_checked_at_once_when_its_time_is_up() -> Non
         )
         async with steelyard(api_config([s1, s2], extra)) as sy:
             engine = sy.engine
-            backend = engine.backends["api"]
-
-            def st(name: str) -> str:
-                return str(backend.servers[name].state(engine.clock()))
+            st = functools.partial(state_of, engine)
 
             await until(lambda: st("s1") == st("s2") == "healthy")
             checks_before = s1.health_checks
