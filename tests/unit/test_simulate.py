@@ -66,25 +66,27 @@ def simulate(text: str, algorithm: str | None = None, **kw: object) -> ScenarioR
 # --- the event loop, in virtual time -------------------------------------------------------
 
 
-def test_fifo_queue_behind_one_worker_gives_exact_latencies(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("capacity", "latencies"),
+    [
+        # one worker, a FIFO queue: a 0..10ms, b 10..20, c 20..30, d waits from 15 until 30,
+        # done at 40
+        (1, [0.010, 0.020, 0.030, 0.025]),
+        # two workers in parallel: a, b 0..10; c 10..20; d 15..25 on the second worker
+        (2, [0.010, 0.010, 0.020, 0.010]),
+    ],
+    ids=["fifo_queue_behind_one_worker", "two_workers_in_parallel"],
+)
+def test_exact_latencies_behind_capacity_workers(
+    tmp_path: Path, capacity: int, latencies: list[float]
+) -> None:
     trace = trace_file(
         tmp_path, [(0.0, "a", 0.010), (0.0, "b", 0.010), (0.0, "c", 0.010), (0.015, "d", 0.010)]
     )
-    r = simulate(one_server(trace, capacity=1)).entries["round_robin"]
-    # a 0..10ms, b 10..20, c 20..30, d waits from 15 until 30, done at 40
-    assert r.latencies == pytest.approx([0.010, 0.020, 0.030, 0.025])
+    r = simulate(one_server(trace, capacity=capacity)).entries["round_robin"]
+    assert r.latencies == pytest.approx(latencies)
     assert r.peak_in_flight == {"s1": 3}
     assert r.share == {"s1": 1.0}
-
-
-def test_two_workers_serve_in_parallel(tmp_path: Path) -> None:
-    trace = trace_file(
-        tmp_path, [(0.0, "a", 0.010), (0.0, "b", 0.010), (0.0, "c", 0.010), (0.015, "d", 0.010)]
-    )
-    r = simulate(one_server(trace, capacity=2)).entries["round_robin"]
-    # a, b 0..10; c 10..20; d 15..25 on the second worker
-    assert r.latencies == pytest.approx([0.010, 0.010, 0.020, 0.010])
-    assert r.peak_in_flight == {"s1": 3}
 
 
 def test_virtual_clock_follows_the_events_and_leases_see_it(tmp_path: Path) -> None:
