@@ -754,7 +754,8 @@ async def test_outlier_detection_ejects_a_refusing_server(tagged: Any) -> None:
 async def test_max_connections_per_server_counts_open_connections(tagged: Any) -> None:
     p0, _ = await tagged(b"s0")
     p1, _ = await tagged(b"s1")
-    backends = backend_block("b", [p0, p1], "    max_connections_per_server: 1")
+    # max_queue 0: a connection that finds every server at its cap is closed at once
+    backends = backend_block("b", [p0, p1], "    max_connections_per_server: 1\n    max_queue: 0")
     engine = await start_engine(config(tcp_listener(), backends))
     try:
         host, lport = engine.bound["l4"]
@@ -774,6 +775,92 @@ async def test_max_connections_per_server_counts_open_connections(tagged: Any) -
         assert await read_until(r4, b"\n") in (b"s0\n", b"s1\n")
         for w in (w2, w3, w4):
             w.close()
+    finally:
+        await engine.shutdown(1)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(250):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not reached: {what}")
+
+
+async def test_connection_cap_queue_serves_a_waiter_when_a_slot_frees(tagged: Any) -> None:
+    """Every server at max_connections_per_server: a new connection waits in the backend's
+    queue (its bytes kept) and is served, in order, once a connection closes."""
+    port, log = await tagged(b"s0")
+    backends = backend_block(
+        "b", [port], "    max_connections_per_server: 1\n    queue_timeout: 10s"
+    )
+    engine = await start_engine(config(tcp_listener(), backends))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        backend = engine.backends["b"]
+        host, lport = engine.bound["l4"]
+        r1, w1 = await asyncio.open_connection(host, lport)
+        assert await read_until(r1, b"\n") == b"s0\n"
+        r2, w2 = await asyncio.open_connection(host, lport)
+        w2.write(b"sent while queued\n")
+        await wait_until(lambda: backend.queued == 1, "the second connection queued")
+        r3, w3 = await asyncio.open_connection(host, lport)  # behind it in the queue
+        await wait_until(lambda: backend.queued == 2, "the third connection queued")
+        assert sum(1 for e in log if e[0] == "open") == 1  # nobody else reached the server
+        w1.close()
+        assert await read_until(r2, b"\n") == b"s0\n"  # the longest waiter goes first
+        assert await read_until(r2, b"\n") == b"sent while queued\n"
+        assert backend.queued == 1
+        w2.close()
+        assert await read_until(r3, b"\n") == b"s0\n"
+        w3.close()
+        await wait_until(lambda: len(records) == 3, "three records")
+        assert [r.server for r in records] == ["s0", "s0", "s0"]
+        assert backend.queued == 0
+        assert backend.servers["s0"].active == 0
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_connection_cap_queue_timeout_closes_and_leavers_give_up(tagged: Any) -> None:
+    """A waiter that no slot reaches within queue_timeout is closed (nothing reached the
+    server); a client that leaves while queued leaves the queue, and the freed slot goes to
+    the next connection, not to it."""
+    port, log = await tagged(b"s0")
+    backends = backend_block(
+        "b", [port], "    max_connections_per_server: 1\n    queue_timeout: 300ms"
+    )
+    engine = await start_engine(config(tcp_listener(), backends))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        backend = engine.backends["b"]
+        host, lport = engine.bound["l4"]
+        r1, w1 = await asyncio.open_connection(host, lport)
+        assert await read_until(r1, b"\n") == b"s0\n"
+        r2, w2 = await asyncio.open_connection(host, lport)
+        w2.write(b"never delivered")
+        assert await asyncio.wait_for(r2.read(), 5) == b""  # closed after queue_timeout
+        w2.close()
+        await wait_until(lambda: len(records) == 1, "the timed-out connection's record")
+        assert records[0].server in (None, "") and records[0].backend == "b"
+        assert backend.queued == 0
+        # a client that gives up while queued
+        r3, w3 = await asyncio.open_connection(host, lport)
+        await wait_until(lambda: backend.queued == 1, "the third connection queued")
+        w3.close()
+        await wait_until(lambda: backend.queued == 0, "the leaver left the queue")
+        await wait_until(lambda: len(records) == 2, "the leaver's record")
+        assert sum(1 for e in log if e[0] == "open") == 1
+        # the first connection still works, and once it ends the next one is served
+        w1.write(b"still here\n")
+        assert await read_until(r1, b"\n") == b"still here\n"
+        w1.close()
+        await wait_until(lambda: backend.servers["s0"].active == 0, "the slot freed")
+        r4, w4 = await asyncio.open_connection(host, lport)
+        assert await read_until(r4, b"\n") == b"s0\n"
+        w4.close()
     finally:
         await engine.shutdown(1)
 

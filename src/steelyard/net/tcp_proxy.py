@@ -15,8 +15,12 @@ How this works. One `TcpConnection` per accepted connection is the downstream Pr
   leaves is noticed at once; past CONNECT_BUFFER, and always with TLS, reading pauses).
   `backend.acquire()` picks a server (hash algorithms hash the client IP, or the SNI name with
   `hash_on: sni`), the connect gets the backend's `timeouts.connect`, and a failed connect is
-  retried on a different server up to `retries` times. With `proxy_protocol: v1|v2` on the backend the header goes out first, then
-  whatever the client already sent.
+  retried on a different server up to `retries` times. When every server is at
+  `max_connections_per_server`, the connection waits in the backend's FIFO queue
+  (Backend.wait: at most `max_queue` waiters, each for at most `queue_timeout`); a freed
+  slot is handed to the longest waiter, which then connects; one that times out is closed.
+  With `proxy_protocol: v1|v2` on the backend the header goes out first, then whatever the
+  client already sent.
 - RELAY: each side's data_received writes to the other transport. Back-pressure on both legs:
   when a transport's write buffer passes its high-water mark, its protocol's pause_writing()
   pauses reading on the *other* transport; resume_writing() resumes it. Half-close: an EOF
@@ -309,6 +313,7 @@ class TcpConnection(asyncio.Protocol):
         "idle_timeout",
         "timer",
         "connector",
+        "waiter",
         "backend",
         "retries",
         "attempts",
@@ -349,6 +354,7 @@ class TcpConnection(asyncio.Protocol):
         self.idle_timeout = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.connector: _ConnectAttempt | None = None
+        self.waiter: Any = None  # a Backend Waiter while queued at max_connections_per_server
         self.backend: Any = None
         self.retries = 0
         self.attempts = 0
@@ -429,8 +435,11 @@ class TcpConnection(asyncio.Protocol):
             return  # the transport was detached: the splice relay owns the socket now
         self.down_lost = True
         self.transport_gone()
-        if self.phase is _CONNECTING and self.connector is not None:
-            self.connector.cancel()
+        if self.phase is _CONNECTING:
+            if self.connector is not None:
+                self.connector.cancel()
+            elif self.waiter is not None:
+                self._stop_waiting()
         if exc is not None:
             if self.outcome is _OK:
                 self.outcome = _CANCELLED
@@ -581,8 +590,11 @@ class TcpConnection(asyncio.Protocol):
         ctx = _ANY_SERVER if self.hash_key is None and not self.tried else None
         if ctx is None:
             ctx = PickContext(self.hash_key, self.tried)
-        lease = self.backend.acquire(ctx)
+        backend = self.backend
+        lease = backend.acquire(ctx)
         if lease is None:
+            if backend.max_connections_per_server and self._wait_for_slot(ctx):
+                return
             log.info(
                 "%s: no server of %s could take the connection",
                 self.listener.name,
@@ -590,6 +602,9 @@ class TcpConnection(asyncio.Protocol):
             )
             self._connect_failed()
             return
+        self._connect_to(lease)
+
+    def _connect_to(self, lease: Lease) -> None:
         if self.attempts:
             assert self.record is not None
             self.record.retries = self.attempts
@@ -597,6 +612,68 @@ class TcpConnection(asyncio.Protocol):
         attempt = _ConnectAttempt(self, lease)
         self.connector = attempt
         attempt.start(self.connect_timeout)
+
+    # -- the connection-cap queue (Backend.wait; see docs/health.md) ----------------------------
+
+    def _wait_for_slot(self, ctx: PickContext) -> bool:
+        """Every server is at max_connections_per_server: queue for a slot, for at most the
+        backend's queue_timeout. False: do not wait (nothing eligible, or the queue is full)."""
+        waiter = self.backend.wait(ctx, self._slot_delivered)
+        if waiter is None:
+            return False
+        self.waiter = waiter
+        timeout = float(getattr(self.backend, "queue_timeout", 5.0))
+        self.timer = self.loop.call_later(timeout, self._slot_timeout)
+        return True
+
+    def _slot_delivered(self, lease: Lease | None) -> bool:
+        # called synchronously from another connection's lease release (or a snapshot
+        # install): take the lease, and connect on a callback of our own
+        if self.waiter is None or self.down_lost or self.record is None:
+            return False  # gone meanwhile: the backend takes the lease back
+        self.waiter = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.loop.call_soon(self._slot_ready, lease)
+        return True
+
+    def _slot_ready(self, lease: Lease | None) -> None:
+        if self.down_lost or self.phase is not _CONNECTING:
+            if lease is not None:
+                lease.release(_CANCELLED)
+            self._maybe_finish()
+            return
+        if lease is None:  # nothing is eligible any more
+            log.info("%s: no server of %s is eligible", self.listener.name, self.backend_name)
+            self._connect_failed()
+            return
+        # a reload may have moved the queue to the backend's successor: go on with it
+        self.backend = lease.owner
+        self._connect_to(lease)
+
+    def _slot_timeout(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None:
+            return
+        self.waiter = None
+        waiter.cancel()
+        log.info(
+            "%s: every server of %s is at its connection limit",
+            self.listener.name,
+            self.backend_name,
+        )
+        self._connect_failed()
+
+    def _stop_waiting(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
 
     def new_upstream(self) -> _Upstream:
         return _Upstream(self)
@@ -757,6 +834,7 @@ class TcpConnection(asyncio.Protocol):
         if self.connector is not None:
             self.connector.cancel()
             self.connector = None
+        self._stop_waiting()
         self._close_both()
         if self.phase is not _RELAY:
             self.phase = _CLOSED
@@ -767,6 +845,7 @@ class TcpConnection(asyncio.Protocol):
         if self.connector is not None:
             self.connector.cancel()
             self.connector = None
+        self._stop_waiting()
         if self.splice is not None:
             self.splice.close(_CANCELLED)
             return
@@ -789,6 +868,8 @@ class TcpConnection(asyncio.Protocol):
             return  # the connect attempt finishes (and calls close) once cancelled
         if self.record is None:
             return  # finished already
+        if self.waiter is not None:
+            self._stop_waiting()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
