@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 from test_admin_support import admin_url, close_servers, running, start_named_servers
 from test_metrics import scrape, value
-
-
-def refused_port() -> tuple[socket.socket, int]:
-    """A port that refuses connections: bound (so nobody else takes it) but not listening."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock, sock.getsockname()[1]
-
+from tests.helpers.http_backends import DeadServer
 
 CONFIG = """\
 version: 1
@@ -50,7 +41,8 @@ backends:
 async def test_counters_equal_the_http_traffic_sent() -> None:
     servers = await start_named_servers(["s1", "s2", "alive"])
     (_, _, p1), (_, _, p2), (_, _, p3) = servers
-    blocker, dead = refused_port()
+    blocker = DeadServer("gone")
+    dead = blocker.port
     try:
         text = CONFIG.format(p1=p1, p2=p2, p3=p3, dead=dead)
         async with running(text) as engine:
@@ -116,7 +108,8 @@ async def test_counters_equal_the_http_traffic_sent() -> None:
 async def test_bytes_total_counts_bytes_to_and_from_clients() -> None:
     servers = await start_named_servers(["s1", "s2", "alive"])
     (_, _, p1), (_, _, p2), (_, _, p3) = servers
-    blocker, dead = refused_port()
+    blocker = DeadServer("gone")
+    dead = blocker.port
     try:
         async with running(CONFIG.format(p1=p1, p2=p2, p3=p3, dead=dead)) as engine:
             host, port = engine.bound["web"]
