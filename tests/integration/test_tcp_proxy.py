@@ -170,6 +170,35 @@ async def test_each_loop_is_the_one_named(request: pytest.FixtureRequest) -> Non
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop) == (loop_id == "uvloop")
 
 
+def test_durations_have_sub_millisecond_precision(tagged: Any) -> None:
+    """uvloop's loop.time() moves in whole milliseconds: a connection's logged duration is
+    measured with time.perf_counter() instead (timers stay on the loop's clock)."""
+
+    async def main() -> list[float]:
+        port, _ = await tagged(b"")
+        engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+        records: list[RequestRecord] = []
+        engine.recorders.append(records.append)
+        try:
+            host, lport = engine.bound["l4"]
+            for i in range(20):
+                reader, writer = await asyncio.open_connection(host, lport)
+                writer.write(b"ping %d\n" % i)
+                assert await read_until(reader, b"\n") == b"ping %d\n" % i
+                writer.close()
+            for _ in range(250):
+                if len(records) == 20:
+                    break
+                await asyncio.sleep(0.02)
+            return [r.duration * 1000 for r in records]
+        finally:
+            await engine.shutdown(1)
+
+    durations = uvloop.run(main())  # the loop `steelyard run` uses
+    assert len(durations) == 20
+    assert any(abs(d - round(d)) > 1e-6 for d in durations), durations
+
+
 async def test_nodelay_on_both_legs(tagged: Any, relay_mode: str) -> None:
     """Small request/response exchanges must not wait for Nagle on either leg: the loop's
     transports set TCP_NODELAY on the accepted and on the connected socket."""

@@ -109,6 +109,32 @@ async def test_echo_through_one_session(echoes: list[ServerProcess]) -> None:
         await engine.shutdown(1)
 
 
+def test_durations_have_sub_millisecond_precision(echoes: list[ServerProcess]) -> None:
+    """uvloop's loop.time() moves in whole milliseconds: a session's logged duration is
+    measured with time.perf_counter() instead (timers stay on the loop's clock)."""
+
+    async def main() -> list[float]:
+        cfg = udp_config([echoes[0].port], extra="    session_idle_timeout: 100ms")
+        engine = Engine(cfg)
+        await engine.start()
+        records: list[RequestRecord] = []
+        engine.recorders.append(records.append)
+        clients = [Client(engine.bound["dns"]) for _ in range(20)]
+        try:
+            for i, client in enumerate(clients):
+                assert await client.ask(b"q%d" % i) == b"s0:q%d" % i
+            await wait_for(lambda: len(records) == 20)
+            return [r.duration * 1000 for r in records]
+        finally:
+            for client in clients:
+                client.close()
+            await engine.shutdown(1)
+
+    durations = uvloop.run(main())  # the loop `steelyard run` uses
+    assert len(durations) == 20
+    assert any(abs(d - round(d)) > 1e-6 for d in durations), durations
+
+
 async def test_replies_go_to_the_right_client(echoes: list[ServerProcess]) -> None:
     engine = Engine(udp_config([e.port for e in echoes]))
     await engine.start()

@@ -347,7 +347,7 @@ class TcpConnection(asyncio.Protocol):
         self.backend_name: str | None = None
         self.lease: Lease | None = None
         self.record: RequestRecord | None = None
-        self.started = 0.0
+        self.started = 0.0  # time.perf_counter() at accept
         self.bytes_in = 0
         self.bytes_out = 0
         self.last_activity = 0.0
@@ -376,8 +376,9 @@ class TcpConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance checks
         self.transport = cast(asyncio.Transport, transport)
         listener = self.listener
-        self.started = self.loop.time()
-        self.last_activity = self.started
+        # the logged duration: perf_counter, as uvloop's loop.time() moves in whole ms
+        self.started = time.perf_counter()
+        self.last_activity = self.loop.time()  # timers stay on the loop's clock
         self.client_ip, self.client_port = _address(transport.get_extra_info("peername"))
         self.record = RequestRecord(listener.name, "", time.time())
         listener.connections.add(self)
@@ -881,7 +882,7 @@ class TcpConnection(asyncio.Protocol):
         record.client = _fmt(self.client_ip, self.client_port)
         record.bytes_in = self.bytes_in
         record.bytes_out = self.bytes_out
-        record.duration = self.loop.time() - self.started
+        record.duration = time.perf_counter() - self.started
         self.listener.finished(self, record)
 
     def __repr__(self) -> str:

@@ -87,9 +87,10 @@ class UdpSession:
         self.lease = lease
         self.backend_name = backend_name
         self.record = record
-        now = listener.loop.time()
-        self.started = now
-        self.last_activity = now
+        # the logged duration: perf_counter, as uvloop's loop.time() moves in whole ms;
+        # the idle timer stays on the loop's clock
+        self.started = time.perf_counter()
+        self.last_activity = listener.loop.time()
         self.timer: asyncio.TimerHandle | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -163,7 +164,7 @@ class UdpSession:
         record = self.record
         record.bytes_in = self.bytes_in
         record.bytes_out = self.bytes_out
-        record.duration = listener.loop.time() - self.started
+        record.duration = time.perf_counter() - self.started
         listener.session_closed(self, record)
 
     def __repr__(self) -> str:
