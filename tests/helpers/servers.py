@@ -130,15 +130,19 @@ def _read_port_line(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int
     raise RuntimeError(f"helper server did not start: {err}")
 
 
+def _start_this(name: str, args: list[str]) -> ServerProcess:
+    """Run this file as a server process; it prints the port it bound to."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return ServerProcess(name, proc, _read_port_line(proc))
+
+
 def start_echo(*, name: str = "echo", reply_prefix: str = "") -> ServerProcess:
     """A TCP echo server process. With `reply_prefix`, every connection first receives
     that text plus a newline (tests use it to see which server they reached)."""
     args = [sys.executable, THIS, "echo"]
     if reply_prefix:
         args += ["--hello", reply_prefix]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    port = _read_port_line(proc)
-    return ServerProcess(name, proc, port)
+    return _start_this(name, args)
 
 
 def start_udp_echo(*, name: str = "udp-echo", tag: str = "") -> ServerProcess:
@@ -146,9 +150,7 @@ def start_udp_echo(*, name: str = "udp-echo", tag: str = "") -> ServerProcess:
     args = [sys.executable, THIS, "udp-echo"]
     if tag:
         args += ["--tag", tag]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    port = _read_port_line(proc)
-    return ServerProcess(name, proc, port)
+    return _start_this(name, args)
 
 
 def _start_with_free_port(
