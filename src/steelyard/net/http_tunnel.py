@@ -36,28 +36,35 @@ def is_websocket(upgrade: bytes | None) -> bool:
     return upgrade is not None and upgrade.strip().lower() == b"websocket"
 
 
+class _Way:
+    """One direction of a tunnel. `sent`: our close frame went out on it (in its sender's
+    place); `replied`: the sender's own close frame was seen after that (its reply)."""
+
+    __slots__ = ("tracker", "masked", "sent", "replied")
+
+    def __init__(self, masked: bool) -> None:
+        self.tracker = FrameTracker()
+        self.masked = masked  # toward the server: we are its client (RFC 6455 §5.3)
+        self.sent = False
+        self.replied = False
+
+    def close_frame(self) -> bytes:
+        self.sent = True
+        self.tracker.close_seen = False  # from now on: the sender's reply
+        return close_frame(GOING_AWAY, REASON, mask=os.urandom(4) if self.masked else None)
+
+    def __repr__(self) -> str:
+        return f"_Way(sent={self.sent}, replied={self.replied}, tracker={self.tracker!r})"
+
+
 class WebSocketTunnel:
-    __slots__ = (
-        "ex",
-        "c2s",
-        "s2c",
-        "closing",
-        "to_server_sent",
-        "to_client_sent",
-        "server_replied",
-        "client_replied",
-        "timer",
-    )
+    __slots__ = ("ex", "c2s", "s2c", "closing", "timer")
 
     def __init__(self, ex: Exchange) -> None:
         self.ex = ex
-        self.c2s = FrameTracker()  # client -> server (masked frames)
-        self.s2c = FrameTracker()  # server -> client
+        self.c2s = _Way(masked=True)  # client -> server
+        self.s2c = _Way(masked=False)  # server -> client
         self.closing = False
-        self.to_server_sent = False
-        self.to_client_sent = False
-        self.server_replied = False
-        self.client_replied = False
         self.timer: Any = None
 
     # -- relaying (called for every read while the tunnel runs) ------------------------------
@@ -65,42 +72,32 @@ class WebSocketTunnel:
     def from_client(self, data: bytes) -> bytes:
         """Bytes from the client -> the bytes to send to the server."""
         if not self.closing:
-            self.c2s.feed(data)
+            self.c2s.tracker.feed(data)
             return data
-        if self.to_server_sent:
-            self._watch(self.c2s, data)
-            if self.c2s.close_seen:
-                self.client_replied = True
-                self._check_done()
-            return b""
-        n = self.c2s.feed(data, stop_at_boundary=True)
-        if not self.c2s.at_boundary:
-            return data
-        out = data[:n] + self._frame_to_server()
-        if n < len(data):
-            self._watch(self.c2s, data[n:])
-            self.client_replied = self.client_replied or self.c2s.close_seen
-        self._check_done()
-        return out
+        return self._relay_closing(self.c2s, data)
 
     def from_server(self, data: bytes) -> bytes:
         """Bytes from the server -> the bytes to send to the client."""
         if not self.closing:
-            self.s2c.feed(data)
+            self.s2c.tracker.feed(data)
             return data
-        if self.to_client_sent:
-            self._watch(self.s2c, data)
-            if self.s2c.close_seen:
-                self.server_replied = True
+        return self._relay_closing(self.s2c, data)
+
+    def _relay_closing(self, way: _Way, data: bytes) -> bytes:
+        tracker = way.tracker
+        if way.sent:
+            self._watch(tracker, data)
+            if tracker.close_seen:
+                way.replied = True
                 self._check_done()
             return b""
-        n = self.s2c.feed(data, stop_at_boundary=True)
-        if not self.s2c.at_boundary:
+        n = tracker.feed(data, stop_at_boundary=True)
+        if not tracker.at_boundary:
             return data
-        out = data[:n] + self._frame_to_client()
+        out = data[:n] + way.close_frame()
         if n < len(data):
-            self._watch(self.s2c, data[n:])
-            self.server_replied = self.server_replied or self.s2c.close_seen
+            self._watch(tracker, data[n:])
+            way.replied = way.replied or tracker.close_seen
         self._check_done()
         return out
 
@@ -112,50 +109,33 @@ class WebSocketTunnel:
             return
         self.closing = True
         ex = self.ex
-        # a side that already sent its own close frame gets none from us
-        client_closed = self.c2s.close_seen
-        server_closed = self.s2c.close_seen
-        if self.c2s.at_boundary:
-            if not client_closed:
-                ex.tunnel_write_upstream(self._frame_to_server())
-            else:
-                self.to_server_sent = True
-        if self.s2c.at_boundary:
-            if not server_closed:
-                ex.tunnel_write_downstream(self._frame_to_client())
-            else:
-                self.to_client_sent = True
-        self.client_replied = client_closed
-        self.server_replied = server_closed
+        for way, write in (
+            (self.c2s, ex.tunnel_write_upstream),
+            (self.s2c, ex.tunnel_write_downstream),
+        ):
+            # a side that already sent its own close frame gets none from us
+            closed = way.tracker.close_seen
+            if way.tracker.at_boundary:
+                if not closed:
+                    write(way.close_frame())
+                else:
+                    way.sent = True
+            way.replied = closed
         self.timer = ex.loop.call_later(GRACE, self._grace_over)
         self._check_done()
-
-    def _frame_to_server(self) -> bytes:
-        self.to_server_sent = True
-        self.c2s.close_seen = False  # from now on: the client's reply
-        return close_frame(GOING_AWAY, REASON, mask=os.urandom(4))
-
-    def _frame_to_client(self) -> bytes:
-        self.to_client_sent = True
-        self.s2c.close_seen = False  # from now on: the server's reply
-        return close_frame(GOING_AWAY, REASON)
 
     def _watch(self, tracker: FrameTracker, data: bytes) -> None:
         if not tracker.close_seen:
             tracker.feed(data)
 
     def _check_done(self) -> None:
-        if (
-            self.to_server_sent
-            and self.to_client_sent
-            and self.server_replied
-            and self.client_replied
-        ):
+        c2s, s2c = self.c2s, self.s2c
+        if c2s.sent and s2c.sent and c2s.replied and s2c.replied:
             self._end()
 
     def _grace_over(self) -> None:
         self.timer = None
-        if not (self.to_server_sent and self.to_client_sent):
+        if not (self.c2s.sent and self.s2c.sent):
             self.ex.tunnel_cut()  # a side stayed inside a frame: nothing else is possible
             return
         self._end()
@@ -167,8 +147,4 @@ class WebSocketTunnel:
         self.ex.loop.call_soon(self.ex.end_tunnel)
 
     def __repr__(self) -> str:
-        return (
-            f"WebSocketTunnel(closing={self.closing}, to_server_sent={self.to_server_sent}, "
-            f"to_client_sent={self.to_client_sent}, server_replied={self.server_replied}, "
-            f"client_replied={self.client_replied}, c2s={self.c2s!r}, s2c={self.s2c!r})"
-        )
+        return f"WebSocketTunnel(closing={self.closing}, c2s={self.c2s!r}, s2c={self.s2c!r})"
