@@ -16,14 +16,8 @@ from steelyard.config import load_config_text
 from steelyard.core.records import RequestRecord
 from steelyard.engine import Engine
 
-pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
-
-
-@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+# production runs on uvloop; the stdlib loop must work too (see tests/integration/conftest.py)
+LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +74,13 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached")
+
+
+async def test_each_loop_is_the_one_named(request: pytest.FixtureRequest) -> None:
+    """LOOP_FACTORIES (through the conftest hook) really runs these tests on both loops."""
+    loop_id = request.node.callspec.id.split("-")[0]
+    assert loop_id in LOOP_FACTORIES
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop) == (loop_id == "uvloop")
 
 
 async def test_echo_through_one_session(echoes: list[ServerProcess]) -> None:
