@@ -396,107 +396,89 @@ class Simulation:
                 if kind == REFUSED:
                     lease, idx, arrival, exclude, attempt = payload
                     lease.release(CONNECT_FAILED)
-                    if attempt < retries:
-                        exclude = exclude | {lease.server.name}
-                        ctx = PickContext(ctxs[key_ids[idx]].hash_key if keyed else None, exclude)
-                        backend = instances[idx % n_inst]
-                        lease = backend.acquire(ctx)
-                        if lease is None:
-                            self.errors += 1
-                            continue
-                        srv = servers[lease.server.name]
-                        srv.picks += 1
-                        if not srv.up:
-                            seq += 1
-                            heappush(
-                                heap,
-                                (
-                                    t + cft,
-                                    seq,
-                                    REFUSED,
-                                    (lease, idx, arrival, exclude, attempt + 1),
-                                ),
-                            )
-                            continue
-                        is_long = longs[idx] if longs is not None else False
-                        job = (lease, srv, arrival, idx, srv.epoch, is_long)
-                        srv.in_flight += 1
-                        if srv.in_flight > srv.peak:
-                            srv.peak = srv.in_flight
-                        if srv.busy < srv.capacity:
-                            srv.busy += 1
-                            if is_long:
-                                end = t + durations[idx]
-                            else:
-                                end = t + srv.service[idx] * srv.factor
-                            seq += 1
-                            heappush(heap, (end, seq, DONE, job))
-                            if track:
-                                srv.running.add(job)
-                        else:
-                            srv.queue.append(job)
-                    else:
+                    if attempt >= retries:
                         self.errors += 1
+                        continue
+                    exclude = exclude | {lease.server.name}
+                    ctx = PickContext(ctxs[key_ids[idx]].hash_key if keyed else None, exclude)
+                    backend = instances[idx % n_inst]
+                    lease = backend.acquire(ctx)
+                    if lease is None:
+                        self.errors += 1
+                        continue
+                    srv = servers[lease.server.name]
+                    srv.picks += 1
+                    if not srv.up:
+                        seq += 1
+                        heappush(
+                            heap,
+                            (t + cft, seq, REFUSED, (lease, idx, arrival, exclude, attempt + 1)),
+                        )
+                        continue
+                    # the retry reached a live server: it starts or queues below
+                else:
+                    self.seq = seq
+                    if kind == EVENT:
+                        self._apply(payload, t)
+                    elif kind == CHECK:
+                        k = payload
+                        backend = instances[k]
+                        for name in list(backend.servers):
+                            backend.observe_check(name, servers[name].up, "check", t)
+                        hc = lb.health_check
+                        assert hc is not None
+                        if next_arrival < inf or any(s.in_flight for s in order):
+                            self._push(t + hc.interval * check_rng.uniform(0.9, 1.1), CHECK, k)
+                    elif kind == TICK:
+                        for backend in instances:
+                            backend.tick()
+                        if next_arrival < inf or any(s.in_flight for s in order):
+                            self._push(t + TICK_INTERVAL, TICK, None)
+                    elif kind == SAMPLE:
+                        sample_times.append(t)
+                        samples.append([s.in_flight for s in order])
+                        if next_arrival < inf:
+                            self._push(t + sample_every, SAMPLE, None)
+                    seq = self.seq
                     continue
-                self.seq = seq
-                if kind == EVENT:
-                    self._apply(payload, t)
-                elif kind == CHECK:
-                    k = payload
-                    backend = instances[k]
-                    for name in list(backend.servers):
-                        backend.observe_check(name, servers[name].up, "check", t)
-                    hc = lb.health_check
-                    assert hc is not None
-                    if next_arrival < inf or any(s.in_flight for s in order):
-                        self._push(t + hc.interval * check_rng.uniform(0.9, 1.1), CHECK, k)
-                elif kind == TICK:
-                    for backend in instances:
-                        backend.tick()
-                    if next_arrival < inf or any(s.in_flight for s in order):
-                        self._push(t + TICK_INTERVAL, TICK, None)
-                elif kind == SAMPLE:
-                    sample_times.append(t)
-                    samples.append([s.in_flight for s in order])
-                    if next_arrival < inf:
-                        self._push(t + sample_every, SAMPLE, None)
-                seq = self.seq
-                continue
-            if next_arrival == inf:
-                break
-            # an arrival
-            t = next_arrival
-            clock.now = t
-            idx = i
-            i += 1
-            next_arrival = times[i] if i < n else inf
-            if keyed:
-                ctx = ctxs[key_ids[idx]]
             else:
-                ctx = plain_ctx
-            backend = backend0 if n_inst == 1 else instances[idx % n_inst]
-            lease = backend.acquire(ctx)
-            if lease is None:
-                no_server += 1
-                continue
-            srv = servers[lease.server.name]
-            srv.picks += 1
-            if measure_disagreement:
-                chosen = lease.server.name
-                for other in instances:
-                    if other is not backend:
-                        picked = other.balancer.pick(ctx)
-                        if picked is None or picked.name != chosen:
-                            disagree += 1
-                            break
-            if not srv.up:
-                if track:
-                    hit_failed.add(idx)
-                seq += 1
-                heappush(heap, (t + cft, seq, REFUSED, (lease, idx, t, ctx.exclude, 0)))
-                continue
+                if next_arrival == inf:
+                    break
+                # an arrival
+                t = arrival = next_arrival
+                clock.now = t
+                idx = i
+                i += 1
+                next_arrival = times[i] if i < n else inf
+                if keyed:
+                    ctx = ctxs[key_ids[idx]]
+                else:
+                    ctx = plain_ctx
+                backend = backend0 if n_inst == 1 else instances[idx % n_inst]
+                lease = backend.acquire(ctx)
+                if lease is None:
+                    no_server += 1
+                    continue
+                srv = servers[lease.server.name]
+                srv.picks += 1
+                if measure_disagreement:
+                    chosen = lease.server.name
+                    for other in instances:
+                        if other is not backend:
+                            picked = other.balancer.pick(ctx)
+                            if picked is None or picked.name != chosen:
+                                disagree += 1
+                                break
+                if not srv.up:
+                    if track:
+                        hit_failed.add(idx)
+                    seq += 1
+                    heappush(heap, (t + cft, seq, REFUSED, (lease, idx, t, ctx.exclude, 0)))
+                    continue
+            # request idx (arrived at `arrival`) holds a lease on live server srv: it starts
+            # if a worker is free, else it queues
             is_long = longs[idx] if longs is not None else False
-            job = (lease, srv, t, idx, srv.epoch, is_long)
+            job = (lease, srv, arrival, idx, srv.epoch, is_long)
             srv.in_flight += 1
             if srv.in_flight > srv.peak:
                 srv.peak = srv.in_flight
