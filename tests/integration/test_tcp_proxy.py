@@ -894,6 +894,39 @@ async def test_connection_cap_queue_timeout_closes_and_leavers_give_up(tagged: A
         await engine.shutdown(1)
 
 
+async def test_connection_cap_queue_across_reload_and_shutdown(tagged: Any) -> None:
+    """A reload moves queued connections to the new backend, which serves them when a slot
+    frees; at shutdown a connection still queued is closed once shutdown_timeout is up."""
+    port, _ = await tagged(b"s0")
+    backends = backend_block(
+        "b", [port], "    max_connections_per_server: 1\n    queue_timeout: 30s"
+    )
+    cfg = config(tcp_listener(), backends)
+    engine = await start_engine(cfg)
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        r1, w1 = await asyncio.open_connection(host, lport)
+        assert await read_until(r1, b"\n") == b"s0\n"
+        r2, w2 = await asyncio.open_connection(host, lport)
+        await wait_until(lambda: engine.backends["b"].queued == 1, "queued")
+        old = engine.backends["b"]
+        await engine.reload(config(tcp_listener(), backends))
+        assert engine.backends["b"] is not old and engine.backends["b"].queued == 1
+        w1.close()
+        assert await read_until(r2, b"\n") == b"s0\n"
+        r3, w3 = await asyncio.open_connection(host, lport)
+        await wait_until(lambda: engine.backends["b"].queued == 1, "queued again")
+    finally:
+        await engine.shutdown(0.3)
+    assert await asyncio.wait_for(r3.read(), 5) == b""  # cut with the others
+    assert engine.backends["b"].queued == 0
+    assert len(records) == 3
+    for w in (w2, w3):
+        w.close()
+
+
 async def test_connect_timeout_then_retry_elsewhere(
     tagged: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
