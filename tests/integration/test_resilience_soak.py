@@ -21,7 +21,7 @@ from pathlib import Path
 import h11
 from tests.helpers.engine_setup import until
 from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
-from tests.helpers.http_backends import H11Client, request
+from tests.helpers.http_backends import H11Client, Reply, request
 from tests.helpers.steelyard_process import SteelyardProcess
 
 WORKERS_KEEPALIVE = 3
@@ -77,6 +77,25 @@ class Outcome:
     def ok(self) -> bool:
         return self.status is not None and self.status < 500
 
+    @classmethod
+    def answered(
+        cls, method: str, target: str, keepalive: bool, started: float, reply: Reply
+    ) -> Outcome:
+        ended = time.monotonic()
+        return cls(
+            method, target, keepalive, started, ended, reply.status, reply.header("x-server")
+        )
+
+    @classmethod
+    def failed(
+        cls, method: str, target: str, keepalive: bool, started: float, exc: BaseException
+    ) -> Outcome:
+        return cls(method, target, keepalive, started, time.monotonic(), None, error=repr(exc))
+
+
+# what a client may see when a request fails
+FAILED = (TimeoutError, OSError, h11.ProtocolError, ConnectionError)
+
 
 class Load:
     def __init__(self, port: int) -> None:
@@ -107,19 +126,9 @@ class Load:
                 reply = await client.request(method, target, body=body, timeout=15)
             finally:
                 await client.close()
-            out = Outcome(
-                method,
-                target,
-                not fresh,
-                started,
-                time.monotonic(),
-                reply.status,
-                reply.header("x-server"),
-            )
-        except (TimeoutError, OSError, h11.ProtocolError, ConnectionError) as exc:
-            out = Outcome(
-                method, target, not fresh, started, time.monotonic(), None, error=repr(exc)
-            )
+            out = Outcome.answered(method, target, not fresh, started, reply)
+        except FAILED as exc:
+            out = Outcome.failed(method, target, not fresh, started, exc)
         self.outcomes.append(out)
 
     async def keepalive_worker(self, w: int) -> None:
@@ -134,22 +143,12 @@ class Load:
                 if client is None:
                     client = await H11Client.connect(self.port)
                 reply = await client.request(method, target, body=body, timeout=15)
-                out = Outcome(
-                    method,
-                    target,
-                    True,
-                    started,
-                    time.monotonic(),
-                    reply.status,
-                    reply.header("x-server"),
-                )
+                out = Outcome.answered(method, target, True, started, reply)
                 if not client.reusable or reply.header("connection") == "close":
                     await client.close()
                     client = None
-            except (TimeoutError, OSError, h11.ProtocolError, ConnectionError) as exc:
-                out = Outcome(
-                    method, target, True, started, time.monotonic(), None, error=repr(exc)
-                )
+            except FAILED as exc:
+                out = Outcome.failed(method, target, True, started, exc)
                 if client is not None:
                     await client.close()
                     client = None
@@ -168,19 +167,9 @@ class Load:
             self.in_flight += 1
             try:
                 reply = await request(self.port, method, target, body=body, timeout=15)
-                out = Outcome(
-                    method,
-                    target,
-                    False,
-                    started,
-                    time.monotonic(),
-                    reply.status,
-                    reply.header("x-server"),
-                )
-            except (TimeoutError, OSError, h11.ProtocolError, ConnectionError) as exc:
-                out = Outcome(
-                    method, target, False, started, time.monotonic(), None, error=repr(exc)
-                )
+                out = Outcome.answered(method, target, False, started, reply)
+            except FAILED as exc:
+                out = Outcome.failed(method, target, False, started, exc)
             finally:
                 self.in_flight -= 1
             self.outcomes.append(out)
