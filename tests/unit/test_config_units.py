@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 
 from steelyard.config.units import (
     is_loopback,
-    is_prime,
     parse_duration,
     parse_size,
     parse_status_ranges,
     split_host_port,
 )
+from steelyard.core.balancing.maglev import is_prime
 
 
 @pytest.mark.parametrize(

@@ -28,12 +28,12 @@ from pydantic import (
 )
 
 from steelyard.config.units import (
-    is_prime,
     parse_duration,
     parse_size,
     parse_status_ranges,
     split_host_port,
 )
+from steelyard.core.balancing.maglev import is_prime  # the table size rule Maglev checks
 
 ALGORITHM_NAMES: tuple[str, ...] = (
     "round_robin",

@@ -140,19 +140,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    i = 3
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 2
-    return True
-
-
 def parse_status_ranges(value: object) -> tuple[tuple[int, int], ...]:
     """`200`, `200-399`, `200,204,300-399` -> ((200, 200), ...)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
