@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator
 
 from tests.helpers.http_backends import HttpBackend, RequestSeen, _reset
 
-HEALTH_MODES = ("ok", "503", "hang", "reset", "close", "garbage", "body")
-
 
 class FlakyBackend(HttpBackend):
     def __init__(self, name: str) -> None:

@@ -46,7 +46,6 @@ ALGORITHM_NAMES: tuple[str, ...] = (
     "consistent_hash",
     "maglev",
 )
-PROTOCOLS: tuple[str, ...] = ("http", "tcp", "udp")
 
 
 class FieldProblem(ValueError):

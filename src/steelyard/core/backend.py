@@ -232,12 +232,6 @@ class Backend:
             assert new is not None
             state.ext["outlier"] = new
 
-    def adopt(self, state: ServerState) -> None:
-        """Take over a ServerState from the previous config (reload keeps its state)."""
-        self._configure_state(state)
-        self.servers[state.name] = state
-        self.mark_dirty()
-
     def carry_over(self, old: Backend, servers: Sequence[Server]) -> None:
         """Reload: build this backend's membership from `old` and the new file's servers.
 
@@ -722,9 +716,6 @@ class Backend:
     def ejections_total(self, state: ServerState) -> int:
         detector = state.ext.get("outlier")
         return detector.ejections_total if isinstance(detector, OutlierDetector) else 0
-
-    def server_list(self) -> Sequence[ServerState]:
-        return list(self.servers.values())
 
     def __repr__(self) -> str:
         return (
