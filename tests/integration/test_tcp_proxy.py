@@ -818,7 +818,9 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
 
 async def test_connection_cap_queue_serves_a_waiter_when_a_slot_frees(tagged: Any) -> None:
     """Every server at max_connections_per_server: a new connection waits in the backend's
-    queue (its bytes kept) and is served, in order, once a connection closes."""
+    queue (its bytes kept) and is served, in order, once a connection closes. A client that
+    resets while queued gives up its place; one that half-closes keeps it (it may still be
+    waiting for an answer) and is served with its EOF passed on."""
     port, log = await tagged(b"s0")
     backends = backend_block(
         "b", [port], "    max_connections_per_server: 1\n    queue_timeout: 10s"
@@ -834,8 +836,21 @@ async def test_connection_cap_queue_serves_a_waiter_when_a_slot_frees(tagged: An
         r2, w2 = await asyncio.open_connection(host, lport)
         w2.write(b"sent while queued\n")
         await wait_until(lambda: backend.queued == 1, "the second connection queued")
-        r3, w3 = await asyncio.open_connection(host, lport)  # behind it in the queue
+        # a client that gives up while queued (a reset): it leaves the queue
+        leaver = socket.create_connection((host, lport))
+        await wait_until(lambda: backend.queued == 2, "the leaver queued")
+        leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        leaver.close()
+        await wait_until(lambda: backend.queued == 1, "the leaver left the queue")
+        await wait_until(lambda: len(records) == 1, "the leaver's record")
+        assert records[0].server in (None, "") and records[0].backend == "b"
+        # a client that half-closes while queued keeps its place
+        r3, w3 = await asyncio.open_connection(host, lport)
         await wait_until(lambda: backend.queued == 2, "the third connection queued")
+        w3.write(b"last words\n")
+        w3.write_eof()
+        await asyncio.sleep(0.05)
+        assert backend.queued == 2
         assert sum(1 for e in log if e[0] == "open") == 1  # nobody else reached the server
         w1.close()
         assert await read_until(r2, b"\n") == b"s0\n"  # the longest waiter goes first
@@ -843,19 +858,22 @@ async def test_connection_cap_queue_serves_a_waiter_when_a_slot_frees(tagged: An
         assert backend.queued == 1
         w2.close()
         assert await read_until(r3, b"\n") == b"s0\n"
+        assert await read_until(r3, b"\n") == b"last words\n"
+        assert await asyncio.wait_for(r3.read(), 5) == b"<after-eof>"  # the EOF went on
         w3.close()
-        await wait_until(lambda: len(records) == 3, "three records")
-        assert [r.server for r in records] == ["s0", "s0", "s0"]
+        await wait_until(lambda: len(records) == 4, "four records")
+        assert sorted(r.server or "" for r in records) == ["", "s0", "s0", "s0"]
         assert backend.queued == 0
         assert backend.servers["s0"].active == 0
+        assert sum(1 for e in log if e[0] == "open") == 3
     finally:
         await engine.shutdown(1)
 
 
-async def test_connection_cap_queue_timeout_closes_and_leavers_give_up(tagged: Any) -> None:
+async def test_connection_cap_queue_timeout_closes(tagged: Any) -> None:
     """A waiter that no slot reaches within queue_timeout is closed (nothing reached the
-    server); a client that leaves while queued leaves the queue, and the freed slot goes to
-    the next connection, not to it."""
+    server); the connection holding the slot is untouched, and the next one is served once
+    it ends."""
     port, log = await tagged(b"s0")
     backends = backend_block(
         "b", [port], "    max_connections_per_server: 1\n    queue_timeout: 300ms"
@@ -875,12 +893,6 @@ async def test_connection_cap_queue_timeout_closes_and_leavers_give_up(tagged: A
         await wait_until(lambda: len(records) == 1, "the timed-out connection's record")
         assert records[0].server in (None, "") and records[0].backend == "b"
         assert backend.queued == 0
-        # a client that gives up while queued
-        r3, w3 = await asyncio.open_connection(host, lport)
-        await wait_until(lambda: backend.queued == 1, "the third connection queued")
-        w3.close()
-        await wait_until(lambda: backend.queued == 0, "the leaver left the queue")
-        await wait_until(lambda: len(records) == 2, "the leaver's record")
         assert sum(1 for e in log if e[0] == "open") == 1
         # the first connection still works, and once it ends the next one is served
         w1.write(b"still here\n")
