@@ -53,8 +53,8 @@ version: 1
 """
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll cond() every 20 ms until true; fail after `timeout` seconds."""
+async def until(cond: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll cond() every 20 ms until it is truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.helpers.engine_setup import until
 from tests.helpers.http_backends import http_backend, request, steelyard
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -78,15 +79,6 @@ def ws_config(servers: list[Any], backend: str = "", listener: str = "") -> str:
     return text
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 async def closed_code(ws: ClientConnection, timeout: float = 10.0) -> int | None:
     """Wait for the connection to close (reading whatever still comes); the code received."""
 
@@ -122,9 +114,9 @@ async def test_thousand_messages_both_ways_intact() -> None:
             assert got == sent  # server -> client, in order, byte for byte
             assert w1.received == sent  # client -> server
             records_before = len(sy.records)
-        await wait_for(lambda: w1.close_codes)
+        await until(lambda: w1.close_codes)
         assert w1.close_codes == [1000]  # the client's own close went through
-        await wait_for(lambda: len(sy.records) > records_before)
+        await until(lambda: len(sy.records) > records_before)
         assert sy.records[-1].status == 101
 
 
@@ -153,7 +145,7 @@ async def test_tunnel_holds_its_lease_and_least_connections_sees_it() -> None:
                 assert r.header("x-server") == "w2"
         finally:
             await ws.close()
-        await wait_for(lambda: servers["w1"].active == 0)
+        await until(lambda: servers["w1"].active == 0)
 
 
 async def test_drain_timeout_sends_1001_to_both_sides() -> None:
@@ -167,7 +159,7 @@ async def test_drain_timeout_sends_1001_to_both_sides() -> None:
         await ws.send("still up while draining")
         assert await ws.recv() == "still up while draining"
         assert await closed_code(ws) == 1001
-        await wait_for(lambda: w1.close_codes)
+        await until(lambda: w1.close_codes)
         assert w1.close_codes == [1001]
         assert sy.engine.backends["ws"].servers["w1"].active == 0
 
@@ -193,7 +185,7 @@ async def test_drain_through_admin_api_and_reload_removal(tmp_path: Any) -> None
             )
             assert r.status == 200
             assert await closed_code(by_name["w1"]) == 1001
-            await wait_for(lambda: w1.close_codes == [1001])
+            await until(lambda: w1.close_codes == [1001])
             # a reload that removes w2: it drains, then its tunnel gets 1001 too
             await sy.engine.reload(
                 load_config_text(ws_config([w1], backend="    drain_timeout: 300ms"))
@@ -201,7 +193,7 @@ async def test_drain_through_admin_api_and_reload_removal(tmp_path: Any) -> None
             await by_name["w2"].send("who")
             assert await by_name["w2"].recv() == "w2"  # kept while draining
             assert await closed_code(by_name["w2"]) == 1001
-            await wait_for(lambda: w2.close_codes == [1001])
+            await until(lambda: w2.close_codes == [1001])
 
 
 async def test_shutdown_closes_tunnels_with_1001_after_shutdown_timeout() -> None:
@@ -218,7 +210,7 @@ async def test_shutdown_closes_tunnels_with_1001_after_shutdown_timeout() -> Non
         assert await closed_code(ws) == 1001
         assert loop.time() - started >= 0.5  # kept until shutdown_timeout
         await asyncio.wait_for(shutdown, 10)
-        await wait_for(lambda: w1.close_codes)
+        await until(lambda: w1.close_codes)
         assert w1.close_codes == [1001]
 
 
@@ -229,7 +221,7 @@ async def test_tunnel_idle_timeout_closes_with_1001() -> None:
         await ws.send("x")
         assert await ws.recv() == "x"
         assert await closed_code(ws) == 1001
-        await wait_for(lambda: w1.close_codes)
+        await until(lambda: w1.close_codes)
         assert w1.close_codes == [1001]
 
 
@@ -260,7 +252,7 @@ async def test_close_waits_for_the_frame_in_flight() -> None:
         assert close == b"\x88\x0c\x03\xe9going away"
         writer.write(frame[9:])  # the rest of the frame still reaches the server, whole
         await writer.drain()
-        await wait_for(lambda: w1.close_codes)
+        await until(lambda: w1.close_codes)
         assert w1.received == ["0123456789"]
         assert w1.close_codes == [1001]
         writer.close()
@@ -292,7 +284,7 @@ async def test_sigterm_on_a_real_process_closes_tunnels_with_1001_and_exits_0(
             assert await ws.recv() == "served during shutdown_timeout"
             assert await closed_code(ws) == 1001
             assert await asyncio.to_thread(sy.wait, 20) == 0
-        await wait_for(lambda: w1.close_codes)
+        await until(lambda: w1.close_codes)
         assert w1.close_codes == [1001]
 
 
@@ -334,7 +326,7 @@ async def test_wss_through_a_tls_listener_to_a_tls_server(tmp_path: Any) -> None
             assert got == messages
             sy.engine.backends["ws"].drain("w1")
             assert await closed_code(ws) == 1001
-            await wait_for(lambda: srv.close_codes)
+            await until(lambda: srv.close_codes)
             assert srv.close_codes == [1001]
     finally:
         srv.server.close()
@@ -359,4 +351,4 @@ async def test_other_upgrades_end_with_a_clean_close_not_a_reset() -> None:
         # quiet for timeouts.tunnel: EOF (FIN), not a reset, and no WebSocket frame
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
-        await wait_for(lambda: sy.engine.backends["ws"].servers["s1"].active == 0)
+        await until(lambda: sy.engine.backends["ws"].servers["s1"].active == 0)
