@@ -224,6 +224,17 @@ class HttpBackend:
                 send(conn.send(h11.Data(data=body)))
             send(conn.send(h11.EndOfMessage()))
 
+        async def pieces(fill: bytes, n: int) -> None:
+            """n bytes of `fill` in 64 KiB pieces (chunks when chunked), then the end."""
+            piece = fill * 65536
+            left = n
+            while left > 0:
+                part = piece[: min(left, 65536)]
+                send(conn.send(h11.Data(data=part)))
+                left -= len(part)
+                await writer.drain()
+            send(conn.send(h11.EndOfMessage()))
+
         if path == "/echo":
             payload = {
                 "server": self.name,
@@ -242,25 +253,11 @@ class HttpBackend:
             n = int(path[len("/big/") :])
             headers = [*base, ("content-length", str(n))]
             send(conn.send(h11.Response(status_code=200, headers=headers)))
-            piece = b"x" * 65536
-            left = n
-            while left > 0:
-                part = piece[: min(left, 65536)]
-                send(conn.send(h11.Data(data=part)))
-                left -= len(part)
-                await writer.drain()
-            send(conn.send(h11.EndOfMessage()))
+            await pieces(b"x", n)
         elif path.startswith("/stream/"):
             n = int(path[len("/stream/") :])
             send(conn.send(h11.Response(status_code=200, headers=[*base])))
-            piece = b"y" * 65536
-            left = n
-            while left > 0:
-                part = piece[: min(left, 65536)]
-                send(conn.send(h11.Data(data=part)))
-                left -= len(part)
-                await writer.drain()
-            send(conn.send(h11.EndOfMessage()))
+            await pieces(b"y", n)
         elif path == "/chunked":
             headers = [*base, ("transfer-encoding", "chunked"), ("trailer", "x-checksum, x-end")]
             send(conn.send(h11.Response(status_code=200, headers=headers)))
