@@ -393,25 +393,18 @@ def test_weight_overrides_model_equal_and_capacity_weights() -> None:
 
 
 def test_list_prints_the_builtin_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    expected = [
+        "homogeneous",
+        "slow-server",
+        "mixed-capacity",
+        "long-lived",
+        "scale-out",
+        "hot-key",
+        "canary",
+    ]
     assert main(["--list"]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "homogeneous",
-        "slow-server",
-        "mixed-capacity",
-        "long-lived",
-        "scale-out",
-        "hot-key",
-        "canary",
-    ]
-    assert list(BUILTIN_NAMES) == [
-        "homogeneous",
-        "slow-server",
-        "mixed-capacity",
-        "long-lived",
-        "scale-out",
-        "hot-key",
-        "canary",
-    ]
+    assert capsys.readouterr().out.splitlines() == expected
+    assert list(BUILTIN_NAMES) == expected
 
 
 def test_out_writes_results_json_in_the_spec_shape_and_plots(
