@@ -122,31 +122,27 @@ class Engine:
                         od.consecutive_failures,
                         od.base_ejection_time,
                         od.max_ejection_percent,
-                        getattr(od, "max_ejection_time", 300.0),
+                        od.max_ejection_time,
                     )
                     if od
                     else None
                 ),
                 slow_start=bcfg.slow_start or 0.0,
-                panic_threshold=getattr(bcfg, "panic_threshold", 50),
+                panic_threshold=bcfg.panic_threshold,
                 max_connections_per_server=bcfg.max_connections_per_server,
-                queue_timeout=getattr(bcfg, "queue_timeout", 5.0),
-                max_queue=getattr(bcfg, "max_queue", 1000),
+                queue_timeout=bcfg.queue_timeout,
+                max_queue=bcfg.max_queue,
                 drain_timeout=bcfg.drain_timeout,
                 events=self.events,
             )
             if old is not None:
-                self._carry_over(old, backend, servers)
+                # reload: Backend.carry_over keeps the state of servers present before and
+                # after (the rule is documented in docs/health.md)
+                backend.carry_over(old, servers)
             if bcfg.algorithm in SLOW_BUILD:
                 backend.scheduler = self._schedule_build
             result[name] = backend
         return result
-
-    def _carry_over(self, old: Backend, new: Backend, servers: list[Server]) -> None:
-        """Reload: a server present before and after keeps its state and counters; admin
-        changes survive unless the file changed that server (Backend.carry_over has the
-        rule; docs/health.md documents it)."""
-        new.carry_over(old, servers)
 
     def _schedule_build(self, backend: Backend) -> None:
         """Slow snapshots (rings, Maglev) are built in a worker thread; the old one serves."""
@@ -160,7 +156,8 @@ class Engine:
 
         def done(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:
-                log.error("building backend %s failed: %r", backend.name, f.exception())
+                reason = "cancelled" if f.cancelled() else repr(f.exception())
+                log.error("building backend %s off the loop failed: %s", backend.name, reason)
                 backend.rebuild()
                 return
             version, balancer, panic = f.result()
@@ -178,27 +175,17 @@ class Engine:
         self.pools = UpstreamPools(self.loop)
         for lcfg in self.config.listeners:
             await self._start_listener(lcfg)
-        if getattr(self.config, "admin", None) is not None:
-            try:
-                from steelyard.admin.server import AdminServer
-            except ImportError:
-                log.warning("admin listener configured but the admin module is not available")
-            else:
-                self.admin = AdminServer(self)
-                await self.admin.start()
+        if self.config.admin is not None:
+            from steelyard.admin.server import AdminServer
+
+            self.admin = AdminServer(self)
+            await self.admin.start()
         self._start_health_checks()
         self._tick_handle = self.loop.call_later(TICK_INTERVAL, self._tick)
 
     def _start_health_checks(self) -> None:
-        try:
-            from steelyard.net.health_check import HealthSupervisor
-        except ImportError:
-            for backend in self.backends.values():
-                if backend.health_checked:
-                    log.warning("health checks not available; marking %s healthy", backend.name)
-                    for name in backend.servers:
-                        backend.observe_check(name, True, "no checker", time.time())
-            return
+        from steelyard.net.health_check import HealthSupervisor
+
         if self.health is None:
             self.health = HealthSupervisor(self)
         self.health.sync()
