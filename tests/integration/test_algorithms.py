@@ -9,8 +9,11 @@
   lowest estimate per weight.
 - least_connections, least_response_time and power_of_two send clearly less than 1/3 to a
   server made slow; round robin, the control, keeps sending it exactly 1/3.
-- ip_hash pins a client (there is one client IP here, 127.0.0.1), and every server can be
-  its server: disabling the owner moves it to the next one, enabling it brings it back.
+- ip_hash: over HTTP every request comes from 127.0.0.1 (one key): the client stays pinned,
+  and every server can be its server (disabling the owner moves it to the next one, enabling
+  it brings it back). Shares over many client addresses are measured on a tcp listener with
+  `accept_proxy_protocol`, where the PROXY header's source address is the client IP (the
+  http listener does not read PROXY headers yet).
 - consistent_hash and maglev send a key to the same server every time, and two real
   `steelyard run` processes with different PYTHONHASHSEED route 50 keys alike.
 """
@@ -29,10 +32,14 @@ from tests.helpers.http_backends import (
     Behaviour,
     H11Client,
     HttpBackend,
+    RawClient,
     http_backend,
+    parse_responses,
     steelyard,
 )
 from tests.helpers.steelyard_process import SteelyardProcess
+
+from steelyard.core.proxy_protocol import encode_v1
 
 WEIGHTS = {"a": 1, "b": 2, "c": 5}
 CYCLE = sum(WEIGHTS.values())
@@ -257,6 +264,42 @@ async def test_ip_hash_pins_the_client_and_every_server_can_take_it(
             await asyncio.sleep(0.02)
         assert last == [owners[0]], (owners, last)
         assert await owner() == owners[0]
+
+
+L4 = """  - name: l4
+    protocol: tcp
+    bind: 127.0.0.1:0
+    backend: api
+    accept_proxy_protocol: true
+"""
+
+
+async def via_proxy_header(port: int, client_ip: str) -> str:
+    """x-server of one request on a tcp listener, sent as if from client_ip (PROXY v1)."""
+    client = await RawClient.connect(port)
+    try:
+        await client.send(
+            encode_v1(client_ip, 40000, "127.0.0.1", 80)
+            + b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        (reply,) = parse_responses(await client.read_until_close())
+    finally:
+        await client.close()
+    assert reply.status == 200, reply
+    return str(reply.header("x-server"))
+
+
+async def test_ip_hash_shares_over_many_client_addresses_follow_the_weights(
+    trio: list[HttpBackend],
+) -> None:
+    clients = [f"10.{i % 7}.{i // 256}.{i % 256}" for i in range(N)]
+    text = api_config(trio, "    algorithm: ip_hash\n", weights=WEIGHTS, more_listeners=L4)
+    async with steelyard(text, listener="l4") as sy:
+        seen = [await via_proxy_header(sy.port, ip) for ip in clients]
+        again = [await via_proxy_header(sy.port, ip) for ip in clients[:50]]
+    # fixed addresses and stable hashes: these counts never change between runs
+    assert_binomial_shares(seen)
+    assert again == seen[:50]
 
 
 # -- the same keys in two processes -------------------------------------------------------------
