@@ -184,18 +184,19 @@ async def test_least_connections_shares_evenly_while_every_server_is_idle(
         assert sorted(seen[start : start + 3]) == ["a", "b", "c"], "".join(seen[start : start + 9])
 
 
-async def test_least_response_time_while_idle_picks_the_lowest_estimate_per_weight(
+async def test_least_response_time_while_idle_samples_every_server(
     trio: list[HttpBackend],
 ) -> None:
-    """One request at a time: cost = estimate x (0 + 1) / weight. A server without a sample is
-    costed at the mean of the others' estimates, here the heavy server's own, so a (1/1) and
-    b (1/2) always cost more than c (1/5): c takes every request, and a and b never get the
-    sample that could change that. This pins the documented formula; at this load weights act
-    as cost divisors, not shares (a and b are starved). If that is changed on purpose (e.g.
-    picking among idle servers by weight, as nginx's least_conn does), change this test."""
+    """One request at a time. A server without a sample costs nothing while idle, so each
+    server gets a first request (none is starved); from then on cost = estimate x (0 + 1) /
+    weight. Which server takes the rest depends on those first samples (one slow answer from
+    a loaded test machine weighs for a while: peak EWMA), so only the sampling is asserted;
+    at this load weights act as cost divisors, not shares (Finagle's model)."""
     async with steelyard(config(trio, "least_response_time")) as sy:
         seen = await sequential(sy.port, N // 2)
-    assert Counter(seen) == {"c": N // 2}
+    counts = Counter(seen)
+    assert set(counts) == {"a", "b", "c"}, counts
+    assert sum(counts.values()) == N // 2
 
 
 # -- a slow server ------------------------------------------------------------------------------

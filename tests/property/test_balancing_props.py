@@ -26,6 +26,7 @@ from steelyard.core.balancing import (
     SmoothWeightedRoundRobin,
     WeightedRandom,
 )
+from steelyard.core.balancing.least_load import in_flight_factor
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -184,7 +185,7 @@ def test_least_load_never_picks_the_strictly_busiest(
     candidates = [(s, w) for s, w in zip(group, weights, strict=True) if s.name not in exclude]
     if algorithm == "least_response_time":
         estimates = dict(zip((s.name for s in group), b.estimates(), strict=True))
-        loads = [estimates[s.name] * (s.active + 1) / w for s, w in candidates]
+        loads = [estimates[s.name] * in_flight_factor(s) / w for s, w in candidates]
     else:
         loads = [s.active / w for s, w in candidates]
     ranked = sorted(loads)
@@ -402,7 +403,8 @@ def test_least_response_time_picks_the_least_cost_with_fading_estimates(
     extra: dict[str, object] = {"clock": lambda: now} if use_clock else {}
     b = LeastResponseTime(group, weights, BalancerSettings(extra=extra))
     costs = [
-        e * (s.active + 1) / w for e, s, w in zip(b.estimates(now), group, weights, strict=True)
+        e * in_flight_factor(s) / w
+        for e, s, w in zip(b.estimates(now), group, weights, strict=True)
     ]
     s = b.pick(PickContext())
     assert s is not None
@@ -586,7 +588,7 @@ def test_tracked_least_response_time_picks_the_least_cost(
         t = tracked.now()
         assert t == scan.now() or not use_clock and t >= scan.now()
         costs = [
-            e * (s.active + 1) / w
+            e * in_flight_factor(s) / w
             for e, s, w in zip(tracked.estimates(t), group, weights, strict=True)
         ]
         allowed = [c for s, c in zip(group, costs, strict=True) if s.name not in exclude]

@@ -38,6 +38,7 @@ from steelyard.core.balancing.hashing import (
     name_hash,
     ring_point_bytes,
 )
+from steelyard.core.balancing.least_load import in_flight_factor
 from steelyard.core.balancing.maglev import is_prime
 from steelyard.core.balancing.ring import POINTS_PER_WEIGHT, point_counts
 from steelyard.core.clock import FakeClock
@@ -229,9 +230,27 @@ def test_least_response_time_unknown_server_is_costed_at_the_mean() -> None:
     b.ewma.observe(0.030, 0.0)
     lrt = LeastResponseTime([a, b, new], [1, 1, 1])
     assert lrt.estimates() == pytest.approx([0.010, 0.030, 0.020])
-    assert lrt.pick(PickContext()) is a  # not flooded: the fast one still wins at equal load
-    a.active = 2  # a costs 0.030, new 0.020: not starved either
+    assert lrt.pick(PickContext()) is new  # not starved: idle and never sampled, it is free
+    new.active = 1  # from its first request on it costs the mean x in-flight: 0.020
+    assert lrt.pick(PickContext()) is a  # not flooded: a (0.010 x 1) wins
+    a.active = 2  # a costs 0.030, new 0.020
     assert lrt.pick(PickContext()) is new
+
+
+def test_least_response_time_sequential_requests_reach_every_server() -> None:
+    """One request at a time (nothing in flight at a pick): a lighter server with no sample
+    must still get traffic, not stay behind the first server that answered."""
+    clock = FakeClock(0.0)
+    group = servers("a", "b", "c")
+    lrt = LeastResponseTime(group, [1, 2, 5], BalancerSettings(extra={"clock": clock}))
+    seen = set()
+    for _ in range(10):
+        s = lrt.pick(PickContext())
+        assert s is not None
+        seen.add(s.name)
+        clock.advance(0.001)
+        s.ewma.observe(0.001, clock())
+    assert seen == {"a", "b", "c"}
 
 
 def test_least_response_time_without_samples_is_least_connections() -> None:
@@ -632,11 +651,11 @@ def test_backend_feeds_least_response_time_through_its_release_hook() -> None:
     assert [lease.server.name for lease in first if lease] == ["a", "b", "c"]
     clock.now = 100.010
     first[0].release(Outcome.OK)  # type: ignore[union-attr]  # a: 10 ms
-    clock.now = 100.030
-    first[1].release(Outcome.OK)  # type: ignore[union-attr]  # b: 30 ms
+    clock.now = 100.050
+    first[1].release(Outcome.OK)  # type: ignore[union-attr]  # b: 50 ms
     assert "fresh=2, idle=1, stale=0" in repr(lrt.view)
-    # c (in flight, no sample) costs the mean 20 ms x 2; a 10 ms x 1 wins, then a again
-    # (10 ms x 2 = 20 ms < b's 30 ms and c's 40 ms): the stale-low key of a is repaired
+    # c (one in flight, no sample) costs the mean 30 ms x 1; a 10 ms x 1 wins, then a again
+    # (10 ms x 2 = 20 ms < b's 50 ms and c's 30 ms): the stale-low key of a is repaired
     lease = backend.acquire(PickContext())
     assert lease is not None and lease.server.name == "a"
     lease2 = backend.acquire(PickContext())
@@ -647,7 +666,7 @@ def test_backend_feeds_least_response_time_through_its_release_hook() -> None:
     assert "fresh=0, idle=1, stale=2" in repr(lrt.view)
     estimates = lrt.estimates()
     costs = [
-        e * (s.active + (0 if s is lease3.server else 1))
+        e * (in_flight_factor(s) - (1 if s is lease3.server else 0))
         for e, s in zip(estimates, lrt.servers, strict=True)
     ]
     assert costs[lrt.servers.index(lease3.server)] == min(costs)
@@ -668,7 +687,7 @@ def test_tracked_least_response_time_survives_index_compaction() -> None:
         heap = lrt.view.fresh.heap
         before = len(heap)
         costs = [
-            e * (g.active + 1) / w
+            e * in_flight_factor(g) / w
             for e, g, w in zip(lrt.estimates(), group, [1.0, 2.0, 1.0], strict=True)
         ]
         s = lrt.pick(PickContext())

@@ -11,9 +11,11 @@ so idle servers share evenly instead of the first one taking everything.
 
 least_response_time: cost = peak-EWMA latency x (in-flight + 1) / weight (Finagle's and
 Linkerd's peak EWMA load metric; the estimate lives in core/load.PeakEwma). A server with no
-sample yet is costed at the mean estimate of the servers sampled recently, so it is neither
-starved (cost infinity) nor flooded (cost 0); with no samples anywhere this is least connections
-on (in-flight + 1) / weight. An estimate also fades with time when no sample comes in (Finagle
+sample yet is costed at the mean estimate of the servers sampled recently times its in-flight
+count (not in-flight + 1): while idle it costs nothing, so it gets a request and with it a first
+sample (never starved, even under one-at-a-time traffic, where the (in-flight + 1) cost would
+leave a lighter server forever behind the first sampled one), and from its first in-flight
+request on it is costed like a sampled server at the mean (never flooded). An estimate also fades with time when no sample comes in (Finagle
 and Linkerd decay it on read): after STALE_AFTER seconds without a sample it moves towards that
 same mean with the EWMA's time constant, est = mean + (est - mean) x exp(-age / tau). Without
 this a server that was slow once would get no traffic, hence no new sample, and stay starved
@@ -46,6 +48,12 @@ _INF = float("inf")
 MIN_ESTIMATE = 1e-6  # seconds
 STALE_AFTER = 0.5  # seconds without a sample before an estimate starts to fade
 MAX_WEIGHT_CLASSES = 8
+
+
+def in_flight_factor(state: ServerState) -> int:
+    """What least_response_time multiplies a server's estimate by: in-flight + 1 once it has a
+    sample, in-flight before (so an idle never-sampled server costs nothing)."""
+    return state.active + 1 if state.ewma.samples else state.active
 
 
 class LeastConnections:
@@ -241,7 +249,7 @@ class _LatencyView:
 
     def __init__(self, n: int) -> None:
         self.fresh = RotatingMinIndex([None] * n)  # cost = estimate x (active + 1) / weight
-        self.idle = RotatingMinIndex([None] * n)  # (active + 1) / weight
+        self.idle = RotatingMinIndex([None] * n)  # active / weight (no sample yet)
         self.stale: set[int] = set()
         self.where = [_IDLE] * n
         self.value = [0.0] * n  # the estimate counted in the sums below
@@ -343,7 +351,7 @@ class LeastResponseTime:
             return
         e = state.ewma
         if not e.samples:  # a failure before any sample: still idle
-            view.idle.update(i, (state.active + 1) * self.inverse[i])
+            view.idle.update(i, state.active * self.inverse[i])
             return
         stamp = e.stamp
         if stamp > self.latest:
@@ -461,7 +469,7 @@ class LeastResponseTime:
             if idle.size:
                 for _ in range(n + 1):
                     key, i = idle.first(start)
-                    live = (servers[i].active + 1) * inverse[i]
+                    live = servers[i].active * inverse[i]
                     if live == key:
                         break
                     idle.update(i, live)
@@ -573,9 +581,9 @@ class LeastResponseTime:
             e = s.ewma
             if e.samples:
                 v = fill + (e.value - fill) * math.exp(-(now - e.stamp) / e.tau)
-            else:
-                v = fill
-            cost = (v if v > floor else floor) * (s.active + 1) * iw
+                cost = (v if v > floor else floor) * (s.active + 1) * iw
+            else:  # never sampled: free while idle, so it gets its first sample
+                cost = (fill if fill > floor else floor) * s.active * iw
             if cost < best_cost and not (exclude and s.name in exclude):
                 best_cost = cost
                 best = s
