@@ -421,3 +421,16 @@ def test_hash_on_accepts_sni_for_tls_passthrough() -> None:
         "    servers:\n      - {address: 127.0.0.1:9}\n"
     )
     assert config.backends["b"].hash_on == "sni"
+
+
+def test_access_log_off_is_kept_as_off_not_a_file_path() -> None:
+    from steelyard.config import load_config_text
+
+    base = (
+        "version: 1\nlisteners:\n  - name: t\n    protocol: tcp\n    bind: 127.0.0.1:0\n"
+        "    backend: b\nbackends:\n  b:\n    servers:\n      - {address: 127.0.0.1:9}\n"
+    )
+    for spelled in ("off", '"off"', "'off'"):
+        config = load_config_text(base + f"log:\n  access: {spelled}\n")
+        assert config.log.access == "off"
+    assert load_config_text(base + "log:\n  access: stdout\n").log.access is None

@@ -157,7 +157,7 @@ class Admin(Model, HasBind):
 
 
 class Log(Model):
-    access: OutputPath | None = None  # None: stdout
+    access: Literal["off"] | OutputPath | None = None  # None: stdout; "off": no access log
     format: Literal["json", "text"] = "json"
 
     @field_validator("access", mode="before")
@@ -165,6 +165,8 @@ class Log(Model):
     def _special(cls, v: Any) -> Any:
         if v in ("stdout", "-"):
             return None
+        if v is False or v == "off":  # YAML reads a bare `off` as false
+            return "off"
         return v
 
 
