@@ -368,6 +368,7 @@ class DownstreamConnection(asyncio.Protocol):
         if ex is not None:
             ex.downstream_lost()
         self.queue.clear()
+        self.parser.close()  # the parser and httptools refer to each other: free them now
         self.listener.connection_closed(self)
 
     def pause_writing(self) -> None:
