@@ -136,6 +136,31 @@ class _Settings:
         return f"_Settings({self.name}, {self.router!r}, proto={self.proto.decode()})"
 
 
+NO_HASH = PickContext(None, frozenset())  # never mutated: retries replace it
+
+
+class _BackendProfile:
+    """A backend's per-request settings, read from its config once, not per request."""
+
+    __slots__ = ("cfg", "hash_on", "timeouts", "idle_timeout", "response_timeout", "l7")
+
+    def __init__(self, cfg: Any, hash_keys: HashKeys) -> None:
+        self.cfg = cfg
+        algorithm = getattr(cfg, "algorithm", "round_robin")
+        self.hash_on: Any = None  # None, "ip_hash" or a HashKey
+        if algorithm == "ip_hash":
+            self.hash_on = "ip_hash"
+        elif algorithm in HASHING:
+            self.hash_on = hash_keys.get(getattr(cfg, "hash_on", None) or "client_ip")
+        self.timeouts = timeouts = getattr(cfg, "timeouts", None)
+        self.idle_timeout = float(getattr(timeouts, "idle", 60.0))
+        self.response_timeout = float(getattr(timeouts, "response", 60.0))
+        self.l7 = getattr(cfg, "sticky", None) is not None or getattr(cfg, "tls", None) is not None
+
+    def __repr__(self) -> str:
+        return f"_BackendProfile(hash_on={self.hash_on!r}, l7={self.l7})"
+
+
 class HttpListener:
     """The runtime of one `protocol: http` listener; the engine binds protocol_factory."""
 
@@ -157,6 +182,7 @@ class HttpListener:
         self.ssl_context: ssl.SSLContext | None = None  # set by the engine on TLS listeners
         self.upstream_tls = UpstreamTLSContexts()  # client contexts of `tls` backends
         self.sticky = registry_of(engine)  # engine-wide: cookies outlive reloads
+        self.profiles: dict[Any, _BackendProfile] = {}  # Backend -> what begin() needs of it
 
     @property
     def name(self) -> str:
@@ -176,8 +202,17 @@ class HttpListener:
             except TLSConfigError as exc:
                 log.error("listener %s keeps its certificates: %s", config.name, exc)
         self.upstream_tls.clear()  # CA files are read again too
+        self.profiles.clear()  # backends and their configs are new objects after a reload
         self.settings = _Settings(config)
         self.config = config
+
+    def profile(self, backend: Any) -> _BackendProfile:
+        """What a request needs of a backend's config, read once per config (a reload makes
+        new Backend or config objects, so entries are checked by identity and rebuilt)."""
+        if len(self.profiles) > 256:
+            self.profiles.clear()
+        prof = self.profiles[backend] = _BackendProfile(backend.config, self.hash_keys)
+        return prof
 
     def protocol_factory(self) -> asyncio.Protocol:
         return DownstreamConnection(self)
@@ -754,23 +789,27 @@ class Exchange:
         self.backend = backend
         self.record.backend = name
         cfg = backend.config
-        hash_key: bytes | None = None
-        algorithm = getattr(cfg, "algorithm", "round_robin")
-        if algorithm in HASHING:
-            if algorithm == "ip_hash":
-                hash_key = down.client_ip
-            else:
-                spec = getattr(cfg, "hash_on", None) or "client_ip"
-                hash_key = listener.hash_keys.get(spec).extract(head, down.client_ip)
-        self.pick = PickContext(hash_key, frozenset())
-        self.timeouts = timeouts = getattr(cfg, "timeouts", None)
-        self.idle_timeout = float(getattr(timeouts, "idle", 60.0))
-        self.response_timeout = float(getattr(timeouts, "response", 60.0))
-        if (
-            getattr(cfg, "sticky", None) is not None or getattr(cfg, "tls", None) is not None
-        ) and self._l7_options(backend.name, cfg):
+        prof = listener.profiles.get(backend)
+        if prof is None or prof.cfg is not cfg:
+            prof = listener.profile(backend)
+        if prof.hash_on is None:
+            self.pick = NO_HASH  # shared; a retry makes its own (see _exclude)
+        elif prof.hash_on == "ip_hash":
+            self.pick = PickContext(down.client_ip, frozenset())
+        else:
+            self.pick = PickContext(prof.hash_on.extract(head, down.client_ip), frozenset())
+        self.timeouts = prof.timeouts
+        self.idle_timeout = prof.idle_timeout
+        self.response_timeout = prof.response_timeout
+        if prof.l7 and self._l7_options(backend.name, cfg):
             return
         self._select()
+
+    def _exclude(self, name: str) -> None:
+        """Retries: the servers tried so far, in a PickContext of this exchange's own."""
+        pick = self.pick
+        assert pick is not None
+        self.pick = PickContext(pick.hash_key, pick.exclude | {name})
 
     def _l7_options(self, name: str, cfg: Any) -> bool:
         """Upstream TLS and sticky sessions; True when a sticky lease was taken."""
@@ -917,7 +956,7 @@ class Exchange:
                 log.warning("TLS handshake with %s failed: %s", lease.server.name, task.exception())
             lease.release(Outcome.CONNECT_FAILED)
             self.attempts += 1
-            self.pick.exclude = self.pick.exclude | {lease.server.name}
+            self._exclude(lease.server.name)
             retries = int(getattr(self.backend.config, "retries", 2))
             if self.attempts <= retries:
                 self._select()  # counts the retry only if another server takes it
@@ -1260,7 +1299,7 @@ class Exchange:
             and self.attempts < int(getattr(self.backend.config, "retries", 2))
         ):
             # nothing came back and the request can be replayed: another server, if any
-            self.pick.exclude = self.pick.exclude | {self.record.server or ""}
+            self._exclude(self.record.server or "")
             lease = self.backend.acquire(self.pick)
             if lease is not None:
                 self.attempts += 1
