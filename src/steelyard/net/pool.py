@@ -97,6 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.upstream_lost(exc)
         else:
             self.pools.discard(self)
+        self.parser.close()  # break the parser <-> httptools cycle (no GC pass per connection)
 
     def pause_writing(self) -> None:
         ex = self.exchange
