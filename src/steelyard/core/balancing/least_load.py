@@ -42,7 +42,7 @@ from itertools import accumulate
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.load_index import RotatingMinIndex
-from steelyard.core.balancing.random_choice import positive, weighted_index
+from steelyard.core.balancing.random_choice import WeightedRandom, positive, weighted_index
 
 _INF = float("inf")
 MIN_ESTIMATE = 1e-6  # seconds
@@ -597,20 +597,10 @@ class LeastResponseTime:
         return f"LeastResponseTime({state}, next={self.next})"
 
 
-class PowerOfTwo:
-    __slots__ = ("servers", "weights", "cum", "total", "rng")
+class PowerOfTwo(WeightedRandom):
+    """Two candidates drawn on the same cumulative weight line as ``random``."""
 
-    def __init__(
-        self,
-        servers: Sequence[ServerState],
-        weights: Sequence[float],
-        settings: BalancerSettings | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.servers, self.weights = positive(servers, weights)
-        self.cum = list(accumulate(self.weights))
-        self.total = self.cum[-1] if self.cum else 0.0
-        self.rng = rng if rng is not None else random.Random()
+    __slots__ = ()
 
     def pick(self, ctx: PickContext) -> ServerState | None:
         servers = self.servers
