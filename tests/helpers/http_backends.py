@@ -650,28 +650,31 @@ class DeadServer:
 
 
 class BlackholeServer:
-    """A server address where connecting hangs (its accept queue is full): connect timeouts."""
+    """A server address where connecting hangs (its accept queue is full): connect timeouts.
+
+    `sock` is the listening socket (accept from it to let a connect through), `fillers` the
+    client sockets that fill its queue."""
 
     def __init__(self, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
         self.host = host
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind((host, 0))
-        self._sock.listen(0)
-        self.port = self._sock.getsockname()[1]
-        self._fillers: list[socket.socket] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers: list[socket.socket] = []
         for _ in range(4):  # fill the accept queue; later SYNs are dropped
             c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             c.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 c.connect((host, self.port))
-            self._fillers.append(c)
+            self.fillers.append(c)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def close(self) -> None:
-        for c in self._fillers:
+        for c in self.fillers:
             c.close()
-        self._sock.close()
+        self.sock.close()

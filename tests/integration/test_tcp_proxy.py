@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from tests.helpers.http_backends import BlackholeServer
 from tests.helpers.servers import free_port
 
 from steelyard.config import load_config_text
@@ -944,16 +945,8 @@ async def test_connect_timeout_then_retry_elsewhere(
 ) -> None:
     """A server whose accept queue is full never answers the SYN: the connect times out
     (backend timeouts.connect) and the connection is retried on the other server."""
-    stuck = socket.socket()
-    stuck.bind(("127.0.0.1", 0))
-    stuck.listen(0)
-    stuck_port = stuck.getsockname()[1]
-    fillers = []
-    for _ in range(4):  # fill the accept queue (nobody accepts)
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(("127.0.0.1", stuck_port))
-        fillers.append(f)
+    stuck = BlackholeServer("s0")  # its accept queue is full: SYNs go unanswered
+    stuck_port = stuck.port
     await asyncio.sleep(0.2)
     port, _ = await tagged(b"alive")
     extra = "    retries: 1\n    timeouts: {connect: 300ms}"
@@ -982,8 +975,6 @@ async def test_connect_timeout_then_retry_elsewhere(
         assert "failed: timeout" in caplog.text  # timed out, not refused
     finally:
         await engine.shutdown(1)
-        for f in fillers:
-            f.close()
         stuck.close()
 
 
@@ -991,16 +982,8 @@ async def test_shutdown_while_connecting_cancels_the_attempt() -> None:
     """Shutdown reaches a connection whose connect to the server still hangs: the attempt is
     cancelled (not left to its 30 s timeout), the lease is released as CANCELLED (not held
     against the server), the client is closed and the connection is recorded."""
-    stuck = socket.socket()
-    stuck.bind(("127.0.0.1", 0))
-    stuck.listen(0)
-    stuck_port = stuck.getsockname()[1]
-    fillers = []
-    for _ in range(4):  # fill the accept queue (nobody accepts): SYNs go unanswered
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(("127.0.0.1", stuck_port))
-        fillers.append(f)
+    stuck = BlackholeServer("s0")  # its accept queue is full: SYNs go unanswered
+    stuck_port = stuck.port
     await asyncio.sleep(0.2)
     extra = "    timeouts: {connect: 30s}"
     engine = await start_engine(config(tcp_listener(), backend_block("b", [stuck_port], extra)))
@@ -1029,8 +1012,6 @@ async def test_shutdown_while_connecting_cancels_the_attempt() -> None:
         writer.close()
     finally:
         await engine.shutdown(1)
-        for f in fillers:
-            f.close()
         stuck.close()
 
 
@@ -1058,16 +1039,8 @@ async def test_client_reset_while_connecting_cancels_the_attempt() -> None:
     """The client resets while the connect to the server still hangs: noticed at once (the
     proxy keeps reading while it connects), the attempt is cancelled, the lease released as
     CANCELLED (not held against the server) and the connection recorded."""
-    stuck = socket.socket()
-    stuck.bind(("127.0.0.1", 0))
-    stuck.listen(0)
-    stuck_port = stuck.getsockname()[1]
-    fillers = []
-    for _ in range(4):  # fill the accept queue (nobody accepts): SYNs go unanswered
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(("127.0.0.1", stuck_port))
-        fillers.append(f)
+    stuck = BlackholeServer("s0")  # its accept queue is full: SYNs go unanswered
+    stuck_port = stuck.port
     await asyncio.sleep(0.2)
     extra = "    timeouts: {connect: 30s}"
     engine = await start_engine(config(tcp_listener(), backend_block("b", [stuck_port], extra)))
@@ -1097,8 +1070,6 @@ async def test_client_reset_while_connecting_cancels_the_attempt() -> None:
         assert not engine.listeners["l4"].runtime.connections
     finally:
         await engine.shutdown(1)
-        for f in fillers:
-            f.close()
         stuck.close()
 
 
@@ -1107,17 +1078,9 @@ async def test_client_data_while_connecting_is_bounded_then_relayed_intact() -> 
     at most about CONNECT_BUFFER of it (reading pauses), and once the connect completes every
     byte arrives, in order."""
     loop = asyncio.get_running_loop()
-    stuck = socket.socket()
-    stuck.bind(("127.0.0.1", 0))
-    stuck.listen(0)
-    stuck.setblocking(False)
-    stuck_port = stuck.getsockname()[1]
-    fillers = []
-    for _ in range(4):  # fill the accept queue: the proxy's SYN goes unanswered for now
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(("127.0.0.1", stuck_port))
-        fillers.append(f)
+    stuck = BlackholeServer("s0")  # its accept queue is full: SYNs go unanswered
+    stuck.sock.setblocking(False)
+    stuck_port = stuck.port
     await asyncio.sleep(0.2)
     extra = "    timeouts: {connect: 20s}"
     engine = await start_engine(config(tcp_listener(), backend_block("b", [stuck_port], extra)))
@@ -1138,11 +1101,11 @@ async def test_client_data_while_connecting_is_bounded_then_relayed_intact() -> 
         assert tcp_proxy.CONNECT_BUFFER <= len(conn.buffer) < tcp_proxy.CONNECT_BUFFER + 512 * 1024
         # accept everything queued: the fillers (known by their ports) are closed, and the
         # proxy's SYN, retransmitted once there is room, gets through
-        filler_ports = {f.getsockname()[1] for f in fillers}
+        filler_ports = {f.getsockname()[1] for f in stuck.fillers}
         received = bytearray()
         server_side = None
-        for _ in range(len(fillers) + 1):
-            s, peer = await asyncio.wait_for(loop.sock_accept(stuck), 15)
+        for _ in range(len(stuck.fillers) + 1):
+            s, peer = await asyncio.wait_for(loop.sock_accept(stuck.sock), 15)
             if peer[1] in filler_ports:
                 s.close()
                 continue
@@ -1158,6 +1121,4 @@ async def test_client_data_while_connecting_is_bounded_then_relayed_intact() -> 
         writer.close()
     finally:
         await engine.shutdown(1)
-        for f in fillers:
-            f.close()
         stuck.close()
