@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -422,6 +423,37 @@ def fmt_num(x: float, digits: int = 0) -> str:
     if x != x:  # NaN
         return "—"
     return f"{x:,.{digits}f}"
+
+
+def wrk_table(summaries: Iterable[object], per_core: bool) -> list[str]:
+    """The markdown table of wrk results both benchmarks print (per_core: a column of req/s
+    per LB core, 1 / CPU per request)."""
+    extra_head = " req/s per LB core |" if per_core else ""
+    extra_rule = "---:|" if per_core else ""
+    out = [
+        "| target | clients | req/s (median) | min–max | p50 ms | p99 ms | LB CPU µs/req |"
+        + extra_head
+        + " LB core busy | others | client core busy | errors |",
+        "|---|---|---:|---:|---:|---:|---:|" + extra_rule + "---:|---:|---:|---:|",
+    ]
+    blanks = "| | | | | | | | |" + (" |" if per_core else "")
+    for s in summaries:
+        x: Any = s
+        if x.pending:
+            out.append(f"| {x.target} | {x.mode} | pending: {x.pending} {blanks}")
+            continue
+        lb = "—" if x.lb_core_busy != x.lb_core_busy else f"{x.lb_core_busy * 100:.0f}%"
+        core = ""
+        if per_core:
+            per = 1e6 / x.cpu_us_per_req if x.cpu_us_per_req else float("nan")
+            core = f" {fmt_num(per)} |"
+        out.append(
+            f"| {x.target} | {x.mode} | {fmt_num(x.rps_median)} | "
+            f"{fmt_num(x.rps_min)}–{fmt_num(x.rps_max)} | {fmt_num(x.p50_ms, 2)} | "
+            f"{fmt_num(x.p99_ms, 2)} | {fmt_num(x.cpu_us_per_req, 1)} |{core} {lb} | "
+            f"{x.others * 100:.0f}% | {x.client_core_busy * 100:.0f}% | {x.errors} |"
+        )
+    return out
 
 
 def ratio(a: float, b: float) -> float:

@@ -56,6 +56,7 @@ from benchlib import (  # noqa: E402
     wait_quiet,
     wait_tcp,
     write_wrk_script,
+    wrk_table,
 )
 from http_bench import (  # noqa: E402
     LEGEND,
@@ -289,23 +290,7 @@ def markdown(
     out.append("")
     out.append(LEGEND)
     out.append("")
-    out.append(
-        "| target | clients | req/s (median) | min–max | p50 ms | p99 ms | LB CPU µs/req | "
-        "LB core busy | others | client core busy | errors |"
-    )
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for s in summaries:
-        if s.pending:
-            out.append(f"| {s.target} | {s.mode} | pending: {s.pending} | | | | | | | | |")
-            continue
-        lb = "—" if s.lb_core_busy != s.lb_core_busy else f"{s.lb_core_busy * 100:.0f}%"
-        busy = f"{lb} | {s.others * 100:.0f}%"
-        out.append(
-            f"| {s.target} | {s.mode} | {fmt_num(s.rps_median)} | "
-            f"{fmt_num(s.rps_min)}–{fmt_num(s.rps_max)} | {fmt_num(s.p50_ms, 2)} | "
-            f"{fmt_num(s.p99_ms, 2)} | {fmt_num(s.cpu_us_per_req, 1)} | {busy} | "
-            f"{s.client_core_busy * 100:.0f}% | {s.errors} |"
-        )
+    out.extend(wrk_table(summaries, per_core=False))
     out.append("")
     out.append(
         "| target | bulk | Gbit/s (median) | min–max | GB/s | LB CPU s per GB | LB core busy "
