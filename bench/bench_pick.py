@@ -14,13 +14,17 @@ pick() plus the load hooks (on_acquire if it has one, on_release), per request.
 
 Servers carry random latency estimates and in-flight counts: "some idle" draws them from 0-5
 (least_connections may stop its scan at an idle server), "all busy" from 1-6 (the full scan,
-its worst case). Hash algorithms get a different key on every pick. Not collected by pytest
+its worst case). Hash algorithms get a different key on every pick. Round robin records its cycle while it steps
+through it the first time and replays it after; the "first cycle" rows time a freshly built
+balancer up to the end of its first cycle (slow start rebuilds every second while a server
+ramps, so that is where a ramp spends part of its picks). Not collected by pytest
 (testpaths = tests); never asserted anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import random
 import sys
@@ -63,12 +67,23 @@ def best_of(repeat: int, fn: Callable[[], None]) -> float:
 
 
 def pick_cost(
-    name: str, n: int, weights: str, picks: int, repeat: int, busy: bool, **settings: object
+    name: str,
+    n: int,
+    weights: str,
+    picks: int,
+    repeat: int,
+    busy: bool,
+    first_cycle: bool = False,
+    **settings: object,
 ) -> float:
     rng = random.Random(1)
     servers = group(n, rng, busy)
     w = [1.0] * n if weights == "equal" else [float(rng.randint(1, 5)) for _ in range(n)]
-    if weights == "fractional":
+    if weights == "ramping":  # slow start: one in ten ramping, in steps of 1/32 (as Backend)
+        w = [ramp(wi, rng) if i % 10 == 0 else wi for i, wi in enumerate(w)]
+    elif weights == "all ramping":  # every server joined within the slow-start window
+        w = [ramp(wi, rng) for wi in w]
+    elif weights == "float":  # arbitrary fractions: the API takes them, Steelyard never makes them
         w = [rng.uniform(0.1, 5.0) for _ in range(n)]
     now = [0.0]
     extra: dict[str, object] = {"clock": lambda: now[0]}
@@ -79,6 +94,16 @@ def pick_cost(
         rng,
     )
     contexts = [PickContext(hash_key=rng.getrandbits(32).to_bytes(4, "big")) for _ in range(picks)]
+    if first_cycle:  # a freshly built balancer each run: round robin before its cycle is recorded
+        best = float("inf")
+        for _ in range(repeat):
+            fresh = ALGORITHMS[name](servers, w, BalancerSettings(algorithm=name), rng)
+            first = contexts[: min(picks, getattr(fresh, "cycle_len", 0) or picks)]
+            t0 = CLOCK()
+            for ctx in first:
+                fresh.pick(ctx)
+            best = min(best, (CLOCK() - t0) / len(first))
+        return best * 1e6
     pick = b.pick
     track = getattr(b, "track_load", None)
     if track is not None:
@@ -93,6 +118,11 @@ def pick_cost(
             pick(ctx)
 
     return best_of(repeat, run) / picks * 1e6
+
+
+def ramp(weight: float, rng: random.Random) -> float:
+    """A weight part way through slow start, as Backend.effective_weight gives it."""
+    return weight * math.ceil(rng.uniform(0.1, 1.0) * 32) / 32
 
 
 def tracked_cost(
@@ -196,9 +226,13 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"pick() cost, microseconds per pick (best of {args.repeat} x {args.picks} picks, {clock})\n"
     )
-    rows: list[tuple[str, str, bool, dict[str, object]]] = [
+    rows: list[tuple[str, str, bool, dict[str, object]]] = [  # "!": first cycle only
         ("round_robin", "equal", False, {}),
-        ("round_robin", "fractional", False, {}),
+        ("round_robin", "ramping", False, {}),
+        ("round_robin", "ramping!", False, {}),
+        ("round_robin", "all ramping", False, {}),
+        ("round_robin", "all ramping!", False, {}),
+        ("round_robin", "float", False, {}),
         ("least_connections", "equal", False, {}),
         ("least_connections", "equal", True, {}),
         ("least_connections", "integer", True, {}),
@@ -217,7 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     splits: list[tuple[str, tuple[float, float]]] = []
     for name, weights, busy, extra in rows:
+        first = weights.endswith("!")
+        weights = weights.rstrip("!")
         label = f"{name} ({weights} weights, {'all busy' if busy else 'some idle'})"
+        if first:
+            label = f"{name} ({weights} weights, first cycle)"
         if extra:
             label = f"{name} (hash_balance_factor {extra['hash_balance_factor']})"
         if name.startswith("least_") or extra:
@@ -225,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for n in SIZES:
             picks = args.picks if n < 300 else args.picks // 4
-            cells.append(pick_cost(name, n, weights, picks, args.repeat, busy, **extra))
+            cells.append(pick_cost(name, n, weights, picks, args.repeat, busy, first, **extra))
         print(f"{label:<{width}}" + "".join(f"{c:>11.2f}us" for c in cells))
         if SPLIT:
             splits.append((label, SPLIT[-1]))

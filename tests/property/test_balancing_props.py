@@ -8,6 +8,7 @@ import math
 import random
 from fractions import Fraction
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,6 +114,36 @@ def test_round_robin_float_weights_follow_the_textbook_sequence(weights: list[fl
         current[best] -= total
         s = b.pick(PickContext())
         assert s is not None and s.name == f"s{best}"
+
+
+@FAST
+@given(
+    weights=st.lists(
+        st.builds(lambda w, k: w * k / 32, st.integers(1, 20), st.integers(1, 32)),
+        min_size=1,
+        max_size=40,
+    ),
+    picks=st.integers(1, 400),
+)
+def test_round_robin_ramp_weights_follow_the_textbook_sequence(
+    weights: list[float], picks: int
+) -> None:
+    # slow start's weights (multiples of 1/32) take the grouped path; it must give exactly the
+    # scan's sequence, through the first cycle and the replay after it
+    b = SmoothWeightedRoundRobin(make([f"s{i}" for i in range(len(weights))]), weights)
+    assert b.groups is not None
+    current = [0.0] * len(weights)
+    total = sum(weights)
+    for _ in range(picks):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: (current[i], -i))
+        current[best] -= total
+        s = b.pick(PickContext())
+        assert s is not None and s.name == f"s{best}"
+    if b.cycle is None or len(b.cycle) < b.cycle_len:  # still stepping: same state as the scan
+        ratio = total / sum(b.groups.units)
+        assert [c * ratio for c in b._currents()] == pytest.approx(current, abs=1e-9)
 
 
 # -- weighted shares converge ---------------------------------------------------------------

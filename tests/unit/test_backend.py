@@ -301,10 +301,13 @@ def test_slow_start_ramps_from_ten_percent_to_full_weight() -> None:
     b.disable("a")
     b.enable("a")  # re-joins: ramps
     s = b.get("a")
-    assert b.effective_weight(s, clock()) == pytest.approx(0.1)
+    # 10%, 55%, 77.5%: in steps of 1/32 of the weight, rounded up (exact in floating point)
+    assert b.effective_weight(s, clock()) == 4 / 32
     clock.advance(5.0)
-    assert b.effective_weight(s, clock()) == pytest.approx(0.55)
-    clock.advance(5.0)
+    assert b.effective_weight(s, clock()) == 18 / 32
+    clock.advance(2.5)
+    assert b.effective_weight(s, clock()) == 25 / 32  # 24.8 steps
+    clock.advance(2.5)
     assert b.effective_weight(s, clock()) == pytest.approx(1.0)
     assert s.ramp_start is None
 
@@ -314,8 +317,8 @@ def test_slow_start_share_grows_and_rebuilds_on_tick() -> None:
     b = make(("a", "b"), clock=clock, slow_start=10.0)
     b.disable("a")
     b.enable("a")
-    early = picks(b, 110)["a"]
-    assert early == 10  # weight 0.1 vs 1: 1 in 11
+    early = picks(b, 108)["a"]
+    assert early == 12  # weight 4/32 vs 1: 1 in 9
     clock.advance(10.0)
     b.tick()
     assert picks(b, 100)["a"] == 50
@@ -339,7 +342,7 @@ def test_added_server_ramps_from_its_first_passing_check() -> None:
     assert s.ramp_start is None
     b.observe_check("n", True, "ok", 0.0)
     assert s.ramp_start == clock()
-    assert b.effective_weight(s, clock()) == pytest.approx(0.1)
+    assert b.effective_weight(s, clock()) == 4 / 32
 
 
 def test_server_back_from_unhealthy_and_from_ejection_ramps() -> None:

@@ -55,6 +55,10 @@ from steelyard.core.load import Lease, Outcome
 
 RAMP_REBUILD_INTERVAL = 1.0
 SLOW_START_FLOOR = 0.1
+# a ramping weight moves in steps of 1/32 of the server's weight, rounded up (never below the
+# linear ramp, at most 1/32 above it): exact in floating point, so round robin keeps its exact
+# integer sequence (and O(1) replay) during slow start too
+RAMP_STEPS = 32
 
 # outlier settings: (consecutive_failures, base_ejection_time, max_ejection_percent
 #                    [, max_ejection_time])
@@ -566,9 +570,8 @@ class Backend:
         if state.ramp_start is not None and self.slow_start > 0:
             elapsed = max(0.0, now - state.ramp_start)
             if elapsed < self.slow_start:
-                return weight * (
-                    SLOW_START_FLOOR + (1 - SLOW_START_FLOOR) * elapsed / self.slow_start
-                )
+                share = SLOW_START_FLOOR + (1 - SLOW_START_FLOOR) * elapsed / self.slow_start
+                return weight * math.ceil(share * RAMP_STEPS) / RAMP_STEPS
             state.ramp_start = None
         return weight
 

@@ -5,10 +5,12 @@ server with the largest current weight wins (the first one on a tie) and gives b
 Weights 5,1,1 give a a b a c a a, and over any full cycle (sum of weights picks) each server is
 chosen exactly weight times, spread out rather than in bursts.
 
-Speed: a scan is O(n) per pick. With integer weights the sequence is periodic with period
-W = sum(weights) (after a full cycle every current weight is back to 0), so the first cycle is
-recorded while it is scanned and later picks replay it in O(1). Fractional weights (slow start)
-keep scanning.
+Speed: servers of equal weight take their turns in index order, so a step compares one
+candidate per distinct weight (see _Groups), in integer arithmetic when the weights are
+multiples of 1/64 (integers, and slow start's ramps in steps of 1/32): exactly the scan's
+sequence. That sequence is periodic with period W = sum of the weights in integer units (after
+a full cycle every current weight is back to 0), so the first cycle is recorded while it is
+stepped through and later picks replay it in O(1). Other fractions keep the O(n) float scan.
 
 Retries (``ctx.exclude``): the rotation goes on; the turns of excluded servers are skipped (they
 just had their chance) and the next server due that is not excluded gets the request, so the
@@ -19,6 +21,7 @@ that a heavy excluded server cannot make one retry cost many steps).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from operator import add
@@ -27,10 +30,88 @@ from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerS
 
 MAX_CYCLE = 1 << 16  # longest recorded cycle (entries); longer ones keep scanning
 _SKIP_LIMIT = 8  # turns of excluded servers skipped before peeking instead
+_SCALES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def integer_units(weights: Sequence[float]) -> list[int] | None:
+    """The weights as integers in the same proportions, when they are multiples of 1/64 (slow
+    start ramps in steps of 1/32 of a weight): scaling by a power of two and dividing by the
+    common divisor are exact in floating point, so the sequence is the textbook one. None for
+    other fractions (those keep the float scan)."""
+    for scale in _SCALES:
+        scaled = [w * scale for w in weights]
+        if all(x.is_integer() for x in scaled):
+            units = [int(x) for x in scaled]
+            common = math.gcd(*units)
+            return [u // common for u in units] if common > 1 else units
+    return None
+
+
+class _Groups:
+    """Smooth weighted round robin over integer weights in O(distinct weights) per step.
+
+    After t steps a server of weight w picked k times has current weight t*w - W*k. Among
+    servers of equal weight the largest current is the one picked least often, the first such
+    on a tie, so a weight class is served in index order, one turn per member in rotation; its
+    best current is that of the member whose turn it is. So a step need only compare one
+    candidate per class: key = current*scale - index (scale > every index, so the largest key
+    is the largest current, the lowest index on a tie, as nginx breaks ties). All integers, so
+    exactly the scan's sequence.
+    """
+
+    __slots__ = ("units", "members", "steps", "keys", "turns", "wrap")
+
+    def __init__(self, units: Sequence[int]) -> None:
+        self.units = list(units)
+        classes: dict[int, list[int]] = {}
+        for i, u in enumerate(units):
+            classes.setdefault(u, []).append(i)
+        scale = len(units) + 1
+        self.members = list(classes.values())  # ascending indices per class
+        self.steps = [u * scale for u in classes]  # each step adds the weight to every current
+        self.keys = [-m[0] for m in self.members]  # current 0, the first member's turn
+        self.turns = [0] * len(self.members)  # picks per class
+        self.wrap = sum(units) * scale  # what a full round of a class takes back
+
+    def step(self) -> int:
+        keys = list(map(add, self.keys, self.steps))
+        best = max(keys)
+        g = keys.index(best)
+        members = self.members[g]
+        turn = self.turns[g]
+        self.turns[g] = turn + 1
+        picked = members[turn % len(members)]
+        nxt = (turn + 1) % len(members)
+        # the picked member gives back W; the next member (same picks so far) has the current
+        # the class had, unless the round is over: then every member has given back W
+        keys[g] = best + picked - members[nxt] - (self.wrap if nxt == 0 else 0)
+        self.keys = keys
+        return picked
+
+    def currents(self) -> list[int]:
+        """Every server's current weight (integer units)."""
+        steps = sum(self.turns)
+        total = sum(self.units)
+        out = [0] * len(self.units)
+        for members, turns in zip(self.members, self.turns, strict=True):
+            rounds, turn = divmod(turns, len(members))
+            for j, i in enumerate(members):
+                picked = rounds + (1 if j < turn else 0)
+                out[i] = steps * self.units[i] - total * picked
+        return out
 
 
 class SmoothWeightedRoundRobin:
-    __slots__ = ("servers", "weights", "current", "total", "cycle", "cycle_len", "cursor")
+    __slots__ = (
+        "servers",
+        "weights",
+        "current",
+        "total",
+        "cycle",
+        "cycle_len",
+        "cursor",
+        "groups",
+    )
 
     def __init__(
         self,
@@ -46,8 +127,10 @@ class SmoothWeightedRoundRobin:
         self.weights = [w for _, w in kept]
         self.current = [0.0] * len(self.servers)
         self.total = float(sum(self.weights))
-        integral = all(w.is_integer() for w in self.weights)
-        self.cycle_len = int(self.total) if integral and self.total <= MAX_CYCLE else 0
+        units = integer_units(self.weights)
+        self.groups = _Groups(units) if units is not None else None
+        cycle_len = sum(units) if units is not None else 0
+        self.cycle_len = cycle_len if cycle_len <= MAX_CYCLE else 0
         # the recorded sequence; complete (replayed) once len(cycle) == cycle_len
         self.cycle: list[ServerState] | None = [] if self.cycle_len else None
         self.cursor = 0
@@ -78,13 +161,17 @@ class SmoothWeightedRoundRobin:
         return self._peek(exclude)
 
     def _step(self) -> ServerState:
-        """One step of the scan: the textbook algorithm (and recording of the cycle)."""
-        current = list(map(add, self.current, self.weights))  # C-level passes, no Python loop
-        best_value = max(current)
-        best = current.index(best_value)  # the first maximum, as in nginx
-        current[best] = best_value - self.total
-        self.current = current
-        s = self.servers[best]
+        """One step of the sequence (recording the cycle while it is not complete)."""
+        groups = self.groups
+        if groups is not None:
+            s = self.servers[groups.step()]
+        else:  # arbitrary float weights: the textbook scan
+            current = list(map(add, self.current, self.weights))  # C-level passes
+            best_value = max(current)
+            best = current.index(best_value)  # the first maximum, as in nginx
+            current[best] = best_value - self.total
+            self.current = current
+            s = self.servers[best]
         cycle = self.cycle
         if cycle is not None:
             cycle.append(s)
@@ -114,7 +201,8 @@ class SmoothWeightedRoundRobin:
     def _peek(self, exclude: frozenset[str]) -> ServerState | None:
         best: ServerState | None = None
         best_value = 0.0
-        for s, c, w in zip(self.servers, self.current, self.weights, strict=True):
+        weights = self.weights if self.groups is None else self.groups.units
+        for s, c, w in zip(self.servers, self._currents(), weights, strict=True):
             if s.name in exclude:
                 continue
             if best is None or c + w > best_value:
@@ -122,8 +210,14 @@ class SmoothWeightedRoundRobin:
                 best_value = c + w
         return best
 
+    def _currents(self) -> list[float]:
+        """Every server's current weight (in weight units, or integer units when grouped)."""
+        if self.groups is None:
+            return self.current
+        return [float(c) for c in self.groups.currents()]
+
     def __repr__(self) -> str:
         names = [s.name for s in self.servers]
         if self.cycle is not None and len(self.cycle) == self.cycle_len:
             return f"SmoothWeightedRoundRobin({names}, replaying cycle of {self.cycle_len} at {self.cursor})"
-        return f"SmoothWeightedRoundRobin({names}, current={self.current})"
+        return f"SmoothWeightedRoundRobin({names}, current={self._currents()})"
