@@ -90,6 +90,22 @@ def _dumps(rec: RequestRecord) -> str:
     return json.dumps(record_fields(rec), separators=(",", ":"))
 
 
+def _millis(duration: float) -> str:
+    """`repr(round(duration * 1000, 3))`, twice as fast: ":.3f" rounds the same way (correctly,
+    from the exact binary value), and below 1e15 the shortest repr of the rounded float is that
+    decimal without its trailing zeros (at most 15 significant digits round-trip exactly).
+    Byte-identical: hypothesis-tested against round() in tests/unit/test_access_log_fast.py."""
+    ms = duration * 1000
+    if -1e15 < ms < 1e15:  # also False for inf and nan
+        text = f"{ms:.3f}"
+        if text[-1] == "0":
+            text = text.rstrip("0")
+            if text[-1] == ".":
+                text += "0"
+        return text
+    return repr(round(ms, 3))
+
+
 def format_json(rec: RequestRecord) -> str:
     """Exactly `json.dumps(record_fields(rec), separators=(",", ":"))`, without the dict and
     the encoder object: one f-string, strings escaped by json's C function."""
@@ -97,11 +113,13 @@ def format_json(rec: RequestRecord) -> str:
     bytes_in = rec.bytes_in
     bytes_out = rec.bytes_out
     retries = rec.retries
+    duration = rec.duration
     if not (
         type(bytes_in) is int
         and type(bytes_out) is int
         and type(retries) is int
         and (status is None or type(status) is int)
+        and type(duration) is float
     ):
         return _dumps(rec)  # an int subclass (bool, IntEnum) renders differently: be exact
     enc = encode_basestring_ascii
@@ -116,7 +134,7 @@ def format_json(rec: RequestRecord) -> str:
         f'"backend":{"null" if backend is None else enc(backend)},'
         f'"server":{"null" if server is None else enc(server)},'
         f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
-        f'"duration_ms":{round(rec.duration * 1000, 3)!r},"retries":{retries}'
+        f'"duration_ms":{_millis(duration)},"retries":{retries}'
     )
     if method is None:
         return f"{head}{tail}}}"

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from steelyard.core.records import RequestRecord
-from steelyard.logs import AccessLog, access_log, format_json, record_fields
+from steelyard.logs import AccessLog, _millis, access_log, format_json, record_fields
 
 texts = st.text(max_size=40)
 ints = st.integers(min_value=0, max_value=2**62)
@@ -67,6 +67,26 @@ def test_format_json_is_json_dumps(  # type: ignore[no-untyped-def]
     line = format_json(rec)
     assert line == json.dumps(record_fields(rec), separators=(",", ":"))
     assert "\n" not in line
+
+
+@given(
+    st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(min_value=0, max_value=10)
+    | st.integers(min_value=0, max_value=10**9).map(lambda n: n / 1e6 + 5e-7)
+)
+def test_millis_is_repr_of_round(duration: float) -> None:
+    assert _millis(duration) == repr(round(duration * 1000, 3))
+
+
+def test_millis_edges() -> None:
+    for d in (0.0, -0.0, 1e-20, 5e-7, 1.5e-6, 2.5e-6, 0.001, 1.0, 1e12, 1e13, -1.5e-3, 1e300):
+        assert _millis(d) == repr(round(d * 1000, 3)), d
+
+
+def test_int_duration_renders_as_json_does() -> None:
+    rec = make()
+    rec.duration = 0  # type: ignore[assignment]
+    assert format_json(rec) == json.dumps(record_fields(rec), separators=(",", ":"))
 
 
 def test_int_subclasses_render_as_json_does() -> None:
