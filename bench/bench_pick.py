@@ -24,7 +24,9 @@ ramps, so that is where a ramp spends part of its picks). Not collected by pytes
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import operator
 import platform
 import random
 import sys
@@ -86,7 +88,8 @@ def pick_cost(
     elif weights == "float":  # arbitrary fractions: the API takes them, Steelyard never makes them
         w = [rng.uniform(0.1, 5.0) for _ in range(n)]
     now = [0.0]
-    extra: dict[str, object] = {"clock": lambda: now[0]}
+    # a C-level call, as the engine's clock (time.monotonic) is, not a Python lambda
+    extra: dict[str, object] = {"clock": functools.partial(operator.getitem, now, 0)}
     b = ALGORITHMS[name](
         servers,
         w,

@@ -646,7 +646,7 @@ def test_backend_feeds_least_response_time_through_its_release_hook() -> None:
     )
     lrt = backend.balancer
     assert isinstance(lrt, LeastResponseTime) and lrt.view is not None
-    assert backend.on_acquire is None and backend.on_release == lrt.on_release
+    assert backend.on_acquire == lrt.on_acquire and backend.on_release == lrt.on_release
     first = [backend.acquire(PickContext()) for _ in range(3)]  # no samples: in turn
     assert [lease.server.name for lease in first if lease] == ["a", "b", "c"]
     clock.now = 100.010
@@ -655,7 +655,7 @@ def test_backend_feeds_least_response_time_through_its_release_hook() -> None:
     first[1].release(Outcome.OK)  # type: ignore[union-attr]  # b: 50 ms
     assert "fresh=2, idle=1, stale=0" in repr(lrt.view)
     # c (one in flight, no sample) costs the mean 30 ms x 1; a 10 ms x 1 wins, then a again
-    # (10 ms x 2 = 20 ms < b's 50 ms and c's 30 ms): the stale-low key of a is repaired
+    # (10 ms x 2 = 20 ms < b's 50 ms and c's 30 ms): the acquire hook re-keyed a
     lease = backend.acquire(PickContext())
     assert lease is not None and lease.server.name == "a"
     lease2 = backend.acquire(PickContext())

@@ -37,11 +37,11 @@ import math
 import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
-from heapq import heappop, heappush
+from heapq import heappop, heappush, heapreplace
 from itertools import accumulate
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
-from steelyard.core.balancing.load_index import RotatingMinIndex
+from steelyard.core.balancing.load_index import FloatMinIndex, RotatingMinIndex
 from steelyard.core.balancing.random_choice import WeightedRandom, positive, weighted_index
 
 _INF = float("inf")
@@ -242,13 +242,13 @@ class _LatencyView:
         "expiry",
         "fresh_sum",
         "fresh_count",
-        "known_sum",
-        "known_count",
+        "stale_sum",
+        "stale_count",
         "updates",
     )
 
     def __init__(self, n: int) -> None:
-        self.fresh = RotatingMinIndex([None] * n)  # cost = estimate x (active + 1) / weight
+        self.fresh = FloatMinIndex([None] * n)  # cost = estimate x (active + 1) / weight
         self.idle = RotatingMinIndex([None] * n)  # active / weight (no sample yet)
         self.stale: set[int] = set()
         self.where = [_IDLE] * n
@@ -257,15 +257,15 @@ class _LatencyView:
         self.expiry: list[tuple[float, int]] = []  # heap of (sample time, member)
         self.fresh_sum = 0.0
         self.fresh_count = 0
-        self.known_sum = 0.0  # fresh and stale
-        self.known_count = 0
+        self.stale_sum = 0.0
+        self.stale_count = 0
         self.updates = 0
 
     def resum(self) -> None:
         """Exact sums again (running float sums drift by an ulp now and then)."""
         where, value = self.where, self.value
         self.fresh_sum = sum(v for v, w in zip(value, where, strict=True) if w == _FRESH)
-        self.known_sum = sum(v for v, w in zip(value, where, strict=True) if w != _IDLE)
+        self.stale_sum = sum(v for v, w in zip(value, where, strict=True) if w == _STALE)
         self.updates = 0
 
     def fill(self) -> float:
@@ -273,8 +273,8 @@ class _LatencyView:
         of all sampled ones, else 1 s (as LeastResponseTime.estimates)."""
         if self.fresh_count:
             return self.fresh_sum / self.fresh_count
-        if self.known_count:
-            return self.known_sum / self.known_count
+        if self.stale_count:  # no fresh one: the sampled ones are the stale ones
+            return self.stale_sum / self.stale_count
         return 1.0
 
     def __repr__(self) -> str:
@@ -320,19 +320,22 @@ class LeastResponseTime:
 
     # -- tracked: indexes kept in step by the release hook ------------------------------------
     #
-    # Members with a recent sample sit in `fresh`, a RotatingMinIndex on their cost; members
+    # Members with a recent sample sit in `fresh`, a FloatMinIndex on their cost; members
     # without a sample in `idle`, on (active + 1) / weight (they all cost fill x that, so
     # their order does not depend on the fill); members whose samples are all older than
     # STALE_AFTER in `stale`, costed on every pick (their faded estimate depends on the time
     # and the fill). A heap of sample times moves members from fresh to stale as time passes;
     # only a new sample (a release) moves them back. Running sums of the fresh and of all
-    # estimates give the fill without a pass. As for least_connections, acquires are not
-    # reported: a raised in-flight count leaves a key stale low, and pick() re-checks the
-    # winner. So a pick is O(log n) plus the stale members: none while every server has
+    # estimates give the fill without a pass. Unlike least_connections, acquires are reported
+    # too (a float cost never comes back to the same key, so there is nothing to save by
+    # waiting, and the just-picked member is on top of the heap: one sift re-keys it). An
+    # increment nobody reported (a sticky lease) leaves a key stale low, and pick() re-checks
+    # the winner. So a pick is O(log n) plus the stale members: none while every server has
     # answered within STALE_AFTER, which is when picks are frequent enough to matter.
 
     def track_load(self) -> None:
-        """From now on the backend reports every release (a lower count, a new sample)."""
+        """From now on the backend reports every acquire and release (the in-flight count, a
+        new sample)."""
         servers = self.servers
         self.position = {s: i for i, s in enumerate(servers)}
         view = _LatencyView(len(servers))
@@ -344,6 +347,30 @@ class LeastResponseTime:
             self.on_release(s)
         view.resum()
 
+    def on_acquire(self, state: ServerState) -> None:
+        """Re-key a member whose in-flight count went up (so pick() finds its key current)."""
+        view = self.view
+        i = self.position.get(state)
+        if view is None or i is None:
+            return
+        where = view.where[i]
+        if where == _FRESH:
+            v = state.ewma.value
+            floor = MIN_ESTIMATE
+            cost = (v if v > floor else floor) * (state.active + 1) * self.inverse[i]
+            fresh = view.fresh  # fresh.update(i, cost), inlined: i is a member already
+            if fresh.keys[i] != cost:
+                fresh.keys[i] = cost
+                heap = fresh.heap
+                if heap[0][1] == i:  # it was just picked, so usually on top: one sift
+                    heapreplace(heap, (cost, i))
+                else:
+                    heappush(heap, (cost, i))
+                    if len(heap) > fresh.limit:
+                        fresh.compact()
+        elif where == _IDLE:
+            view.idle.update(i, state.active * self.inverse[i])
+
     def on_release(self, state: ServerState) -> None:
         view = self.view
         i = self.position.get(state)
@@ -354,48 +381,54 @@ class LeastResponseTime:
             view.idle.update(i, state.active * self.inverse[i])
             return
         stamp = e.stamp
-        if stamp > self.latest:
-            self.latest = stamp
-        now = self.clock() if self.clock is not None else self.latest
-        new = _FRESH if stamp >= now - STALE_AFTER else _STALE
+        latest = self.latest
+        if stamp > latest:
+            self.latest = latest = stamp
+        clock = self.clock
+        fresh_now = stamp >= (clock() if clock is not None else latest) - STALE_AFTER
         old = view.where[i]
         v = e.value
         floor = MIN_ESTIMATE
-        if new == old == _FRESH:  # the common case: a busy server answered again
+        if fresh_now and old == _FRESH:  # the common case: a busy server answered again
             d = v - view.value[i]
             if d:
                 view.value[i] = v
                 view.fresh_sum += d
-                view.known_sum += d
                 view.updates += 1
                 if view.updates >= RESUM_EVERY:
                     view.resum()
-            view.fresh.update(i, (v if v > floor else floor) * (state.active + 1) * self.inverse[i])
+            cost = (v if v > floor else floor) * (state.active + 1) * self.inverse[i]
+            fresh = view.fresh  # fresh.update(i, cost), inlined: i is a member already
+            if fresh.keys[i] != cost:
+                fresh.keys[i] = cost
+                heap = fresh.heap
+                heappush(heap, (cost, i))
+                if len(heap) > fresh.limit:
+                    fresh.compact()
             return
         if old == _IDLE:
             view.idle.update(i, None)
+        elif old == _FRESH:
+            view.fresh_sum -= view.value[i]
+            view.fresh_count -= 1
+            view.fresh.update(i, None)
         else:
-            view.known_sum -= view.value[i]
-            view.known_count -= 1
-            if old == _FRESH:
-                view.fresh_sum -= view.value[i]
-                view.fresh_count -= 1
+            view.stale_sum -= view.value[i]
+            view.stale_count -= 1
+            view.stale.discard(i)
         view.value[i] = v
-        view.known_sum += v
-        view.known_count += 1
-        view.where[i] = new
-        if new == _FRESH:
+        if fresh_now:
+            view.where[i] = _FRESH
             view.fresh_sum += v
             view.fresh_count += 1
             view.fresh.update(i, (v if v > floor else floor) * (state.active + 1) * self.inverse[i])
-            if old == _STALE:
-                view.stale.discard(i)
             if not view.queued[i]:
                 heappush(view.expiry, (stamp, i))
                 view.queued[i] = True
         else:
-            if old == _FRESH:
-                view.fresh.update(i, None)
+            view.where[i] = _STALE
+            view.stale_sum += v
+            view.stale_count += 1
             view.stale.add(i)
         view.updates += 1
         if view.updates >= RESUM_EVERY:
@@ -419,81 +452,106 @@ class LeastResponseTime:
             view.fresh.update(i, None)
             view.fresh_sum -= view.value[i]
             view.fresh_count -= 1
+            view.stale_sum += view.value[i]
+            view.stale_count += 1
             view.stale.add(i)
 
-    def _pick_tracked(self, view: _LatencyView) -> ServerState | None:
+    def pick(self, ctx: PickContext) -> ServerState | None:
+        view = self.view
+        if view is None or ctx.exclude:
+            return self._scan(ctx.exclude)
+        # tracked (see track_load): the least key of `fresh`, then the members aside
         servers = self.servers
         n = len(servers)
+        if not n:
+            return None
         inverse = self.inverse
-        now = self.clock() if self.clock is not None else self.latest
-        cutoff = now - STALE_AFTER
-        if view.expiry and view.expiry[0][0] < cutoff:
-            self._expire(view, cutoff)
-        start = self.next
+        clock = self.clock
+        now = clock() if clock is not None else self.latest
+        expiry = view.expiry
+        if expiry and expiry[0][0] < now - STALE_AFTER:
+            self._expire(view, now - STALE_AFTER)
         floor = MIN_ESTIMATE
         best = -1
         best_cost = _INF
         fresh = view.fresh
         if fresh.size:
             heap = fresh.heap
-            levels = fresh.levels
-            for _ in range(n + 1):  # each member is repaired at most once
-                key = heap[0]  # fresh.first(start), inlined: this is the hot path
-                members = levels.get(key)
-                while not members:
+            keys = fresh.keys
+            repairs = 0
+            while True:
+                key, i = heap[0]  # fresh.first(self.next), inlined: this is the hot path
+                while keys[i] != key:
                     heappop(heap)
-                    if members is not None:
-                        del levels[key]
-                    key = heap[0]
-                    members = levels.get(key)
-                k = bisect_left(members, start)
-                i = members[k] if k < len(members) else members[0]
+                    key, i = heap[0]
+                if heap[1][0] == key or heap[2][0] == key:
+                    i = fresh.tied(key, self.next)
                 s = servers[i]
                 v = s.ewma.value
                 live = (v if v > floor else floor) * (s.active + 1) * inverse[i]
                 if live == key:
                     break
-                fresh.update(i, live)  # an acquire since: repair, look again
-            else:
-                return None
+                # an acquire nobody reported (a sticky lease): repair, look again; each
+                # member at most once, or the index is inconsistent
+                repairs += 1
+                if repairs > n:
+                    return self._reindex()
+                fresh.update(i, live)
+            if not view.idle.size and not view.stale:
+                i += 1
+                self.next = i if i < n else 0
+                return s
             best = i
             best_cost = key
-        if view.idle.size or view.stale:
-            # the aside servers, in rotation order with the first minimum kept; one of them
-            # wins only when strictly cheaper than the best fresh one (as the scan does)
-            fill = view.fill()
-            aside = -1
-            aside_cost = _INF
-            aside_distance = n
-            idle = view.idle
-            if idle.size:
-                for _ in range(n + 1):
-                    key, i = idle.first(start)
-                    live = servers[i].active * inverse[i]
-                    if live == key:
-                        break
-                    idle.update(i, live)
-                else:
-                    return None
-                aside = i
-                aside_cost = (fill if fill > floor else floor) * key
-                aside_distance = i - start if i >= start else i - start + n
-            for i in view.stale:
-                s = servers[i]
-                e = s.ewma
-                v = fill + (e.value - fill) * math.exp(-(now - e.stamp) / e.tau)
-                cost = (v if v > floor else floor) * (s.active + 1) * inverse[i]
-                if cost <= aside_cost:
-                    distance = i - start if i >= start else i - start + n
-                    if cost < aside_cost or distance < aside_distance:
-                        aside = i
-                        aside_cost = cost
-                        aside_distance = distance
-            if aside >= 0 and aside_cost < best_cost:
-                best = aside
+        best = self._pick_aside_tracked(view, best, best_cost, now)
+        if best < 0:
+            return self._reindex()
         i = best + 1
         self.next = i if i < n else 0
         return servers[best]
+
+    def _pick_aside_tracked(
+        self, view: _LatencyView, best: int, best_cost: float, now: float
+    ) -> int:
+        """The members without a recent sample, in rotation order with the first minimum kept;
+        one of them wins only when strictly cheaper than the best fresh one (as the scan does).
+        -1 if the index was inconsistent."""
+        servers = self.servers
+        n = len(servers)
+        inverse = self.inverse
+        start = self.next
+        floor = MIN_ESTIMATE
+        fill = view.fill()
+        aside = -1
+        aside_cost = _INF
+        aside_distance = n
+        idle = view.idle
+        if idle.size:
+            for _ in range(n + 1):
+                key, i = idle.first(start)
+                live = servers[i].active * inverse[i]
+                if live == key:
+                    break
+                idle.update(i, live)
+            else:
+                return -1
+            aside = i
+            aside_cost = (fill if fill > floor else floor) * key
+            aside_distance = i - start if i >= start else i - start + n
+        for i in view.stale:
+            s = servers[i]
+            e = s.ewma
+            v = fill + (e.value - fill) * math.exp(-(now - e.stamp) / e.tau)
+            cost = (v if v > floor else floor) * (s.active + 1) * inverse[i]
+            if cost <= aside_cost:
+                distance = i - start if i >= start else i - start + n
+                if cost < aside_cost or distance < aside_distance:
+                    aside = i
+                    aside_cost = cost
+                    aside_distance = distance
+        if aside >= 0 and aside_cost < best_cost:
+            return aside
+        return best
 
     def estimates(self, now: float | None = None) -> list[float]:
         """The latency estimate each server is costed at (seconds): the pick's view."""
@@ -515,20 +573,17 @@ class LeastResponseTime:
             out.append(max(v, MIN_ESTIMATE))
         return out
 
-    def pick(self, ctx: PickContext) -> ServerState | None:
-        # one pass in Python, rotated to start after the previous winner (ties go in turn),
-        # unless tracked (see track_load)
+    def _reindex(self) -> ServerState | None:
+        """The index was inconsistent: index afresh, answer by a scan."""
+        self.track_load()
+        return self._scan(frozenset())
+
+    def _scan(self, exclude: frozenset[str]) -> ServerState | None:
+        # one pass in Python, rotated to start after the previous winner (ties go in turn)
         servers = self.servers
         n = len(servers)
         if not n:
             return None
-        exclude = ctx.exclude
-        view = self.view
-        if view is not None and not exclude:
-            picked = self._pick_tracked(view)
-            if picked is not None:
-                return picked
-            self.track_load()  # the index was inconsistent: index afresh, answer by a scan
         inverse = self.inverse
         clock = self.clock
         latest = self.latest

@@ -25,6 +25,7 @@ from heapq import heapify, heappop, heappush
 # heap when they outnumber the members this much (bounds memory whatever the key pattern)
 _COMPACT_FACTOR = 4
 _COMPACT_SLACK = 64
+_INF = float("inf")
 
 
 class RotatingMinIndex:
@@ -106,3 +107,99 @@ class RotatingMinIndex:
         live = sorted((k, v) for k, v in self.levels.items() if v)
         shown = ", ".join(f"{k:g}: {v[:8]}" for k, v in live[:4])
         return f"RotatingMinIndex(size={self.size}, levels={len(live)}, least=[{shown}])"
+
+
+class FloatMinIndex:
+    """The same answers as RotatingMinIndex, for keys that rarely tie (float costs).
+
+    How this works: a heap of (key, member) entries, one pushed per update; an entry is valid
+    while ``keys[member] == key``, and invalid ones are dropped when they reach the top (or by
+    a compaction when they pile up). An update is one tuple and one heap push, no dict. The
+    least key is the top; a tie with it can only sit in the connected part of the heap below
+    the top whose entries equal it (a parent is never greater than its children), so the
+    no-tie case costs two comparisons and a tie is resolved by walking that part: the first
+    tied member at or after ``start`` in cyclic order, as a scan keeping the first minimum.
+    Two sentinel entries (infinite key, member n, whose key is infinite) keep ``heap[1]`` and
+    ``heap[2]`` in range; keys themselves must be finite.
+    """
+
+    __slots__ = ("n", "keys", "heap", "size", "limit")
+
+    def __init__(self, keys: Sequence[float | None]) -> None:
+        self.n = n = len(keys)
+        self.keys: list[float | None] = [*keys, _INF]
+        self.heap: list[tuple[float, int]] = []
+        self.size = sum(1 for k in keys if k is not None)
+        self.limit = _COMPACT_FACTOR * n + _COMPACT_SLACK
+        self.compact()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def update(self, i: int, key: float | None) -> None:
+        """Set member i's key (None: i leaves the index)."""
+        keys = self.keys
+        old = keys[i]
+        if key == old:
+            return
+        keys[i] = key
+        if key is None:
+            self.size -= 1
+            return
+        if old is None:
+            self.size += 1
+        heap = self.heap
+        heappush(heap, (key, i))
+        if len(heap) > self.limit:
+            self.compact()
+
+    def first(self, start: int) -> tuple[float, int]:
+        """(least key, the member with it at or after ``start`` in cyclic order).
+
+        The index must not be empty."""
+        heap = self.heap
+        keys = self.keys
+        key, i = heap[0]
+        while keys[i] != key:
+            heappop(heap)
+            key, i = heap[0]
+        if heap[1][0] == key or heap[2][0] == key:
+            return key, self.tied(key, start)
+        return key, i
+
+    def tied(self, key: float, start: int) -> int:
+        """Among the valid members at the least key (``key``), the first at or after start."""
+        heap = self.heap
+        keys = self.keys
+        n = self.n
+        best = -1
+        best_distance = n
+        todo = [0]
+        while todo:
+            j = todo.pop()
+            k, i = heap[j]
+            if k != key:
+                continue
+            if keys[i] == key:
+                distance = i - start if i >= start else i - start + n
+                if distance < best_distance:
+                    best = i
+                    best_distance = distance
+            child = 2 * j + 1
+            if child < len(heap):
+                todo.append(child)
+                if child + 1 < len(heap):
+                    todo.append(child + 1)
+        return best
+
+    def compact(self) -> None:
+        """Drop the invalid entries (in place: callers may hold the heap list)."""
+        n = self.n
+        live = [(k, i) for i, k in enumerate(self.keys[:n]) if k is not None]
+        self.heap[:] = [*live, (_INF, n), (_INF, n)]
+        heapify(self.heap)
+
+    def __repr__(self) -> str:
+        live = sorted((k, i) for i, k in enumerate(self.keys[: self.n]) if k is not None)
+        shown = ", ".join(f"{k:g}: {i}" for k, i in live[:4])
+        return f"FloatMinIndex(size={self.size}, entries={len(self.heap)}, least=[{shown}])"
