@@ -419,3 +419,27 @@ def test_responses_random_splits(cuts: list[int]) -> None:
         "end",
     ]  # type: ignore[misc]
     assert run(chunks) == whole
+
+
+@pytest.mark.parametrize("round_", [1, 2])  # the second sees the field names cached
+def test_field_names_any_case_twice(round_: int) -> None:
+    sink = feed_request(
+        [
+            b"POST /u HTTP/1.1\r\nhOsT: a\r\nCONTENT-LENGTH: 2\r\nConnection: Keep-Alive\r\n"
+            b"X-Forwarded-For: 1.2.3.4\r\nkEeP-aLiVe: 5\r\nX-Other: y\r\n\r\nok"
+            b"GET / HTTP/1.1\r\nHOST: b\r\nCONNECTION: CLOSE\r\n\r\n"
+        ]
+    )
+    first, second = sink.events[0][1], sink.events[3][1]
+    assert isinstance(first, RequestHead) and isinstance(second, RequestHead)
+    assert first.host == b"a" and first.content_length == 2 and first.keep_alive
+    assert first.forwarded_for == b"1.2.3.4"
+    assert first.headers == [(b"hOsT", b"a"), (b"X-Other", b"y")]
+    assert second.host == b"b" and not second.keep_alive
+    resp, parser = feed_response(
+        [b"HTTP/1.1 200 OK\r\nCONTENT-length: 1\r\nCONNECTION: Close\r\nX-A: 1\r\n\r\nz"]
+    )
+    head = resp.events[0][1]
+    assert isinstance(head, ResponseHead)
+    assert head.content_length == 1 and not head.keep_alive and not parser.reusable
+    assert head.headers == [(b"X-A", b"1")]

@@ -94,6 +94,22 @@ _RESPONSE_FIELDS: dict[bytes, int] = {
     b"x-request-id": _HOP,  # we echo our own
 }
 
+# The same classifications keyed by the name as it came, so the usual spellings skip a
+# `.lower()` per field; other spellings are learnt on first sight (bounded: a client sending
+# random names only costs the lower() it cost before).
+_RAW_CACHE_MAX = 1024
+_REQUEST_RAW: dict[bytes, int] = {}
+_RESPONSE_RAW: dict[bytes, int] = {}
+
+
+def _learn(cache: dict[bytes, int], kinds: dict[bytes, int], name: bytes) -> int:
+    """The kind of a field name not yet in `cache` (0: forwarded as it is)."""
+    kind = kinds.get(name.lower(), 0)
+    if len(cache) < _RAW_CACHE_MAX:
+        cache[name] = kind
+    return kind
+
+
 # fields that must not appear in trailers (RFC 9110 §6.5.1): framing, routing, hop-by-hop
 _TRAILER_FORBIDDEN = frozenset(
     {
@@ -130,6 +146,14 @@ _SIMPLE_TOKENS: dict[bytes, frozenset[bytes]] = {
     b"keep-alive": frozenset({b"keep-alive"}),
     b"close": frozenset({b"close"}),
     b"upgrade": frozenset({b"upgrade"}),
+}
+
+
+# the usual spellings of the one-word Connection values, as they come
+_SIMPLE_RAW: dict[bytes, frozenset[bytes]] = {
+    spelling: tokens
+    for word, tokens in _SIMPLE_TOKENS.items()
+    for spelling in (word, word.title(), word.capitalize())
 }
 
 
@@ -409,11 +433,13 @@ class RequestParser:
         te: bytes | None = None
         conn: list[bytes] | None = None
         xff: list[bytes] | None = None
-        kinds = _REQUEST_FIELDS
+        raw = _REQUEST_RAW
         for field in fields:
             name, value = field
-            kind = kinds.get(name.lower())
+            kind = raw.get(name)
             if kind is None:
+                kind = _learn(raw, _REQUEST_FIELDS, name)
+            if not kind:
                 headers.append(field)
             elif kind == _HOST:
                 hosts += 1
@@ -472,7 +498,9 @@ class RequestParser:
                 raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
             head.chunked = True
         if conn is not None:
-            simple = _simple_connection(conn)
+            simple = _SIMPLE_RAW.get(conn[0]) if len(conn) == 1 else None
+            if simple is None:
+                simple = _simple_connection(conn)
             tokens: AbstractSet[bytes]
             if simple is None:
                 tokens = connection_tokens(conn)
@@ -682,11 +710,13 @@ class ResponseParser:
         headers: Headers = []
         te: bytes | None = None
         conn: list[bytes] | None = None
-        kinds = _RESPONSE_FIELDS
+        raw = _RESPONSE_RAW
         for field in fields:
             name, value = field
-            kind = kinds.get(name.lower())
+            kind = raw.get(name)
             if kind is None:
+                kind = _learn(raw, _RESPONSE_FIELDS, name)
+            if not kind:
                 headers.append(field)
             elif kind == _CL:
                 head.content_length = int(value)
@@ -706,7 +736,9 @@ class ResponseParser:
             self.reusable = False
             raise ProtocolError(502, f"unsupported HTTP version {version}", source="upstream")
         if conn is not None:
-            simple = _simple_connection(conn)
+            simple = _SIMPLE_RAW.get(conn[0]) if len(conn) == 1 else None
+            if simple is None:
+                simple = _simple_connection(conn)
             tokens: AbstractSet[bytes]
             if simple is None:
                 tokens = connection_tokens(conn)
