@@ -40,7 +40,7 @@ from steelyard.core.balancing.hashing import (
 )
 from steelyard.core.balancing.least_load import in_flight_factor
 from steelyard.core.balancing.maglev import is_prime
-from steelyard.core.balancing.ring import POINTS_PER_WEIGHT, point_counts
+from steelyard.core.balancing.ring import POINTS_PER_WEIGHT, HashRing, point_counts
 from steelyard.core.clock import FakeClock
 
 SPEC_ALGORITHMS = {
@@ -703,3 +703,14 @@ def test_tracked_least_response_time_survives_index_compaction() -> None:
             lrt.on_release(o)
         compactions += len(heap) < before - 8
     assert compactions > 10
+
+
+def test_ring_owner_array_matches_the_tag_in_each_position() -> None:
+    # the owners array is split out of the doubles' bytes; the tag is also the low 16 bits of
+    # each position's 52-bit mantissa, which is how it was read before
+    names = [f"srv-{i}" for i in range(300)]
+    ring = HashRing(names, [3] * 299 + [70000])  # tags up to 299: both bytes are used
+    assert len(ring.owners) == len(ring.positions) == 299 * 3 + 70000
+    decoded = [int((p - 1.0) * 2.0**52) & 0xFFFF for p in ring.positions]
+    assert list(ring.owners) == decoded
+    assert set(decoded) == set(range(300))

@@ -113,14 +113,30 @@ class LeastConnections:
             # against its live count, re-keyed and the search repeated if it is stale, so the
             # answer is the one a full scan would give.
             weights = self.weights
-            for _ in range(len(servers) + 1):  # each member is repaired at most once
-                key, i = loads.first(self.next)
+            heap = loads.heap
+            levels = loads.levels
+            start = self.next
+            repairs = 0
+            while True:
+                key = heap[0]  # loads.first(start), inlined: this is the hot path
+                members = levels.get(key)
+                while not members:
+                    heappop(heap)
+                    if members is not None:
+                        del levels[key]
+                    key = heap[0]
+                    members = levels.get(key)
+                k = bisect_left(members, start)
+                i = members[k] if k < len(members) else members[0]
                 s = servers[i]
                 live = s.active / weights[i]
                 if live == key:
                     i += 1
                     self.next = i if i < len(servers) else 0
                     return s
+                repairs += 1  # each member is repaired at most once
+                if repairs > len(servers):
+                    break
                 loads.update(i, live)
             # keys stale high (a decrement nobody reported): index afresh, answer by a scan
             self.track_load()

@@ -31,8 +31,8 @@ a hash key falls back to weighted random.
 
 from __future__ import annotations
 
-import math
 import random
+import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -52,9 +52,9 @@ POINTS_PER_WEIGHT = 1600
 MAX_POINTS = 1 << 20
 MAX_SERVERS = 1 << 16  # the owner tag is 16 bits
 BUCKET_POINTS = 16  # points per bucket of the ring's bucket index, about
+_INLINE_STEPS = 8  # walk steps a bounded pick takes before the general walk
 _active = attrgetter("active")
 _TWO_POW_M52 = 2.0**-52
-_TWO_POW_52 = 2.0**52
 
 
 def point_counts(weights: Sequence[float], per_weight: int, max_points: int) -> list[int]:
@@ -68,7 +68,7 @@ class HashRing:
     """The ring itself: sorted positions in [1, 2); a position's low 16 mantissa bits are the
     index of the server that owns it (see hashing.ring_point_bytes)."""
 
-    __slots__ = ("positions", "shift", "starts")
+    __slots__ = ("positions", "owners", "shift", "starts")
 
     def __init__(self, names: Sequence[str], counts: Sequence[int]) -> None:
         if len(names) > MAX_SERVERS:
@@ -85,6 +85,18 @@ class HashRing:
         # points in one or two cache lines; boxing the probed values costs less than the misses.
         self.positions: array[float] = array("d", points)
         del points
+        # the owner tags again as an array('H') beside the positions: one subscript per lookup
+        # instead of decoding the mantissa (measured ~0.09 us less per owner, cache miss
+        # included); split out of the doubles' bytes by C-level slicing, no Python loop
+        raw_sorted = self.positions.tobytes()
+        lo, hi = (0, 1) if sys.byteorder == "little" else (7, 6)
+        tags = bytearray(2 * len(self.positions))
+        tags[0::2] = raw_sorted[lo::8]
+        tags[1::2] = raw_sorted[hi::8]
+        self.owners: array[int] = array("H")
+        self.owners.frombytes(bytes(tags))
+        if sys.byteorder != "little":
+            self.owners.byteswap()
         # A bucket index on the top bits of the position (about BUCKET_POINTS points per
         # bucket): a lookup bisects one bucket instead of the whole ring.
         bits = max(1, min(20, (len(self.positions) // BUCKET_POINTS).bit_length()))
@@ -105,7 +117,7 @@ class HashRing:
 
     def owner(self, i: int) -> int:
         """Server index of point i: the low 16 bits of its 52-bit mantissa (exact)."""
-        return int((self.positions[i] - 1.0) * _TWO_POW_52) & 0xFFFF
+        return self.owners[i]
 
     def shares(self) -> list[float]:
         """Fraction of the hash space owned by each server index (for tests and tooling)."""
@@ -212,13 +224,31 @@ class ConsistentHash:
         if i == len(positions):
             i = 0
         if not ctx.exclude:
-            o = int((positions[i] - 1.0) * _TWO_POW_52) & 0xFFFF
-            s = self.servers[o]
+            owners = ring.owners
+            o = owners[i]
+            servers = self.servers
+            s = servers[o]
             if self.factor is None:
                 return s
             total = self.total
-            if total is not None and s.active < math.ceil(self.capacity[o] * (total + 1) - 1e-9):
-                return s  # bounded, tracked, and the key's own server has room
+            if total is not None:
+                # bounded and tracked: active < ceil(x) is active < x for an integer count
+                placing = total + 1
+                capacity = self.capacity
+                if s.active < capacity[o] * placing - 1e-9:
+                    return s  # the key's own server has room
+                # the first few steps of the walk, inlined (a full server stays full, so
+                # meeting one again changes nothing); the general walk after that
+                n_points = len(positions)
+                j = i
+                for _ in range(_INLINE_STEPS):
+                    j += 1
+                    if j == n_points:
+                        j = 0
+                    o = owners[j]
+                    s = servers[o]
+                    if s.active < capacity[o] * placing - 1e-9:
+                        return s
         return self._walk(i, ctx.exclude)
 
     def _walk(self, i: int, exclude: frozenset[str]) -> ServerState | None:
@@ -238,9 +268,9 @@ class ConsistentHash:
             return None
         first_allowed: ServerState | None = None
         seen: set[int] = set()
-        positions = ring.positions
+        owners = ring.owners
         for _ in range(n_points):
-            o = int((positions[i] - 1.0) * _TWO_POW_52) & 0xFFFF  # ring.owner(i), inlined
+            o = owners[i]
             i += 1
             if i == n_points:
                 i = 0
@@ -250,7 +280,7 @@ class ConsistentHash:
             s = servers[o]
             if exclude and s.name in exclude:
                 pass
-            elif not bounded or s.active < math.ceil(capacity[o] * placing - 1e-9):
+            elif not bounded or s.active < capacity[o] * placing - 1e-9:  # < its ceil
                 return s
             elif first_allowed is None:
                 first_allowed = s
