@@ -59,15 +59,19 @@ class _Groups:
     exactly the scan's sequence.
     """
 
-    __slots__ = ("units", "members", "steps", "keys", "turns", "wrap")
+    __slots__ = ("units", "members", "steps", "keys", "turns", "wrap", "scale", "class_of")
 
     def __init__(self, units: Sequence[int]) -> None:
         self.units = list(units)
         classes: dict[int, list[int]] = {}
         for i, u in enumerate(units):
             classes.setdefault(u, []).append(i)
-        scale = len(units) + 1
+        self.scale = scale = len(units) + 1
         self.members = list(classes.values())  # ascending indices per class
+        self.class_of = [0] * len(units)
+        for g, members in enumerate(self.members):
+            for i in members:
+                self.class_of[i] = g
         self.steps = [u * scale for u in classes]  # each step adds the weight to every current
         self.keys = [-m[0] for m in self.members]  # current 0, the first member's turn
         self.turns = [0] * len(self.members)  # picks per class
@@ -76,11 +80,11 @@ class _Groups:
     def step(self) -> int:
         keys = list(map(add, self.keys, self.steps))
         best = max(keys)
-        g = keys.index(best)
+        picked = -best % self.scale  # the key is current x scale - index
+        g = self.class_of[picked]
         members = self.members[g]
         turn = self.turns[g]
         self.turns[g] = turn + 1
-        picked = members[turn % len(members)]
         nxt = (turn + 1) % len(members)
         # the picked member gives back W; the next member (same picks so far) has the current
         # the class had, unless the round is over: then every member has given back W
