@@ -80,7 +80,7 @@ class _Groups:
     def step(self) -> int:
         keys = list(map(add, self.keys, self.steps))
         best = max(keys)
-        picked = -best % self.scale  # the key is current x scale - index
+        picked: int = -best % self.scale  # the key is current x scale - index
         g = self.class_of[picked]
         members = self.members[g]
         turn = self.turns[g]
