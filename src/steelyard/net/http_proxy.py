@@ -76,6 +76,7 @@ from steelyard.net.upstream_tls import UpstreamTLSContexts
 
 log = logging.getLogger("steelyard.http")
 
+INF = float("inf")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 BUFFER_HIGH = 64 * 1024  # request body buffered while connecting, before reading pauses
 DISCARD_MAX = 64 * 1024  # request body we read and drop after a local reply, to keep alive
@@ -298,6 +299,7 @@ class DownstreamConnection(asyncio.Protocol):
         "tkind",
         "deadline",
         "timer",
+        "timer_at",
         "tunnel",
         "upgrading",
         "stash",
@@ -328,6 +330,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.tkind = T_NONE
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = INF  # when `timer` fires (INF: no timer)
         self.tunnel: Exchange | None = None
         self.upgrading = False
         self.stash: list[bytes] = []
@@ -364,8 +367,11 @@ class DownstreamConnection(asyncio.Protocol):
         if self.upgrading:
             self._stash(data)
             return
-        if self.tkind == T_IDLE:
-            self._arm(T_HEAD, self.settings.request_head_timeout)
+        if self.tkind == T_IDLE:  # the first bytes of the next request: its head timeout runs
+            self.tkind = T_HEAD
+            self.deadline = deadline = self.loop.time() + self.settings.request_head_timeout
+            if deadline < self.timer_at:
+                self._schedule(deadline)
         try:
             leftover = self.parser.feed(data)
         except ProtocolError as exc:
@@ -399,6 +405,7 @@ class DownstreamConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+            self.timer_at = INF
         ex = self.exchange
         if ex is not None:
             ex.downstream_lost()
@@ -483,7 +490,10 @@ class DownstreamConnection(asyncio.Protocol):
             self.parser.set_limits(settings.limits)
         if self.paused:
             self._resume(PAUSE_PIPELINE)
-        self._arm(T_IDLE, self.settings.idle_timeout)
+        self.tkind = T_IDLE
+        self.deadline = deadline = self.loop.time() + self.settings.idle_timeout
+        if deadline < self.timer_at:
+            self._schedule(deadline)
 
     def _process_queue(self) -> None:
         q = self.queue
@@ -566,32 +576,35 @@ class DownstreamConnection(asyncio.Protocol):
     # -- timers ------------------------------------------------------------------------------
 
     # One lazy timer per connection serves every timeout: arming only moves `deadline`; the
-    # handle is rescheduled only when the new deadline is nearer than the pending one, and a
+    # handle is rescheduled only when the new deadline is nearer than the pending one
+    # (`timer_at`, kept here so that arming is two stores and a compare, no C call), and a
     # handle that fires early re-arms itself for the remainder. So a busy keep-alive connection
-    # does not create or cancel a timer per request.
+    # does not create or cancel a timer per request. The hot paths (data_received,
+    # exchange_done, Exchange._attach / on_response_head) do what _arm_at does inline.
 
     def _arm(self, kind: int, seconds: float) -> None:
         self.tkind = kind
         self.deadline = deadline = self.loop.time() + seconds
-        timer = self.timer
-        if timer is None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-        elif timer.when() > deadline:
-            timer.cancel()
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+        if deadline < self.timer_at:
+            self._schedule(deadline)
 
     def _arm_at(self, kind: int, deadline: float) -> None:
         self.tkind = kind
         self.deadline = deadline
+        if deadline < self.timer_at:
+            self._schedule(deadline)
+
+    def _schedule(self, deadline: float) -> None:
+        """The timer fires at `deadline` (nearer than the pending one, if any)."""
         timer = self.timer
-        if timer is None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-        elif timer.when() > deadline:
+        if timer is not None:
             timer.cancel()
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.timer_at = deadline
 
     def _on_timer(self) -> None:
         self.timer = None
+        self.timer_at = INF
         kind = self.tkind
         if kind == T_NONE or self.closed:
             return
@@ -602,6 +615,7 @@ class DownstreamConnection(asyncio.Protocol):
             deadline = self.deadline
         if self.loop.time() < deadline:
             self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
             return
         self.tkind = T_NONE
         if kind >= X_RESPONSE:
@@ -1009,12 +1023,15 @@ class Exchange:
             down._resume(PAUSE_BUFFER)
         if down.write_paused:
             conn.pause_reading()
-        now = self.loop.time()
-        self.last_activity = now
-        if self.request_done:
-            down._arm_at(X_RESPONSE, now + self.response_timeout)
+        self.last_activity = now = self.loop.time()
+        if self.request_done:  # down._arm_at(X_RESPONSE, ...), inline
+            down.tkind = X_RESPONSE
+            down.deadline = deadline = now + self.response_timeout
         else:
-            down._arm_at(X_IDLE, now + self.idle_timeout)
+            down.tkind = X_IDLE
+            down.deadline = deadline = now + self.idle_timeout
+        if deadline < down.timer_at:
+            down._schedule(deadline)
 
     def request_body(self, data: bytes) -> None:
         self.body_received += len(data)
@@ -1127,7 +1144,10 @@ class Exchange:
                 request_id=self.request_id,
             )
         )
-        down._arm_at(X_IDLE, self.last_activity + self.idle_timeout)
+        down.tkind = X_IDLE  # down._arm_at(X_IDLE, ...), inline
+        down.deadline = deadline = self.last_activity + self.idle_timeout
+        if deadline < down.timer_at:
+            down._schedule(deadline)
 
     def on_response_body(self, data: bytes) -> None:
         out = self.out
