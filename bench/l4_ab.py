@@ -1,12 +1,13 @@
 """CPU per keep-alive request and per new connection through Steelyard's L4 listener, A/B.
 
-    .venv/bin/python bench/l4_ab.py [--base-src DIR] [--rounds 8] [--duration 2]
-        [--modes keep-alive,close] [--targets steelyard,base,haproxy] [--strace]
+    .venv/bin/python bench/l4_ab.py [--base-src DIR] [--tree NAME=DIR ...] [--rounds 8]
+        [--duration 2] [--modes keep-alive,close] [--targets steelyard,base,haproxy] [--strace]
 
 How this works: the nginx backends of the load benchmark (bench/benchlib.py) on core 0, and on
 core 1 a Steelyard `protocol: tcp` listener from this tree ("steelyard"), optionally the same
 from another source tree ("base": `--base-src` is put first on its PYTHONPATH, e.g. a
-`git archive <commit> src | tar -x -C DIR` of an older commit), and HAProxy `mode tcp`. wrk
+`git archive <commit> src | tar -x -C DIR` of an older commit; `--tree NAME=DIR` adds more
+such targets, each named NAME), and HAProxy `mode tcp`. wrk
 (core 0) drives each one in turn, round after round, so that all of them see the same noise;
 we report each run's balancer CPU (utime+stime from /proc) per request and the median and
 minimum per target. On a shared machine CPU per request is the figure to compare; req/s is
@@ -58,6 +59,8 @@ def strace_counts(path: Path, requests: int) -> list[tuple[str, float]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-src", type=Path, help="another tree's src/ for the 'base' target")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                    help="one more target: Steelyard from DIR (a src/ directory)")  # fmt: skip
     ap.add_argument("--targets", default="steelyard,base,haproxy")
     ap.add_argument("--modes", default="keep-alive,close")
     ap.add_argument("--rounds", type=int, default=8)
@@ -66,6 +69,12 @@ def main() -> int:
     ap.add_argument("--strace", action="store_true")
     args = ap.parse_args()
     names = [t for t in args.targets.split(",") if t != "base" or args.base_src]
+    trees = {"base": args.base_src} if args.base_src else {}
+    for spec in args.tree:
+        name, _, src = spec.partition("=")
+        trees[name] = Path(src)
+        if name not in names:
+            names.append(name)
     workdir = Path(tempfile.mkdtemp(prefix="steelyard-l4-ab-"))
     sup = Supervisor(workdir)
     try:
@@ -84,8 +93,8 @@ def main() -> int:
             else:
                 cfg = steelyard_tcp_conf(workdir, port, free_port(), ports, ports[0], name)
                 env = {}
-                if name == "base":
-                    env["PYTHONPATH"] = str(args.base_src.resolve())
+                if name in trees:
+                    env["PYTHONPATH"] = str(trees[name].resolve())
                 proc = sup.start(name, [*steelyard_cmd(), "run", "-c", str(cfg)], LB_CPU, env)
             if wait_http(port, timeout=15, proc=proc) is not None:
                 raise SystemExit(f"{name} not serving:\n{proc.log_tail()}")

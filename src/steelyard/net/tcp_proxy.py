@@ -54,7 +54,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any, cast
+from typing import Any
 
 from steelyard.core.balancing import HASHING
 from steelyard.core.balancing.base import PickContext
@@ -164,8 +164,9 @@ class _Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance checks
-        self.transport = cast(asyncio.Transport, transport)
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance checks (and
+        # no typing.cast: a function call per connection)
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -200,28 +201,27 @@ class _ConnectAttempt:
     3.11) per step, and asyncio.timeout() around it costs more. Here the coroutine is stepped
     by hand, as a Task would: send(None) runs it to its next awaited future, whose done-callback
     steps it again; StopIteration carries the (transport, protocol) pair. The connect timeout
-    is a call_later handle; timing out or cancelling cancels the awaited future, so the
-    coroutine sees CancelledError at its await and cleans up its half-made transport itself.
+    is the connection's one timer (TcpConnection._on_timer, which compares the loop's time with
+    `deadline`); timing out or cancelling cancels the awaited future, so the coroutine sees
+    CancelledError at its await and cleans up its half-made transport itself.
     """
 
-    __slots__ = ("conn", "lease", "coro", "waiting", "timer", "cancelled", "timed_out", "done")
+    __slots__ = ("conn", "lease", "coro", "waiting", "deadline", "cancelled", "timed_out", "done")
 
     def __init__(self, conn: TcpConnection, lease: Lease) -> None:
         self.conn = conn
         self.lease = lease
         self.coro: Any = None
         self.waiting: Any = None  # the future the coroutine awaits
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time; 0: no connect timeout
         self.cancelled = False
         self.timed_out = False
         self.done = False
 
-    def start(self, timeout: float) -> None:
+    def start(self) -> None:
         conn = self.conn
         server = self.lease.server.server
         loop = conn.loop
-        if timeout > 0:
-            self.timer = loop.call_later(timeout, self._timeout)
         try:
             self.coro = loop.create_connection(conn.new_upstream, server.host, server.port)
         except Exception as exc:
@@ -254,8 +254,7 @@ class _ConnectAttempt:
         if self.cancelled:
             fut.cancel()
 
-    def _timeout(self) -> None:
-        self.timer = None
+    def time_out(self) -> None:
         self.timed_out = True
         self._interrupt()
 
@@ -271,9 +270,6 @@ class _ConnectAttempt:
     def _finish(self, pair: tuple[Any, Any] | None, exc: BaseException | None) -> None:
         self.done = True
         self.waiting = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if pair is not None:
             self.conn.connect_finished(self, pair[0], pair[1], None)
             return
@@ -284,6 +280,35 @@ class _ConnectAttempt:
     def __repr__(self) -> str:
         state = "done" if self.done else "cancelled" if self.cancelled else "connecting"
         return f"_ConnectAttempt({self.lease.server.name} {state})"
+
+
+class _BackendProfile:
+    """What a connection reads from its backend's config, read once per backend object (a
+    reload builds new Backend objects; attribute reads on the config models cost more than
+    plain ones)."""
+
+    __slots__ = (
+        "backend",
+        "retries",
+        "timeouts",
+        "connect_timeout",
+        "idle_timeout",
+        "hashing",
+        "hash_on_sni",
+        "proxy_protocol",
+    )
+
+    def __init__(self, backend: Any) -> None:
+        cfg = backend.config
+        self.backend = backend
+        self.retries: int = getattr(cfg, "retries", 0) if cfg is not None else 0
+        timeouts = getattr(cfg, "timeouts", None)
+        self.timeouts = timeouts is not None
+        self.connect_timeout: float = timeouts.connect if timeouts is not None else 5.0
+        self.idle_timeout: float = timeouts.idle if timeouts is not None else 0.0
+        self.hashing = backend.settings.algorithm in HASHING
+        self.hash_on_sni = getattr(cfg, "hash_on", "client_ip") == "sni"
+        self.proxy_protocol: str | None = getattr(cfg, "proxy_protocol", None)
 
 
 class TcpConnection(asyncio.Protocol):
@@ -312,6 +337,7 @@ class TcpConnection(asyncio.Protocol):
         "last_activity",
         "idle_timeout",
         "timer",
+        "timer_due",
         "connector",
         "waiter",
         "backend",
@@ -353,6 +379,7 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.idle_timeout = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_due = 0.0  # loop time at which `timer` fires, when it runs _on_timer
         self.connector: _ConnectAttempt | None = None
         self.waiter: Any = None  # a Backend Waiter while queued at max_connections_per_server
         self.backend: Any = None
@@ -374,18 +401,20 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance checks
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         # the logged duration: perf_counter, as uvloop's loop.time() moves in whole ms
         self.started = time.perf_counter()
         self.last_activity = self.loop.time()  # timers stay on the loop's clock
-        self.client_ip, self.client_port = _address(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
+        if type(peer) is tuple:  # (ip, port) or (ip, port, flow, scope); anything else: ""
+            self.client_ip, self.client_port = peer[0], peer[1]
         self.record = RequestRecord(listener.name, "", time.time())
         listener.connections.add(self)
         if listener.closing:
             self.close()
             return
-        self.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)  # type: ignore[attr-defined]
         cfg = listener.config
         self.need_proxy = bool(cfg.accept_proxy_protocol)
         if self.need_proxy or listener.sni is not None:
@@ -421,11 +450,12 @@ class TcpConnection(asyncio.Protocol):
         self.down_eof = True
         keep_open = self.listener.ssl_context is None  # TLS has no half-close
         if self.phase is _RELAY:
-            up = self.up_transport
-            if up is not None and not up.is_closing():
-                write_eof_soon(self.loop, up)
-            if self.up_eof:
+            if self.up_eof:  # both sides are done: close (a FIN follows), no write_eof first
                 self._close_both()
+            else:
+                up = self.up_transport
+                if up is not None and not up.is_closing():
+                    write_eof_soon(self.loop, up)
         elif self.phase is _PREFACE:
             # the client said all it will say: decide with what we have
             self._preface(final=True)
@@ -466,11 +496,12 @@ class TcpConnection(asyncio.Protocol):
         if self.splice is not None:
             return
         self.up_eof = True
+        if self.down_eof:  # both sides are done: close, no write_eof first
+            self._close_both()
+            return
         down = self.transport
         if down is not None and not down.is_closing():
             write_eof_soon(self.loop, down)
-        if self.down_eof:
-            self._close_both()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.splice is not None:
@@ -563,16 +594,16 @@ class TcpConnection(asyncio.Protocol):
             log.warning("%s: unknown backend %s", listener.name, backend_name)
             self._connect_failed()
             return
-        cfg = backend.config
         self.backend = backend
-        self.retries = getattr(cfg, "retries", 0) if cfg is not None else 0
-        timeouts = getattr(cfg, "timeouts", None)
-        if timeouts is not None:
-            self.connect_timeout = timeouts.connect
-            self.idle_timeout = timeouts.idle
-        if backend.settings.algorithm in HASHING:
-            hash_on = getattr(cfg, "hash_on", "client_ip")
-            if hash_on == "sni" and self.server_name:
+        profile = listener.profiles.get(backend_name)
+        if profile is None or profile.backend is not backend:
+            profile = listener.profiles[backend_name] = _BackendProfile(backend)
+        self.retries = profile.retries
+        if profile.timeouts:
+            self.connect_timeout = profile.connect_timeout
+            self.idle_timeout = profile.idle_timeout
+        if profile.hashing:
+            if profile.hash_on_sni and self.server_name:
                 self.hash_key = self.server_name.encode("ascii")
             else:
                 self.hash_key = self.client_ip.encode("ascii")
@@ -612,7 +643,15 @@ class TcpConnection(asyncio.Protocol):
         self.attempts += 1
         attempt = _ConnectAttempt(self, lease)
         self.connector = attempt
-        attempt.start(self.connect_timeout)
+        timeout = self.connect_timeout
+        if timeout > 0:
+            attempt.deadline = self.loop.time() + timeout
+            if self.timer is None:
+                self.timer = self.loop.call_later(timeout, self._on_timer)
+                self.timer_due = attempt.deadline
+            # else: the timer of an attempt that failed already, due before this deadline;
+            # _on_timer moves it on
+        attempt.start()
 
     # -- the connection-cap queue (Backend.wait; see docs/health.md) ----------------------------
 
@@ -623,6 +662,8 @@ class TcpConnection(asyncio.Protocol):
         if waiter is None:
             return False
         self.waiter = waiter
+        if self.timer is not None:  # a failed attempt's connect timer
+            self.timer.cancel()
         timeout = float(getattr(self.backend, "queue_timeout", 5.0))
         self.timer = self.loop.call_later(timeout, self._slot_timeout)
         return True
@@ -693,7 +734,7 @@ class TcpConnection(asyncio.Protocol):
                 self._connect_failed()
                 return
             try:
-                self._start_relay(lease, transport, upstream, self.backend.config)
+                self._start_relay(lease, transport, upstream)
             except Exception:  # a bug half-way into the relay: do not leave it hanging
                 log.exception("%s: starting the relay failed", self.listener.name)
                 self.abort()
@@ -737,7 +778,7 @@ class TcpConnection(asyncio.Protocol):
         self._close_both()
         self._maybe_finish()
 
-    def _start_relay(self, lease: Lease, transport: Any, upstream: Any, bcfg: Any) -> None:
+    def _start_relay(self, lease: Lease, transport: Any, upstream: Any) -> None:
         self.lease = lease
         self.upstream = upstream
         self.up_transport = transport
@@ -747,7 +788,11 @@ class TcpConnection(asyncio.Protocol):
         assert record is not None
         record.server = lease.server.name
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
-        version = getattr(bcfg, "proxy_protocol", None)
+        backend = self.backend
+        profile = self.listener.profiles.get(self.backend_name or "")
+        if profile is None or profile.backend is not backend:  # e.g. queued across a reload
+            profile = _BackendProfile(backend)
+        version = profile.proxy_protocol
         if version:
             if not self.local_ip and self.transport is not None:
                 # fetched only when needed: it costs a getsockname() per connection
@@ -764,9 +809,19 @@ class TcpConnection(asyncio.Protocol):
             self.buffer = bytearray()
         if self.down_eof:
             write_eof_soon(self.loop, transport)
-        self.last_activity = self.loop.time()
-        if self.idle_timeout > 0:
-            self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+        now = self.last_activity = self.loop.time()
+        # the connect timer goes on as the idle timer (one timer per connection, see _on_timer)
+        idle = self.idle_timeout
+        timer = self.timer
+        if idle > 0:
+            if timer is None or self.timer_due > now + idle:
+                if timer is not None:
+                    timer.cancel()
+                self.timer = self.loop.call_later(idle, self._on_timer)
+                self.timer_due = now + idle
+        elif timer is not None:
+            timer.cancel()
+            self.timer = None
         if self.listener.use_splice:
             self.splice_at = self.bytes_in + self.bytes_out + SPLICE_AFTER
         if self.reading_paused and not self.down_eof:
@@ -811,16 +866,37 @@ class TcpConnection(asyncio.Protocol):
 
     # -- timers and closing --------------------------------------------------------------------
 
-    def _idle_check(self) -> None:
+    def _on_timer(self) -> None:
+        """The connection's one timer from its first connect on: the connect timeout while
+        connecting, then the idle timeout. It is armed once and moved on lazily: a timer that
+        fires before what it guards is due re-arms itself for the rest (activity only stores a
+        time stamp), which costs less than a cancel and a new handle per change of phase."""
         self.timer = None
-        if self.phase is not _RELAY:
-            return
-        quiet = self.loop.time() - self.last_activity
-        if quiet >= self.idle_timeout:
-            log.debug("%s: idle timeout after %.1fs", self.listener.name, quiet)
-            self._close_both()
-            return
-        self.timer = self.loop.call_later(self.idle_timeout - quiet, self._idle_check)
+        now = self.loop.time()
+        phase = self.phase
+        if phase is _RELAY:
+            idle = self.idle_timeout
+            if idle <= 0:
+                return
+            quiet = now - self.last_activity
+            if quiet >= idle:
+                log.debug("%s: idle timeout after %.1fs", self.listener.name, quiet)
+                self._close_both()
+                return
+            self._rearm(idle - quiet, now)
+        elif phase is _CONNECTING:
+            attempt = self.connector
+            if attempt is None or attempt.deadline <= 0:
+                return
+            left = attempt.deadline - now
+            if left > 0.001:  # the timer of an earlier attempt
+                self._rearm(left, now)
+                return
+            attempt.time_out()
+
+    def _rearm(self, delay: float, now: float) -> None:
+        self.timer = self.loop.call_later(delay, self._on_timer)
+        self.timer_due = now + delay
 
     def _close_both(self) -> None:
         if self.splice is not None:
@@ -883,6 +959,13 @@ class TcpConnection(asyncio.Protocol):
         record.bytes_in = self.bytes_in
         record.bytes_out = self.bytes_out
         record.duration = time.perf_counter() - self.started
+        # break the protocol <-> transport cycles (uvloop keeps a closed transport's protocol):
+        # reference counting frees the pair now, not the cyclic GC later
+        self.transport = self.up_transport = None
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.transport = None
+            self.upstream = None
         self.listener.finished(self, record)
 
     def __repr__(self) -> str:
@@ -1087,6 +1170,9 @@ class TcpListener:
         self.config: Any = listener_config
         self.sni: SniTable | None = None
         self.preface_timeout = 10.0
+        # backend name -> what its connections read from its config (rebuilt when the
+        # engine's Backend object under that name changes)
+        self.profiles: dict[str, _BackendProfile] = {}
         # the splice fast path: plain TCP on both legs (TLS termination needs the bytes)
         self.use_splice = SPLICE_SUPPORTED and SPLICE_DEFAULT
         self.update(listener_config)
@@ -1095,6 +1181,7 @@ class TcpListener:
         """Reload: new connections use the new config; open ones carry on untouched.
         Certificate files are read again: new handshakes get them, connections stay."""
         self.config = cfg
+        self.profiles = {}  # the reload may have rebuilt backends: read their configs again
         tls = getattr(cfg, "tls", None)
         if tls is not None:
             self.use_splice = False
