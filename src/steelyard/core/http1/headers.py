@@ -249,7 +249,6 @@ BODY_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients only)
 def build_request_head(
     head: RequestHead,
     headers: Headers,
-    *,
     target: bytes,
     client_ip: bytes,
     proto: bytes,
@@ -302,15 +301,18 @@ def _status_line(status: int, reason_: bytes) -> bytes:
 def build_response_head(
     resp: ResponseHead,
     headers: Headers,
-    *,
     mode: int,
     keep_alive: bool,
     http10_client: bool,
     request_id: bytes,
 ) -> bytes:
-    """The head we send downstream. `mode` from response_mode(); a CLOSE mode never keeps alive."""
+    """The head we send downstream. `mode` from response_mode(); a CLOSE mode never keeps alive.
+    (Positional parameters: the proxy calls it once per response, keywords cost more.)"""
     status = resp.status
-    parts = [_status_line(status, resp.reason or reason(status))]
+    line = _STATUS_LINES.get((status, resp.reason))  # _status_line(), inline: a cache hit
+    if line is None:
+        line = _status_line(status, resp.reason or reason(status))
+    parts = [line]
     if headers:
         parts += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
     if mode == BODY_LENGTH:
