@@ -126,23 +126,42 @@ def format_json(rec: RequestRecord) -> str:
     backend = rec.backend
     server = rec.server
     method = rec.method
-    head = (
-        f'{{"time":"{_rfc3339(rec.time)}","listener":{enc(rec.listener)},'
-        f'"client":{enc(rec.client)},'
-    )
-    tail = (
-        f'"backend":{"null" if backend is None else enc(backend)},'
-        f'"server":{"null" if server is None else enc(server)},'
-        f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
-        f'"duration_ms":{_millis(duration)},"retries":{retries}'
-    )
+    ts = rec.time
+    t = int(ts * 1000)  # _rfc3339(ts), inline
+    second = t // 1000
+    if _second_cache[0] != second:
+        _rfc3339(ts)  # a new second: format its date part
+    when = _second_cache[1]
+    millis = _MILLIS[t - second * 1000]
+    ms = duration * 1000  # _millis(duration), inline
+    if -1e15 < ms < 1e15:
+        dur = f"{ms:.3f}"
+        if dur[-1] == "0":
+            dur = dur.rstrip("0")
+            if dur[-1] == ".":
+                dur += "0"
+    else:
+        dur = repr(round(ms, 3))
     if method is None:
-        return f"{head}{tail}}}"
+        return (
+            f'{{"time":"{when}{millis}","listener":{enc(rec.listener)},'
+            f'"client":{enc(rec.client)},'
+            f'"backend":{"null" if backend is None else enc(backend)},'
+            f'"server":{"null" if server is None else enc(server)},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+            f'"duration_ms":{dur},"retries":{retries}}}'
+        )
     path = rec.path
     rid = rec.request_id
     return (
-        f'{head}"method":{enc(method)},"path":{"null" if path is None else enc(path)},'
-        f'"status":{"null" if status is None else status},{tail},'
+        f'{{"time":"{when}{millis}","listener":{enc(rec.listener)},'
+        f'"client":{enc(rec.client)},'
+        f'"method":{enc(method)},"path":{"null" if path is None else enc(path)},'
+        f'"status":{"null" if status is None else status},'
+        f'"backend":{"null" if backend is None else enc(backend)},'
+        f'"server":{"null" if server is None else enc(server)},'
+        f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+        f'"duration_ms":{dur},"retries":{retries},'
         f'"request_id":{"null" if rid is None else enc(rid)}}}'
     )
 
