@@ -667,17 +667,21 @@ class DownstreamConnection(asyncio.Protocol):
         )
 
 
-class Exchange:
-    """One request and its response, from the head to on_complete (the ResponseSink)."""
+class Exchange(RequestRecord):
+    """One request and its response, from the head to on_complete (the ResponseSink).
+
+    It is its own RequestRecord (the record's fields are inherited slots), so a request costs
+    one object fewer; `rid` is the request id as bytes, `backend_obj` the Backend (the record's
+    `request_id` and `backend` are the strings logged)."""
 
     __slots__ = (
         "down",
         "loop",
         "head",
-        "request_id",
+        "rid",
         "route",
         "ctx",
-        "backend",
+        "backend_obj",
         "pick",
         "timeouts",
         "lease",
@@ -706,9 +710,7 @@ class Exchange:
         "idle_timeout",
         "response_timeout",
         "last_activity",
-        "started",
         "t0",
-        "record",
         "tls",
         "sticky",
         "sticky_server",
@@ -720,10 +722,10 @@ class Exchange:
         self.down = down
         self.loop = down.loop
         self.head = head
-        self.request_id = b""
+        self.rid = b""
         self.route: CompiledRoute | None = None
         self.ctx: RequestContext | None = None
-        self.backend: Any = None
+        self.backend_obj: Any = None
         self.pick: PickContext | None = None
         self.timeouts: Any = None
         self.lease: Lease | None = None
@@ -751,10 +753,22 @@ class Exchange:
         self.out: list[bytes] | None = None  # downstream writes gathered during one read
         self.idle_timeout = 60.0
         self.response_timeout = 60.0
-        self.started = self.loop.time()  # timers (uvloop's clock has 1 ms steps)
+        self.last_activity = self.loop.time()  # timers (uvloop's clock has 1 ms steps)
         self.t0 = time.perf_counter()  # the logged duration, with sub-millisecond precision
-        self.last_activity = self.started
-        self.record = RequestRecord(down.settings.name, down.client, time.time())
+        # the RequestRecord fields (RequestRecord.__init__, inline)
+        self.time = time.time()
+        self.listener = down.settings.name
+        self.client = down.client
+        self.method: str | None = None
+        self.path: str | None = None
+        self.status: int | None = None
+        self.backend: str | None = None
+        self.server: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.duration = 0.0
+        self.retries = 0
+        self.request_id: str | None = None
         self.tls: Any = None  # UpstreamTLS of a backend with `tls`
         self.sticky: Any = None  # StickyCookies of a backend with `sticky`
         self.sticky_server: str | None = None  # the server a valid affinity cookie named
@@ -771,7 +785,7 @@ class Exchange:
         rid = head.request_id
         if rid is None or not valid_request_id(rid):
             rid = listener.request_ids()
-        self.request_id = rid
+        self.rid = rid
         if settings.redirect_https:
             sockname = down.transport.get_extra_info("sockname")
             fallback = str(sockname[0]).encode() if isinstance(sockname, tuple) else b"localhost"
@@ -801,8 +815,8 @@ class Exchange:
         if backend is None:
             self.local_error(503, "backend unavailable", retry_after=True)
             return
-        self.backend = backend
-        self.record.backend = name
+        self.backend_obj = backend
+        self.backend = name
         cfg = backend.config
         prof = listener.profiles.get(backend)
         if prof is None or prof.cfg is not cfg:
@@ -826,7 +840,7 @@ class Exchange:
             return
         self.lease = lease
         state = lease.server
-        self.record.server = state.name
+        self.server = state.name
         server = state.server
         self.key = key = (server.host, server.port)
         conn = listener.engine.pools.take(key)
@@ -854,9 +868,9 @@ class Exchange:
         sticky_cfg = getattr(cfg, "sticky", None)
         if sticky_cfg is not None:
             self.sticky = sticky = self.down.listener.sticky.get(name, sticky_cfg)
-            server = self.sticky_server = cookie_server(sticky, self.backend, self.head)
+            server = self.sticky_server = cookie_server(sticky, self.backend_obj, self.head)
             if server is not None:
-                lease = sticky_lease(self.backend, server)
+                lease = sticky_lease(self.backend_obj, server)
                 if lease is not None:
                     self._leased(lease)
                     return True
@@ -866,10 +880,10 @@ class Exchange:
 
     def _select(self) -> None:
         assert self.pick is not None
-        self._selected(self.backend.acquire(self.pick))
+        self._selected(self.backend_obj.acquire(self.pick))
 
     def _selected(self, lease: Lease | None) -> None:
-        backend = self.backend
+        backend = self.backend_obj
         if lease is None:
             if backend.max_connections_per_server and self._wait_for_slot():
                 return
@@ -879,7 +893,7 @@ class Exchange:
                 self.local_error(503, "no server available", retry_after=True)
             return
         if self.attempts:
-            self.record.retries += 1
+            self.retries += 1
         self._leased(lease)
 
     def _connects_failed(self) -> None:
@@ -891,11 +905,11 @@ class Exchange:
     def _wait_for_slot(self) -> bool:
         """Every server is at max_connections_per_server: queue (Backend.wait) for a slot."""
         assert self.pick is not None
-        waiter = self.backend.wait(self.pick, self._slot_delivered)
+        waiter = self.backend_obj.wait(self.pick, self._slot_delivered)
         if waiter is None:
             return False
         self.waiter = waiter
-        timeout = float(getattr(self.backend, "queue_timeout", 5.0))
+        timeout = float(getattr(self.backend_obj, "queue_timeout", 5.0))
         self.wait_timer = self.loop.call_later(timeout, self._slot_timeout)
         return True
 
@@ -932,7 +946,7 @@ class Exchange:
     def _leased(self, lease: Lease) -> None:
         self.lease = lease
         server = lease.server.server
-        self.record.server = lease.server.name
+        self.server = lease.server.name
         if self.tls is None:
             self.key = key = (server.host, server.port)
         else:  # pooled connections are keyed on the TLS identity too
@@ -989,7 +1003,7 @@ class Exchange:
             lease.release(Outcome.CONNECT_FAILED)
             self.attempts += 1
             self._exclude(lease.server.name)
-            retries = int(getattr(self.backend.config, "retries", 2))
+            retries = int(getattr(self.backend_obj.config, "retries", 2))
             if self.attempts <= retries:
                 self._select()  # counts the retry only if another server takes it
             else:
@@ -1020,7 +1034,7 @@ class Exchange:
         target = route.rewrite_target(head) if route.strip_prefix is not None else head.target
         # positional: target, client_ip, proto, request_id
         data = build_request_head(
-            head, headers, target, down.client_ip, down.settings.proto, self.request_id
+            head, headers, target, down.client_ip, down.settings.proto, self.rid
         )
         pending = self.pending
         if pending:
@@ -1091,8 +1105,8 @@ class Exchange:
         if self.response_started:
             self._cut()
             return
-        self.record.status = exc.status
-        self.down.write(local_response(exc.status, self.request_id, close=True, message=exc.reason))
+        self.status = exc.status
+        self.down.write(local_response(exc.status, self.rid, close=True, message=exc.reason))
         self.response_started = self.response_done = True
         self._finish(False)
 
@@ -1123,7 +1137,7 @@ class Exchange:
             raise ProtocolError(502, "unexpected 101 response", source="upstream")
         self.response_started = True
         self.resp = resp
-        self.record.status = status
+        self.status = status
         http10 = head.version == "1.0"
         # response_mode(resp, http10), inline
         if resp.no_body:
@@ -1154,7 +1168,7 @@ class Exchange:
                 headers = add_set_cookie(headers, sticky, server, secure)
         self.mode = mode
         self.keep_alive = keep
-        data = build_response_head(resp, headers, mode, keep, http10, self.request_id)
+        data = build_response_head(resp, headers, mode, keep, http10, self.rid)
         out = self.out
         if out is None:
             down.write(data)
@@ -1341,14 +1355,14 @@ class Exchange:
             and self.head.upgrade is None
             and self.lease is None
             and self.pick is not None
-            and self.attempts < int(getattr(self.backend.config, "retries", 2))
+            and self.attempts < int(getattr(self.backend_obj.config, "retries", 2))
         ):
             # nothing came back and the request can be replayed: another server, if any
-            self._exclude(self.record.server or "")
-            lease = self.backend.acquire(self.pick)
+            self._exclude(self.server or "")
+            lease = self.backend_obj.acquire(self.pick)
             if lease is not None:
                 self.attempts += 1
-                self.record.retries += 1
+                self.retries += 1
                 self._leased(lease)
                 return
         if self.response_started:
@@ -1369,8 +1383,8 @@ class Exchange:
             return
         self._drop_upstream()
         self._release(Outcome.CANCELLED)
-        if not self.response_done and self.record.status is None:
-            self.record.status = 499  # nginx's "client closed request"
+        if not self.response_done and self.status is None:
+            self.status = 499  # nginx's "client closed request"
         self._finish(False)
 
     def _finish(self, keep_alive: bool) -> None:
@@ -1392,17 +1406,21 @@ class Exchange:
             self._drop_upstream()
         if self.lease is not None:
             self._release(Outcome.CANCELLED)
-        record = self.record
+        # the record's fields (this exchange is the record)
         head = self.head
-        record.method = head.method.decode("latin-1")
-        record.path = head.target.decode("latin-1")
-        record.request_id = self.request_id.decode()
-        record.bytes_in = max(down.bytes_in - down.in_mark, self.body_received)
-        record.bytes_out = down.bytes_out - down.out_mark
-        down.in_mark = down.bytes_in
-        down.out_mark = down.bytes_out
-        record.duration = time.perf_counter() - self.t0
-        down.listener.engine.record(record)
+        self.method = head.method.decode("latin-1")
+        self.path = head.target.decode("latin-1")
+        self.request_id = self.rid.decode()
+        bytes_in = down.bytes_in
+        n = bytes_in - down.in_mark
+        body = self.body_received
+        self.bytes_in = n if n >= body else body
+        down.in_mark = bytes_in
+        bytes_out = down.bytes_out
+        self.bytes_out = bytes_out - down.out_mark
+        down.out_mark = bytes_out
+        self.duration = time.perf_counter() - self.t0
+        down.listener.engine.record(self)
         down.exchange_done(self, keep_alive)
 
     # -- local replies -----------------------------------------------------------------------
@@ -1423,7 +1441,7 @@ class Exchange:
         head = self.head
         down = self.down
         self.response_started = self.response_done = True
-        self.record.status = status
+        self.status = status
         keep = head.keep_alive and not down.closing and head.upgrade is None
         if keep and not self.request_done:
             remaining = (head.content_length or 0) - self.body_received
@@ -1437,7 +1455,7 @@ class Exchange:
         self.keep_alive = keep
         data = local_response(
             status,
-            self.request_id,
+            self.rid,
             close=not keep,
             message=message,
             body=body,
@@ -1554,8 +1572,8 @@ class Exchange:
 
     def __repr__(self) -> str:
         return (
-            f"Exchange({self.head.method!r} {self.head.target!r} id={self.request_id!r} "
-            f"server={self.record.server} attempts={self.attempts} "
+            f"Exchange({self.head.method!r} {self.head.target!r} id={self.rid!r} "
+            f"server={self.server} attempts={self.attempts} "
             f"request_done={self.request_done} response_started={self.response_started} "
             f"response_done={self.response_done} tunnel={self.tunnel} done={self.done})"
         )
