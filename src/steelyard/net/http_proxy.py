@@ -843,7 +843,7 @@ class Exchange(RequestRecord):
         self.server = state.name
         server = state.server
         self.key = key = (server.host, server.port)
-        conn = listener.engine.pools.take(key)
+        conn = listener.engine.pools.take(key, self.last_activity)  # (loop.time(), from __init__)
         if conn is not None:
             self._attach(conn, True)
         else:
@@ -1293,8 +1293,8 @@ class Exchange(RequestRecord):
                 and resp.keep_alive
                 and self.head.upgrade is None
             )
-            if reusable:
-                self.down.listener.engine.pools.put(conn)
+            if reusable:  # (only after upstream_data, which set last_activity = loop.time())
+                self.down.listener.engine.pools.put(conn, self.last_activity)
             else:
                 conn.exchange = None
                 conn.close()

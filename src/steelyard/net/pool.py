@@ -162,12 +162,13 @@ class UpstreamPools:
         self.reuses = 0
         self.discarded = 0
 
-    def take(self, key: Key) -> UpstreamConnection | None:
-        """An idle connection to `key` that is still open, or None."""
+    def take(self, key: Key, now: float | None = None) -> UpstreamConnection | None:
+        """An idle connection to `key` that is still open, or None. `now`: loop.time(), when
+        the caller has it (the proxy does: one C call fewer per request)."""
         idle = self._idle.get(key)
         if not idle:
             return None
-        limit = self.loop.time() - self.idle_timeout
+        limit = (self.loop.time() if now is None else now) - self.idle_timeout
         while idle:
             conn = idle.pop()
             t = conn.transport
@@ -186,8 +187,9 @@ class UpstreamPools:
         conn.requests = 1
         return conn
 
-    def put(self, conn: UpstreamConnection) -> None:
-        """Return a connection whose last response was complete and reusable."""
+    def put(self, conn: UpstreamConnection, now: float | None = None) -> None:
+        """Return a connection whose last response was complete and reusable (`now`: as in
+        take)."""
         conn.exchange = None  # (the parser keeps its last sink until the next use: never fed idle)
         t = conn.transport
         if self.closing or conn.closed or t is None or t.is_closing():
@@ -202,7 +204,7 @@ class UpstreamPools:
             self.discarded += 1
             conn.close()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self.loop.time() if now is None else now
         idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
