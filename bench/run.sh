@@ -2,7 +2,8 @@
 # `make bench`: Steelyard against HAProxy and nginx on this machine (see bench/RESULTS.md).
 #
 #   bash bench/run.sh              the HTTP benchmark (~4 min), then the L4 one (~3.5 min) if Steelyard
-#                                  has tcp listeners (BENCH_TCP=0 skips it, =1 forces it)
+#                                  has tcp listeners (BENCH_TCP=0 skips it, =1 forces it), then
+#                                  pick() costs of the balancers (~2 min; BENCH_PICK=0 skips it)
 #   bash bench/run.sh --quick      a short smoke run
 #   bash bench/run.sh --wait-quiet 600   first wait (up to 600 s) for a quiet machine
 #
@@ -90,3 +91,13 @@ case "${BENCH_TCP:-auto}" in
     1) run_harness "$PY" bench/tcp_bench.py "$@" ;;
     *) run_harness "$PY" bench/tcp_bench.py --if-supported "$@" ;;
 esac
+
+# --- balancing (issue 3): pick() cost per algorithm, table build times ----------------------
+if [ "${BENCH_PICK:-1}" != 0 ]; then
+    pick_args=(--clock cpu)
+    for a in "$@"; do [ "$a" = --quick ] && pick_args+=(--picks 4000 --repeat 3); done
+    mkdir -p bench/out
+    echo "bench: pick() costs (bench/bench_pick.py ${pick_args[*]}) -> bench/out/pick-latest.txt" >&2
+    run_harness "$PY" bench/bench_pick.py "${pick_args[@]}" >bench/out/pick-latest.txt
+    cat bench/out/pick-latest.txt
+fi
