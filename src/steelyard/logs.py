@@ -106,6 +106,23 @@ def _millis(duration: float) -> str:
     return repr(round(ms, 3))
 
 
+class _JsonStrings(dict[Any, str]):
+    """str -> its JSON form (None -> null), for the values that repeat from line to line:
+    listener, client, method, backend, server. Bounded: cleared when it outgrows _JSON_MAX
+    (clients are many; each connection's lines still share the entry)."""
+
+    def __missing__(self, value: Any) -> str:
+        if len(self) >= _JSON_MAX:
+            self.clear()
+            self[None] = "null"
+        text = self[value] = encode_basestring_ascii(value)
+        return text
+
+
+_JSON_MAX = 4096
+_JSON = _JsonStrings({None: "null"})
+
+
 def format_json(rec: RequestRecord) -> str:
     """Exactly `json.dumps(record_fields(rec), separators=(",", ":"))`, without the dict and
     the encoder object: one f-string, strings escaped by json's C function."""
@@ -123,8 +140,7 @@ def format_json(rec: RequestRecord) -> str:
     ):
         return _dumps(rec)  # an int subclass (bool, IntEnum) renders differently: be exact
     enc = encode_basestring_ascii
-    backend = rec.backend
-    server = rec.server
+    js = _JSON
     method = rec.method
     ts = rec.time
     t = int(ts * 1000)  # _rfc3339(ts), inline
@@ -144,22 +160,19 @@ def format_json(rec: RequestRecord) -> str:
         dur = repr(round(ms, 3))
     if method is None:
         return (
-            f'{{"time":"{when}{millis}","listener":{enc(rec.listener)},'
-            f'"client":{enc(rec.client)},'
-            f'"backend":{"null" if backend is None else enc(backend)},'
-            f'"server":{"null" if server is None else enc(server)},'
+            f'{{"time":"{when}{millis}","listener":{js[rec.listener]},'
+            f'"client":{js[rec.client]},"backend":{js[rec.backend]},"server":{js[rec.server]},'
             f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
             f'"duration_ms":{dur},"retries":{retries}}}'
         )
     path = rec.path
     rid = rec.request_id
     return (
-        f'{{"time":"{when}{millis}","listener":{enc(rec.listener)},'
-        f'"client":{enc(rec.client)},'
-        f'"method":{enc(method)},"path":{"null" if path is None else enc(path)},'
+        f'{{"time":"{when}{millis}","listener":{js[rec.listener]},'
+        f'"client":{js[rec.client]},'
+        f'"method":{js[method]},"path":{"null" if path is None else enc(path)},'
         f'"status":{"null" if status is None else status},'
-        f'"backend":{"null" if backend is None else enc(backend)},'
-        f'"server":{"null" if server is None else enc(server)},'
+        f'"backend":{js[rec.backend]},"server":{js[rec.server]},'
         f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
         f'"duration_ms":{dur},"retries":{retries},'
         f'"request_id":{"null" if rid is None else enc(rid)}}}'

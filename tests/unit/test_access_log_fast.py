@@ -11,6 +11,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from steelyard import logs
 from steelyard.core.records import RequestRecord
 from steelyard.logs import AccessLog, _millis, access_log, format_json, record_fields
 
@@ -81,6 +82,16 @@ def test_millis_is_repr_of_round(duration: float) -> None:
 def test_millis_edges() -> None:
     for d in (0.0, -0.0, 1e-20, 5e-7, 1.5e-6, 2.5e-6, 0.001, 1.0, 1e12, 1e13, -1.5e-3, 1e300):
         assert _millis(d) == repr(round(d * 1000, 3)), d
+
+
+def test_repeated_strings_cache_stays_bounded_and_exact() -> None:
+    for n in range(logs._JSON_MAX + 50):
+        rec = make(n=n)
+        rec.client = f"10.0.{n % 251}.{n}:{n}"
+        rec.server = None if n % 3 else f's"{n % 7}'
+        assert format_json(rec) == json.dumps(record_fields(rec), separators=(",", ":"))
+    assert len(logs._JSON) <= logs._JSON_MAX
+    assert logs._JSON[None] == "null"
 
 
 def test_int_duration_renders_as_json_does() -> None:
