@@ -1,13 +1,17 @@
 """CPU per keep-alive request and per new connection through Steelyard's L4 listener, A/B.
 
     .venv/bin/python bench/l4_ab.py [--base-src DIR] [--tree NAME=DIR ...] [--rounds 8]
-        [--duration 2] [--modes keep-alive,close] [--targets steelyard,base,haproxy] [--strace]
+        [--duration 2] [--modes keep-alive,close] [--targets steelyard,base,haproxy,bare] [--strace]
 
 How this works: the nginx backends of the load benchmark (bench/benchlib.py) on core 0, and on
 core 1 a Steelyard `protocol: tcp` listener from this tree ("steelyard"), optionally the same
 from another source tree ("base": `--base-src` is put first on its PYTHONPATH, e.g. a
 `git archive <commit> src | tar -x -C DIR` of an older commit; `--tree NAME=DIR` adds more
-such targets, each named NAME), and HAProxy `mode tcp`. wrk
+such targets, each named NAME; a NAME ending in "-nolog" runs with `log: {access: off}`),
+HAProxy `mode tcp`, and "bare": the floor of the approach,
+a ~40-line uvloop Protocol relay (accept, create_connection, write what each side sends to
+the other, close when either side closes; no balancing, no timers, no records or access
+log; see `serve_bare`). wrk
 (core 0) drives each one in turn, round after round, so that all of them see the same noise;
 we report each run's balancer CPU (utime+stime from /proc) per request and the median and
 minimum per target. On a shared machine CPU per request is the figure to compare; req/s is
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -56,7 +61,69 @@ def strace_counts(path: Path, requests: int) -> list[tuple[str, float]]:
     return out
 
 
+def serve_bare(port: int, backends: list[int]) -> None:
+    """The bare relay target (run as `l4_ab.py --serve-bare PORT BACKEND...`)."""
+    import asyncio
+    import itertools
+
+    import uvloop
+
+    servers = itertools.cycle(backends)
+
+    class Up(asyncio.Protocol):
+        def __init__(self, down: Down) -> None:
+            self.down = down
+
+        def data_received(self, data: bytes) -> None:
+            self.down.transport.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.down.transport.is_closing():
+                self.down.transport.close()
+
+    class Down(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.up: Any = None
+            self.early: list[bytes] = []
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                up, _ = await loop.create_connection(lambda: Up(self), "127.0.0.1", next(servers))
+            except OSError:
+                self.transport.close()
+                return
+            if self.transport.is_closing():
+                up.close()
+                return
+            self.up = up
+            for data in self.early:
+                up.write(data)
+
+        def data_received(self, data: bytes) -> None:
+            if self.up is None:
+                self.early.append(data)
+            else:
+                self.up.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.up is not None and not self.up.is_closing():
+                self.up.close()
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_server(Down, "127.0.0.1", port, backlog=1024)
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())
+
+
 def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-bare":
+        serve_bare(int(sys.argv[2]), [int(p) for p in sys.argv[3:]])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-src", type=Path, help="another tree's src/ for the 'base' target")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
@@ -87,11 +154,17 @@ def main() -> int:
         targets = {}
         for name in names:
             port = free_port()
-            if name == "haproxy":
+            if name == "bare":
+                argv = [sys.executable, __file__, "--serve-bare", str(port), *map(str, ports)]
+                proc = sup.start(name, argv, LB_CPU)
+            elif name == "haproxy":
                 cfg = haproxy_tcp_conf(workdir, port, free_port(), ports, ports[0])
                 proc = sup.start(name, ["haproxy", "-db", "-f", str(cfg)], LB_CPU)
             else:
                 cfg = steelyard_tcp_conf(workdir, port, free_port(), ports, ports[0], name)
+                if name.endswith("-nolog"):  # what the access log costs (HAProxy logs nothing)
+                    text = cfg.read_text().replace("access: /dev/null", "access: off")
+                    cfg.write_text(text)
                 env = {}
                 if name in trees:
                     env["PYTHONPATH"] = str(trees[name].resolve())
