@@ -278,6 +278,10 @@ class ResponseHead:
         )
 
 
+_NO_REQUEST = RequestHead()  # a RequestParser's head before its first message: one object fewer
+# per connection (partial_head makes a real one if it is asked before that)
+
+
 class RequestSink(Protocol):
     def on_request_head(self, head: RequestHead) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...
@@ -341,7 +345,7 @@ class RequestParser:
         self._sink = sink
         self._limits = limits
         self._p = httptools.HttpRequestParser(self)
-        self._head = RequestHead()
+        self._head = _NO_REQUEST  # replaced at each message's beginning (never mutated)
         self._url = b""
         self._fields: Headers = []  # as parsed: the head's fields, then the trailer's
         self._raw = 0  # bytes fed since the read in which the current message began
@@ -363,6 +367,8 @@ class RequestParser:
     def partial_head(self) -> RequestHead:
         """What is known of the head being parsed (for the request id of an error reply)."""
         head = self._head
+        if head is _NO_REQUEST:  # nothing parsed yet on this connection
+            head = self._head = RequestHead()
         if head.request_id is None and self._in_head:
             for name, value in self._fields:
                 if len(name) == 12 and name.lower() == b"x-request-id":
