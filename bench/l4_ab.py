@@ -7,7 +7,8 @@ How this works: the nginx backends of the load benchmark (bench/benchlib.py) on 
 core 1 a Steelyard `protocol: tcp` listener from this tree ("steelyard"), optionally the same
 from another source tree ("base": `--base-src` is put first on its PYTHONPATH, e.g. a
 `git archive <commit> src | tar -x -C DIR` of an older commit; `--tree NAME=DIR` adds more
-such targets, each named NAME; a NAME ending in "-nolog" runs with `log: {access: off}`),
+such targets, each named NAME; like tcp_bench.py they run without an access log, and a NAME
+ending in "-log" writes one to /dev/null, to show what it costs),
 HAProxy `mode tcp`, and "bare": the floor of the approach,
 a ~40-line uvloop Protocol relay (accept, create_connection, write what each side sends to
 the other, close when either side closes; no balancing, no timers, no records or access
@@ -162,8 +163,8 @@ def main() -> int:
                 proc = sup.start(name, ["haproxy", "-db", "-f", str(cfg)], LB_CPU)
             else:
                 cfg = steelyard_tcp_conf(workdir, port, free_port(), ports, ports[0], name)
-                if name.endswith("-nolog"):  # what the access log costs (HAProxy logs nothing)
-                    text = cfg.read_text().replace("access: /dev/null", "access: off")
+                if name.endswith("-log"):  # what the access log costs (HAProxy logs nothing)
+                    text = cfg.read_text().replace("access: off", "access: /dev/null")
                     cfg.write_text(text)
                 env = {}
                 if name in trees:
