@@ -325,6 +325,26 @@ def test_slow_start_share_grows_and_rebuilds_on_tick() -> None:
     assert not b.ramping
 
 
+def test_round_robin_keeps_its_exact_cycle_while_a_server_ramps() -> None:
+    # ramp weights are multiples of 1/32 of a weight, so round robin runs on integer units
+    # (no float scan) and replays its cycle: over each full cycle every server gets exactly
+    # its ramped share
+    from steelyard.core.balancing import SmoothWeightedRoundRobin
+
+    clock = FakeClock()
+    b = make(("a", "b", "c"), clock=clock, slow_start=10.0)
+    b.disable("a")
+    b.enable("a")
+    clock.advance(3.0)  # 10% + 90% x 0.3 = 37% -> 12/32 = 3/8
+    b.tick()
+    rr = b.balancer
+    assert isinstance(rr, SmoothWeightedRoundRobin) and rr.groups is not None
+    assert rr.groups.units == [3, 8, 8] and rr.cycle_len == 19
+    for _ in range(3):
+        assert picks(b, 19) == {"a": 3, "b": 8, "c": 8}
+    assert "replaying cycle of 19" in repr(rr)
+
+
 def test_servers_present_at_start_take_full_weight_at_once() -> None:
     b = make(("a", "b"), slow_start=30.0)
     assert all(s.ramp_start is None for s in b.servers.values())
