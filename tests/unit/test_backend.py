@@ -345,6 +345,29 @@ def test_round_robin_keeps_its_exact_cycle_while_a_server_ramps() -> None:
     assert "replaying cycle of 19" in repr(rr)
 
 
+def test_slow_start_rebuilds_only_when_a_ramp_moves_a_step() -> None:
+    # a 320 s ramp moves one step (1/32 of the weight) about every 11 s: ticking every second
+    # rebuilds the snapshot only then, and once more when the ramp ends
+    clock = FakeClock()
+    b = make(("a", "b"), clock=clock, slow_start=320.0)
+    b.disable("a")
+    b.enable("a")
+    seen = [b.balancer]
+    weights = set()
+    for _ in range(60):
+        clock.advance(1.0)
+        b.tick()
+        if b.balancer is not seen[-1]:
+            seen.append(b.balancer)
+        weights.add(b.effective_weight(b.get("a"), clock()))
+    assert len(weights) == 6  # steps 4/32 .. 9/32 in the first minute
+    assert 5 <= len(seen) <= 7  # not 60
+    clock.advance(320.0)
+    b.tick()
+    assert b.balancer is not seen[-1] and not b.ramping
+    assert picks(b, 100) == {"a": 50, "b": 50}
+
+
 def test_servers_present_at_start_take_full_weight_at_once() -> None:
     b = make(("a", "b"), slow_start=30.0)
     assert all(s.ramp_start is None for s in b.servers.values())

@@ -167,6 +167,10 @@ class Backend:
         self.panic = False
         self.ramping = False
         self.last_ramp_build = 0.0
+        # the ramping servers' effective weights at the last ramp rebuild: a tick rebuilds only
+        # when one of them moved to another step (rebuilding every second with the same
+        # weights would throw away round robin's recorded cycle and re-hash rings for nothing)
+        self.ramp_levels: dict[str, float] = {}
         self.waiters: deque[Waiter] = deque()
         self.queued = 0  # live waiters
         self.successor: Backend | None = None  # set on reload: leases release there
@@ -680,7 +684,14 @@ class Backend:
             elif self._drain_expired(state, now):
                 timed_out.append(state)
         if self.ramping and now - self.last_ramp_build >= RAMP_REBUILD_INTERVAL:
-            dirty = True
+            levels = {
+                state.name: self.effective_weight(state, now)
+                for state in self.servers.values()
+                if state.ramp_start is not None
+            }
+            if levels != self.ramp_levels:
+                self.ramp_levels = levels
+                dirty = True
         if dirty:
             self.mark_dirty()
         return timed_out
