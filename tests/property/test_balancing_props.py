@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import math
 import random
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -106,15 +107,23 @@ def test_round_robin_counts_over_k_cycles_are_exact(weights: list[int], k: int) 
 @given(weights=st.lists(float_weight, min_size=1, max_size=6))
 def test_round_robin_float_weights_follow_the_textbook_sequence(weights: list[float]) -> None:
     b = SmoothWeightedRoundRobin(make([f"s{i}" for i in range(len(weights))]), weights)
-    current = [0.0] * len(weights)
+    for _, best in zip(range(50), textbook_swrr(weights), strict=False):
+        s = b.pick(PickContext())
+        assert s is not None and s.name == f"s{best}"
+
+
+def textbook_swrr(weights: list[float], current: list[float] | None = None) -> Iterator[int]:
+    """nginx's smooth weighted round robin as written, in floats: the index picked at each
+    step (``current``, if given, is the list of current weights it updates in place; zip
+    the range first, so that no step is taken past the last one used)."""
+    current = [0.0] * len(weights) if current is None else current
     total = sum(weights)
-    for _ in range(50):
+    while True:
         for i, w in enumerate(weights):
             current[i] += w
         best = max(range(len(weights)), key=lambda i: (current[i], -i))
         current[best] -= total
-        s = b.pick(PickContext())
-        assert s is not None and s.name == f"s{best}"
+        yield best
 
 
 @FAST
@@ -134,16 +143,11 @@ def test_round_robin_ramp_weights_follow_the_textbook_sequence(
     b = SmoothWeightedRoundRobin(make([f"s{i}" for i in range(len(weights))]), weights)
     assert b.groups is not None
     current = [0.0] * len(weights)
-    total = sum(weights)
-    for _ in range(picks):
-        for i, w in enumerate(weights):
-            current[i] += w
-        best = max(range(len(weights)), key=lambda i: (current[i], -i))
-        current[best] -= total
+    for _, best in zip(range(picks), textbook_swrr(weights, current), strict=False):
         s = b.pick(PickContext())
         assert s is not None and s.name == f"s{best}"
     if b.cycle is None or len(b.cycle) < b.cycle_len:  # still stepping: same state as the scan
-        ratio = total / sum(b.groups.units)
+        ratio = sum(weights) / sum(b.groups.units)
         assert [c * ratio for c in b._currents()] == pytest.approx(current, abs=1e-9)
 
 
