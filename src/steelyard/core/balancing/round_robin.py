@@ -28,7 +28,7 @@ from operator import add
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 
-MAX_CYCLE = 1 << 16  # longest recorded cycle (entries); longer ones keep scanning
+MAX_CYCLE = 1 << 16  # longest recorded cycle (entries); longer ones keep stepping
 _SKIP_LIMIT = 8  # turns of excluded servers skipped before peeking instead
 _SCALES = (1, 2, 4, 8, 16, 32, 64)
 
