@@ -44,6 +44,12 @@ class Health(enum.Enum):
     UNHEALTHY = "unhealthy"
 
 
+# hot-path aliases: on 3.11 reading an Enum member off its class goes through the metaclass's
+# slow attribute hook (~70 ns against ~7 for a global); eligible() runs on every acquire
+_ENABLED = AdminState.ENABLED
+_HEALTHY = Health.HEALTHY
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     time: float  # wall-clock (time.time()) of the check
@@ -99,8 +105,8 @@ class ServerState:
     def eligible(self, now: float) -> bool:
         """May take new traffic (ignoring weight and connection caps)."""
         return (
-            self.admin is AdminState.ENABLED
-            and self.health is Health.HEALTHY
+            self.admin is _ENABLED
+            and self.health is _HEALTHY
             and not self.removed
             and self.ejected_until <= now
         )
