@@ -582,6 +582,35 @@ async def test_least_connections_counts_open_connections(tagged: Any) -> None:
         await engine.shutdown(1)
 
 
+async def test_least_response_time_samples_the_connect_time_not_the_lifetime(
+    tagged: Any,
+) -> None:
+    # a TCP connection lives as long as its client likes; the server's latency sample is the
+    # time to connect to it (nginx's least_time connect), taken when the relay starts
+    p0, _ = await tagged(b"s0")
+    backends = backend_block("b", [p0]).replace("round_robin", "least_response_time")
+    engine = await start_engine(config(tcp_listener(), backends))
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await read_until(reader, b"\n") == b"s0\n"
+        state = engine.backends["b"].servers["s0"]
+        assert state.ewma.samples == 1  # sampled on connect, while the connection is open
+        connect_time = state.ewma.value
+        assert 0 < connect_time < 0.5
+        await asyncio.sleep(0.6)  # a connection that lives far longer than its connect
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if state.active == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert state.active == 0 and state.requests_total == 1
+        assert state.ewma.samples == 1 and state.ewma.value == connect_time  # no second one
+    finally:
+        await engine.shutdown(1)
+
+
 async def test_shutdown_lets_connections_finish_then_cuts(tagged: Any) -> None:
     port, _ = await tagged(b"")
     engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))

@@ -863,3 +863,28 @@ def test_reload_adding_checks_keeps_serving_until_the_threshold_says_otherwise()
     assert "a" in picks(new, 10)
     assert new.observe_check("a", False, "status 503", 0.0) is True
     assert events_of(bus, "health")[-1].state == "unhealthy"
+
+
+def test_observe_latency_samples_once_before_the_release() -> None:
+    # L4 takes the connect time as the sample (observe_latency); the release adds none, a
+    # released lease is not sampled, and an observation is fed to the balancer's hook
+    clock = FakeClock(10.0)
+    b = make(("a",), clock=clock, algorithm="least_response_time")
+    seen: list[str] = []
+    hook = b.on_release
+    assert hook is not None
+    b.on_release = lambda s: (seen.append(s.name), hook(s))[-1]
+    lease = b.acquire(CTX)
+    assert lease is not None
+    clock.advance(0.004)
+    b.observe_latency(lease)
+    state = lease.server
+    assert state.ewma.samples == 1 and state.ewma.value == pytest.approx(0.004)
+    assert seen == ["a"] and state.active == 1
+    b.observe_latency(lease)  # once only
+    clock.advance(30.0)
+    lease.release(Outcome.OK)
+    assert state.ewma.samples == 1 and state.ewma.value == pytest.approx(0.004)
+    assert state.active == 0
+    b.observe_latency(lease)  # released: nothing
+    assert state.ewma.samples == 1

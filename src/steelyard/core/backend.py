@@ -428,7 +428,8 @@ class Backend:
         now = self.clock()
         detector = state.ext.get("outlier")
         if outcome is _OK:
-            state.ewma.observe(now - lease.started, now)
+            if not lease.observed:
+                state.ewma.observe(now - lease.started, now)
             # the hot path: a detector with nothing to forget needs no call
             if isinstance(detector, OutlierDetector) and (detector.failures or detector.ejections):
                 detector.record(outcome, now)
@@ -449,6 +450,23 @@ class Backend:
             self.on_release(state)
         if self.waiters:
             self._serve_waiters()
+
+    def observe_latency(self, lease: Lease) -> None:
+        """Take the lease's latency sample now rather than at its release: for a TCP
+        connection, the time to connect to the server (nginx's ``least_time connect``). The
+        connection then stays open as long as the client likes, which says nothing about the
+        server; the release records no second sample."""
+        if self.successor is not None:
+            self.successor.observe_latency(lease)
+            return
+        if lease.released or lease.observed:
+            return
+        now = self.clock()
+        state = lease.server
+        state.ewma.observe(now - lease.started, now)
+        lease.observed = True
+        if self.on_release is not None:
+            self.on_release(state)  # least_response_time re-keys the server on its new sample
 
     def _may_eject(self, state: ServerState, now: float) -> bool:
         """max_ejection_percent: ejecting this server must keep the ejected share at or

@@ -70,13 +70,14 @@ class LeaseOwner(Protocol):
 class Lease:
     """One use of one server. Release exactly once; later calls are ignored."""
 
-    __slots__ = ("server", "owner", "started", "released")
+    __slots__ = ("server", "owner", "started", "released", "observed")
 
     def __init__(self, server: ServerState, owner: LeaseOwner, started: float) -> None:
         self.server = server
         self.owner = owner
         self.started = started
         self.released = False
+        self.observed = False  # a latency sample was taken before the release (L4 connect)
 
     def release(self, outcome: Outcome) -> None:
         if self.released:

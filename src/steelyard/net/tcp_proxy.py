@@ -56,6 +56,7 @@ import struct
 import time
 from typing import Any
 
+from steelyard.core.backend import Backend
 from steelyard.core.balancing import HASHING
 from steelyard.core.balancing.base import PickContext
 from steelyard.core.load import Lease, Outcome
@@ -780,6 +781,9 @@ class TcpConnection(asyncio.Protocol):
 
     def _start_relay(self, lease: Lease, transport: Any, upstream: Any) -> None:
         self.lease = lease
+        owner = lease.owner
+        if isinstance(owner, Backend):
+            owner.observe_latency(lease)  # the connect time is the server's latency sample
         self.upstream = upstream
         self.up_transport = transport
         self.up_lost = False
