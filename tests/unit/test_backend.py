@@ -888,3 +888,25 @@ def test_observe_latency_samples_once_before_the_release() -> None:
     assert state.active == 0
     b.observe_latency(lease)  # released: nothing
     assert state.ewma.samples == 1
+
+
+def test_acquire_server_is_an_acquire_the_balancer_hears_of() -> None:
+    # sticky sessions lease a named server; bounded loads count it in their in-flight total
+    b = Backend(
+        "api",
+        servers("a", "b"),
+        BalancerSettings(algorithm="consistent_hash", hash_balance_factor=125),
+        clock=FakeClock(),
+        rng=random.Random(1),
+        max_connections_per_server=1,
+    )
+    total = lambda: b.balancer.total  # noqa: E731
+    assert total() == 0
+    lease = b.acquire_server("a")
+    assert lease is not None and lease.server.active == 1 and total() == 1
+    assert b.acquire_server("a") is None  # at its cap
+    assert b.acquire_server("zz") is None
+    b.drain("b")
+    assert b.acquire_server("b") is None  # not eligible
+    lease.release(Outcome.OK)
+    assert total() == 0

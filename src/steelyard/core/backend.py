@@ -534,6 +534,22 @@ class Backend:
             self.on_acquire(state)
         return Lease(state, self, now)
 
+    def acquire_server(self, name: str) -> Lease | None:
+        """A lease on the named server (sticky sessions), if it may take a request now: the
+        same checks as a pick (eligible, or usable in panic; under its cap), and the balancer
+        hears of it like any acquire."""
+        state = self.servers.get(name)
+        if state is None:
+            return None
+        now = self.clock()
+        if not self._usable(state, now, self.max_connections_per_server):
+            return None
+        state.active += 1
+        state.requests_total += 1
+        if self.on_acquire is not None:
+            self.on_acquire(state)
+        return Lease(state, self, now)
+
     def saturated(self, ctx: PickContext) -> bool:
         """True when some server could take the request but every one is at its cap."""
         cap = self.max_connections_per_server

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from steelyard.core.balancing.base import AdminState, ServerState
 from steelyard.core.http1.parser import Headers, RequestHead
 from steelyard.core.load import Lease
 from steelyard.core.routing import parse_cookies
@@ -74,26 +73,10 @@ def cookie_server(sticky: StickyCookies, backend: Any, head: RequestHead) -> str
     return sticky.server_for(value.decode("latin-1"), backend.servers)
 
 
-def _may_take(backend: Any, state: ServerState, now: float) -> bool:
-    cap = backend.max_connections_per_server
-    if (cap and state.active >= cap) or state.weight <= 0:
-        return False
-    if state.eligible(now):
-        return True
-    return bool(backend.panic) and state.admin is AdminState.ENABLED and not state.removed
-
-
 def sticky_lease(backend: Any, name: str) -> Lease | None:
     """A lease on the named server if it may take this request now, else None."""
-    state = backend.servers.get(name)
-    if state is None:
-        return None
-    now = backend.clock()
-    if not _may_take(backend, state, now):
-        return None
-    state.active += 1
-    state.requests_total += 1
-    return Lease(state, backend, now)
+    lease: Lease | None = backend.acquire_server(name)
+    return lease
 
 
 def add_set_cookie(headers: Headers, sticky: StickyCookies, server: str, secure: bool) -> Headers:
