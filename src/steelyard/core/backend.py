@@ -528,6 +528,9 @@ class Backend:
                     break
             else:
                 return None
+        return self._grant(state, now)
+
+    def _grant(self, state: ServerState, now: float) -> Lease:
         state.active += 1
         state.requests_total += 1
         if self.on_acquire is not None:
@@ -544,11 +547,7 @@ class Backend:
         now = self.clock()
         if not self._usable(state, now, self.max_connections_per_server):
             return None
-        state.active += 1
-        state.requests_total += 1
-        if self.on_acquire is not None:
-            self.on_acquire(state)
-        return Lease(state, self, now)
+        return self._grant(state, now)
 
     def saturated(self, ctx: PickContext) -> bool:
         """True when some server could take the request but every one is at its cap."""
