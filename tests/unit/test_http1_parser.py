@@ -443,3 +443,42 @@ def test_field_names_any_case_twice(round_: int) -> None:
     assert isinstance(head, ResponseHead)
     assert head.content_length == 1 and not head.keep_alive and not parser.reusable
     assert head.headers == [(b"X-A", b"1")]
+
+
+# the version without get_http_version() (parser._version): every version llhttp accepts, with
+# and without the fields that set llhttp's keep-alive flags
+VERSION_FIELDS = [b"", b"Connection: keep-alive\r\n", b"Proxy-Connection: keep-alive\r\n"]
+
+
+@pytest.mark.parametrize("extra", VERSION_FIELDS)
+@pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"2.0", b"1.2", b"3.0"])
+def test_request_versions(version: bytes, extra: bytes) -> None:
+    data = b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + extra + b"\r\n"
+    if version not in (b"1.0", b"1.1"):
+        with pytest.raises(ProtocolError) as err:
+            feed_request([data])
+        assert err.value.status == 400
+        return
+    head = feed_request([data]).events[0][1]
+    assert isinstance(head, RequestHead)
+    assert head.version == version.decode()
+    assert head.keep_alive == (version == b"1.1" or extra.startswith(b"Connection"))
+    assert head.headers == [(b"Host", b"a")]  # Connection and Proxy-Connection are hop-by-hop
+
+
+@pytest.mark.parametrize("extra", VERSION_FIELDS)
+@pytest.mark.parametrize("framing", [b"Content-Length: 0\r\n", b""])
+@pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"2.0", b"1.2"])
+def test_response_versions(version: bytes, framing: bytes, extra: bytes) -> None:
+    data = b"HTTP/" + version + b" 200 OK\r\n" + framing + extra + b"\r\n"
+    if version not in (b"1.0", b"1.1"):
+        with pytest.raises(ProtocolError) as err:
+            feed_response([data])
+        assert err.value.status == 502
+        return
+    sink, _ = feed_response([data])
+    head = sink.events[0][1]
+    assert isinstance(head, ResponseHead)
+    assert head.version == version.decode()
+    framed = bool(framing)
+    assert head.keep_alive == (framed and (version == b"1.1" or extra.startswith(b"Connection")))

@@ -64,6 +64,7 @@ _XF_DROP = 7  # X-Forwarded-Proto / -Host: we set our own
 _XRID = 8
 _EXPECT = 9
 _UPGRADE = 10
+_PROXY_CONN = 11  # dropped, like _HOP; noted because llhttp reads it as Connection (see _version)
 
 _REQUEST_FIELDS: dict[bytes, int] = {
     b"host": _HOST,
@@ -71,7 +72,7 @@ _REQUEST_FIELDS: dict[bytes, int] = {
     b"transfer-encoding": _TE,
     b"connection": _CONNECTION,
     b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
+    b"proxy-connection": _PROXY_CONN,
     b"te": _HOP,
     b"trailer": _HOP,
     b"upgrade": _UPGRADE,
@@ -87,7 +88,7 @@ _RESPONSE_FIELDS: dict[bytes, int] = {
     b"transfer-encoding": _TE,
     b"connection": _CONNECTION,
     b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
+    b"proxy-connection": _PROXY_CONN,
     b"te": _HOP,
     b"trailer": _HOP,
     b"upgrade": _UPGRADE,
@@ -163,6 +164,21 @@ def _simple_connection(values: list[bytes]) -> frozenset[bytes] | None:
     if len(values) == 1:
         return _SIMPLE_TOKENS.get(values[0].rstrip(b" \t").lower())
     return None
+
+
+def _version(p: Any, connection_fields: bool) -> str:
+    """The message's HTTP version, as httptools spells it ("1.1").
+
+    `get_http_version()` is a `'{}.{}'.format(...)` (~2.3k instructions). llhttp accepts only
+    HTTP/0.9, 1.0, 1.1 and 2.0 (anything else is a parse error), and of those only 1.1 keeps a
+    connection alive by default: so when the message has no Connection or Proxy-Connection
+    field (llhttp sets its keep-alive/close flags from both), `should_keep_alive()` is True
+    exactly for 1.1, at headers-complete. When it is False (or those fields are present), ask.
+    tests/unit/test_http1_parser.py pins this for every version llhttp accepts."""
+    if not connection_fields and p.should_keep_alive():
+        return "1.1"
+    version: str = p.get_http_version()
+    return version
 
 
 def _head_size(fields: Headers) -> int:
@@ -438,6 +454,7 @@ class RequestParser:
         hosts = 0
         te: bytes | None = None
         conn: list[bytes] | None = None
+        pconn = False
         xff: list[bytes] | None = None
         raw = _REQUEST_RAW
         for field in fields:
@@ -472,8 +489,10 @@ class RequestParser:
                     head.expect_continue = True
             elif kind == _UPGRADE:
                 head.upgrade = value.rstrip(b" \t")
-            # _HOP, _XF_DROP: dropped
-        head.version = version = p.get_http_version()
+            elif kind == _PROXY_CONN:
+                pconn = True
+            # _HOP, _XF_DROP, _PROXY_CONN: dropped
+        head.version = version = _version(p, pconn or conn is not None)
         if version != "1.1" and version != "1.0":
             raise ProtocolError(400, f"unsupported HTTP version {version}")
         head.method = method = p.get_method()
@@ -716,6 +735,7 @@ class ResponseParser:
         headers: Headers = []
         te: bytes | None = None
         conn: list[bytes] | None = None
+        pconn = False
         raw = _RESPONSE_RAW
         for field in fields:
             name, value = field
@@ -735,8 +755,10 @@ class ResponseParser:
                     conn.append(value)
             elif kind == _UPGRADE:
                 head.upgrade = value.rstrip(b" \t")
+            elif kind == _PROXY_CONN:
+                pconn = True
         head.status = status = p.get_status_code()
-        head.version = version = p.get_http_version()
+        head.version = version = _version(p, pconn or conn is not None)
         head.reason = self._reason
         if version != "1.1" and version != "1.0":
             self.reusable = False
