@@ -459,8 +459,9 @@ class RequestParser:
         raw = _REQUEST_RAW
         for field in fields:
             name, value = field
-            kind = raw.get(name)
-            if kind is None:
+            try:
+                kind = raw[name]  # (a plain subscript is cheaper than .get(); misses are rare)
+            except KeyError:
                 kind = _learn(raw, _REQUEST_FIELDS, name)
             if not kind:
                 headers.append(field)
@@ -739,8 +740,9 @@ class ResponseParser:
         raw = _RESPONSE_RAW
         for field in fields:
             name, value = field
-            kind = raw.get(name)
-            if kind is None:
+            try:
+                kind = raw[name]
+            except KeyError:
                 kind = _learn(raw, _RESPONSE_FIELDS, name)
             if not kind:
                 headers.append(field)
