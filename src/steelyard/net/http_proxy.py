@@ -175,6 +175,8 @@ class HttpListener:
         self.loop: asyncio.AbstractEventLoop = engine.loop
         self.connections: set[DownstreamConnection] = set()
         self.request_ids = RequestIdGenerator(engine.rng)
+        # its bound __call__: calling the instance would look __call__ up per request
+        self.next_request_id = self.request_ids.__call__
         self.hash_keys = HashKeys()
         self.shutting_down = False
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -788,7 +790,7 @@ class Exchange(RequestRecord):
         settings = down.settings
         rid = head.request_id
         if rid is None or not valid_request_id(rid):
-            rid = listener.request_ids()
+            rid = listener.next_request_id()
         self.rid = rid
         if settings.redirect_https:
             sockname = down.transport.get_extra_info("sockname")
