@@ -17,7 +17,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy src/steelyard/core
+	$(BIN)/mypy src/steelyard
 
 test: $(STAMP) lint browsers
 	$(BIN)/pytest -n 2 -q

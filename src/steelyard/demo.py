@@ -7,6 +7,7 @@ body), so a few `curl`s show the balancing at work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from typing import Any
 
@@ -79,7 +80,9 @@ async def start_demo_servers(names: list[str]) -> list[tuple[str, Any, int]]:
     loop = asyncio.get_running_loop()
     result = []
     for name in names:
-        server = await loop.create_server(lambda n=name: DemoServerProtocol(n), "127.0.0.1", 0)
+        server = await loop.create_server(
+            functools.partial(DemoServerProtocol, name), "127.0.0.1", 0
+        )
         port = server.sockets[0].getsockname()[1]
         result.append((name, server, port))
     return result

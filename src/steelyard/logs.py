@@ -60,7 +60,8 @@ def _rfc3339(ts: float) -> str:
     if _second_cache[0] != second:
         _second_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = second
-    return _second_cache[1] + _MILLIS[millis]
+    date: str = _second_cache[1]
+    return date + _MILLIS[millis]
 
 
 def record_fields(rec: RequestRecord) -> dict[str, Any]:

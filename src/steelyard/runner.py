@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("steelyard")
@@ -30,7 +30,7 @@ def print_problems(exc: Any) -> None:
         print(str(problem), file=sys.stderr)
 
 
-def run_loop(main: Callable[[], Awaitable[int]]) -> int:
+def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency

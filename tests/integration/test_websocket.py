@@ -208,10 +208,56 @@ async def test_shutdown_closes_tunnels_with_1001_after_shutdown_timeout() -> Non
         await ws.send("still served during shutdown_timeout")
         assert await ws.recv() == "still served during shutdown_timeout"
         assert await closed_code(ws) == 1001
-        assert loop.time() - started >= 0.5  # kept until shutdown_timeout
+        # the close frames go min(2s, timeout/2) before the deadline: the peers answer in time
+        assert loop.time() - started >= 0.25
         await asyncio.wait_for(shutdown, 10)
+        assert loop.time() - started < 0.5 + 0.3  # the shutdown itself kept its deadline
         await until(lambda: w1.close_codes)
         assert w1.close_codes == [1001]
+
+
+async def test_shutdown_keeps_its_deadline_when_the_peers_never_answer_the_close() -> None:
+    """A client and a server that take the 1001 and never reply (nor close): the process still
+    stops at shutdown_timeout, not a close-reply grace later."""
+    upstream_got = bytearray()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        )
+        while data := await reader.read(65536):
+            upstream_got.extend(data)  # never answered
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = WsServer("w1", port=port)
+    async with server, steelyard(ws_config([upstream])) as sy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sy.port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        shutdown = asyncio.create_task(sy.engine.shutdown(1.0))
+        close = await asyncio.wait_for(reader.readexactly(14), 5)
+        assert close == b"\x88\x0c\x03\xe9going away"
+        sent_at = loop.time() - started
+        assert 0.4 <= sent_at < 0.9  # min(2s, 1.0/2) before the deadline
+        await asyncio.wait_for(shutdown, 10)
+        elapsed = loop.time() - started
+        assert 1.0 - 0.1 <= elapsed < 1.0 + 0.4  # was 1.0 + 2s of close grace before
+        try:  # and the client was let go (FIN or, at the deadline, a reset)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        # the server got its (masked) close frame too: 6 bytes of header and mask + 12
+        assert len(upstream_got) == 18 and upstream_got[:2] == b"\x88\x8c"
+        writer.close()
 
 
 async def test_tunnel_idle_timeout_closes_with_1001() -> None:

@@ -234,31 +234,30 @@ class HttpListener:
                 conn.close()
 
     async def wait_closed(self, timeout: float) -> None:
-        """Until every connection ended; after `timeout` the rest are aborted."""
+        """Until every connection ended, and never past `timeout`: WebSocket tunnels, which
+        would not end by themselves, get a close frame (1001) to both sides `grace` seconds
+        before the deadline so their peers can answer it; at the deadline the rest is cut."""
         if not self.connections:
             return
         waiter = self._closed_waiter
         if waiter is None or waiter.done():
             waiter = self._closed_waiter = self.loop.create_future()
+        grace = min(GRACE, timeout / 2)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout - grace)
+            return
         except TimeoutError:
-            # tunnels get a close frame (1001) to both sides, the rest are cut
-            tunnels = 0
+            pass
+        for conn in list(self.connections):
+            tunnel = conn.tunnel
+            if tunnel is not None:
+                tunnel.go_away(grace)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), grace)
+        except TimeoutError:
             for conn in list(self.connections):
-                tunnel = conn.tunnel
-                if tunnel is not None:
-                    tunnel.go_away()
-                    tunnels += 1
-                else:
-                    conn.abort()
-            if tunnels:
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), GRACE + 0.5)
-                except TimeoutError:
-                    for conn in list(self.connections):
-                        conn.abort()
-            await asyncio.sleep(0)
+                conn.abort()
+        await asyncio.sleep(0)
 
     def connection_closed(self, conn: DownstreamConnection) -> None:
         self.connections.discard(conn)
@@ -1521,13 +1520,14 @@ class Exchange(RequestRecord):
         if not self.down.closed:
             self.down.write(data)
 
-    def go_away(self) -> None:
-        """End the tunnel now: a WebSocket one with a 1001 close frame to both sides
-        (net/http_tunnel.py), any other by closing both connections."""
+    def go_away(self, grace: float = GRACE) -> None:
+        """End the tunnel now: a WebSocket one with a 1001 close frame to both sides, which
+        have `grace` seconds to answer it (net/http_tunnel.py), any other by closing both
+        connections."""
         if self.done:
             return
         if self.ws is not None:
-            self.ws.go_away()
+            self.ws.go_away(grace)
         else:
             self.end_tunnel()
 

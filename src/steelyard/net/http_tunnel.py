@@ -13,7 +13,9 @@ away" (RFC 6455 §7.4.1), between two frames:
         watched for the peer's own close frame (its reply, §5.5.1) or its EOF.
     CLOSING --both replies seen, or GRACE seconds--> the tunnel ends: both connections are
         closed after their buffers drain (a side still inside a frame when GRACE runs out
-        is cut: that is the only case without a close frame).
+        is cut: that is the only case without a close frame). On SIGTERM the close frames
+        go out min(GRACE, shutdown_timeout/2) before the deadline and that is the grace,
+        so the process still exits on time.
 
 Other upgrades (no frames we know) end by closing both connections at once.
 """
@@ -103,8 +105,9 @@ class WebSocketTunnel:
 
     # -- closing -----------------------------------------------------------------------------
 
-    def go_away(self) -> None:
-        """Send 1001 to both sides (each at its next frame boundary), then end the tunnel."""
+    def go_away(self, grace: float = GRACE) -> None:
+        """Send 1001 to both sides (each at its next frame boundary), then end the tunnel
+        when both replied or after `grace` seconds."""
         if self.closing:
             return
         self.closing = True
@@ -121,7 +124,7 @@ class WebSocketTunnel:
                 else:
                     way.sent = True
             way.replied = closed
-        self.timer = ex.loop.call_later(GRACE, self._grace_over)
+        self.timer = ex.loop.call_later(grace, self._grace_over)
         self._check_done()
 
     def _watch(self, tracker: FrameTracker, data: bytes) -> None:
