@@ -90,17 +90,15 @@ def pick_cost(
     now = [0.0]
     # a C-level call, as the engine's clock (time.monotonic) is, not a Python lambda
     extra: dict[str, object] = {"clock": functools.partial(operator.getitem, now, 0)}
-    b = ALGORITHMS[name](
-        servers,
-        w,
-        BalancerSettings(algorithm=name, extra=extra, **settings),  # type: ignore[arg-type]
-        rng,
-    )
+    # as the backend builds it: with the ramping flag while servers are in slow start
+    ramping = weights in ("ramping", "all ramping")
+    config = BalancerSettings(algorithm=name, extra=extra, ramping=ramping, **settings)  # type: ignore[arg-type]
+    b = ALGORITHMS[name](servers, w, config, rng)
     contexts = [PickContext(hash_key=rng.getrandbits(32).to_bytes(4, "big")) for _ in range(picks)]
     if first_cycle:  # a freshly built balancer each run: round robin before its cycle is recorded
         best = float("inf")
         for _ in range(repeat):
-            fresh = ALGORITHMS[name](servers, w, BalancerSettings(algorithm=name), rng)
+            fresh = ALGORITHMS[name](servers, w, config, rng)
             first = contexts[: min(picks, getattr(fresh, "cycle_len", 0) or picks)]
             t0 = CLOCK()
             for ctx in first:

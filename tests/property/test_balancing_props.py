@@ -30,6 +30,7 @@ from steelyard.core.balancing import (
     WeightedRandom,
 )
 from steelyard.core.balancing.least_load import in_flight_factor
+from steelyard.core.balancing.round_robin import GROUPS_LIMIT, _Groups, _Webster
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,22 +127,24 @@ def textbook_swrr(weights: list[float], current: list[float] | None = None) -> I
         yield best
 
 
+ramp_weight = st.builds(lambda w, k: w * k / 32, st.integers(1, 20), st.integers(1, 32))
+
+
 @FAST
 @given(
-    weights=st.lists(
-        st.builds(lambda w, k: w * k / 32, st.integers(1, 20), st.integers(1, 32)),
-        min_size=1,
-        max_size=40,
+    weights=st.lists(ramp_weight, min_size=1, max_size=GROUPS_LIMIT, unique=True).flatmap(
+        lambda levels: st.lists(st.sampled_from(levels), min_size=1, max_size=40)
     ),
     picks=st.integers(1, 400),
 )
 def test_round_robin_ramp_weights_follow_the_textbook_sequence(
     weights: list[float], picks: int
 ) -> None:
-    # slow start's weights (multiples of 1/32) take the grouped path; it must give exactly the
-    # scan's sequence, through the first cycle and the replay after it
+    # slow start's weights (multiples of 1/32) take the grouped path; up to GROUPS_LIMIT
+    # distinct weights it must give exactly the scan's sequence, through the first cycle and
+    # the replay after it
     b = SmoothWeightedRoundRobin(make([f"s{i}" for i in range(len(weights))]), weights)
-    assert b.groups is not None
+    assert isinstance(b.groups, _Groups)
     current = [0.0] * len(weights)
     for _, best in zip(range(picks), textbook_swrr(weights, current), strict=False):
         s = b.pick(PickContext())
@@ -149,6 +152,84 @@ def test_round_robin_ramp_weights_follow_the_textbook_sequence(
     if b.cycle is None or len(b.cycle) < b.cycle_len:  # still stepping: same state as the scan
         ratio = sum(weights) / sum(b.groups.units)
         assert [c * ratio for c in b._currents()] == pytest.approx(current, abs=1e-9)
+
+
+def textbook_webster(weights: list[float]) -> Iterator[int]:
+    """Webster's (Sainte-Lague) sequence as written, in exact fractions: each step the server
+    with the lowest (2k + 1) / 2w, k its picks so far, the lowest index on a tie."""
+    exact = [Fraction(w) for w in weights]
+    picked = [0] * len(weights)
+    while True:
+        best = min(range(len(weights)), key=lambda i: ((2 * picked[i] + 1) / (2 * exact[i]), i))
+        picked[best] += 1
+        yield best
+
+
+@FEW
+@given(
+    weights=st.lists(ramp_weight, min_size=GROUPS_LIMIT + 1, max_size=30, unique=True).flatmap(
+        lambda levels: st.permutations(levels + levels[: len(levels) // 3])
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_round_robin_many_distinct_weights_step_in_websters_order(
+    weights: list[float], seed: int
+) -> None:
+    """Above GROUPS_LIMIT distinct weights (many servers ramping at once) a cycle is stepped
+    in Webster's order: pick for pick the reference's, exact counts over every full cycle
+    (the first, stepped, and the replays after it), and never far from each server's share."""
+    names = [f"s{i}" for i in range(len(weights))]
+    b = SmoothWeightedRoundRobin(make(names), weights, BalancerSettings(ramping=True))
+    assert isinstance(b.groups, _Webster)
+    # the same weights without a ramp (configured weights): nginx's order, always
+    assert isinstance(SmoothWeightedRoundRobin(make(names), weights).groups, _Groups)
+    units = b.groups.units
+    cycle_len = sum(units)
+    reference = textbook_webster(weights)
+    picked = [0] * len(weights)
+    worst = 0.0
+    for t in range(1, cycle_len + 1):
+        s = b.pick(PickContext())
+        assert s is not None
+        best = int(s.name[1:])
+        if t <= 500:  # the exact reference is slow: its first 500 picks
+            assert best == next(reference)
+        picked[best] += 1
+        worst = max(
+            worst, max(abs(p - t * u / cycle_len) for p, u in zip(picked, units, strict=True))
+        )
+    assert picked == units  # exact counts over the first cycle
+    assert worst < 3  # spread out, not in bursts (1.56 at most in 3000 random trials)
+    rng = random.Random(seed)
+    for _ in range(2):  # the replayed cycles, from a random point
+        start = rng.randrange(cycle_len)
+        for _ in range(start):
+            b.pick(PickContext())
+        window = collections.Counter(
+            s.name for s in (b.pick(PickContext()) for _ in range(cycle_len)) if s is not None
+        )
+        assert window == {n: u for n, u in zip(names, units, strict=True)}
+
+
+def test_webster_stepper_restarts_each_cycle_and_peeks_the_most_due() -> None:
+    # a cycle too long to record (> MAX_CYCLE) keeps stepping: the heap starts over after
+    # each cycle, so the priorities stay small and exact
+    weights = [float(4000 + i) for i in range(GROUPS_LIMIT + 1)]  # a cycle of 68,136
+    names = [f"s{i}" for i in range(len(weights))]
+    b = SmoothWeightedRoundRobin(make(names), weights, BalancerSettings(ramping=True))
+    assert isinstance(b.groups, _Webster) and b.cycle is None
+    n = int(sum(weights))
+    counts = collections.Counter(
+        s.name for s in (b.pick(PickContext()) for _ in range(2 * n)) if s is not None
+    )
+    assert counts == {f"s{i}": 2 * int(w) for i, w in enumerate(weights)}
+    assert b.groups.done == 0 and b.groups.heap == b.groups.start
+    # a retry that excludes everyone the next steps would give: the peek picks the most due
+    due = b._due()
+    exclude = frozenset(f"s{i}" for i in range(len(weights)) if i != 3 and i != 7)
+    s = b.pick(PickContext(exclude=exclude))
+    assert s is not None and s.name in ("s3", "s7")
+    assert due[int(s.name[1:])] == max(due[3], due[7])
 
 
 # -- weighted shares converge ---------------------------------------------------------------

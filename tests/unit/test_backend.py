@@ -345,6 +345,36 @@ def test_round_robin_keeps_its_exact_cycle_while_a_server_ramps() -> None:
     assert "replaying cycle of 19" in repr(rr)
 
 
+def test_many_servers_ramping_at_once_step_in_websters_order_until_the_ramps_end() -> None:
+    # 40 servers re-joining a second apart over a 40 s slow start: more than GROUPS_LIMIT
+    # distinct ramp weights, so the snapshot steps its cycle in Webster's order (O(log) per
+    # pick); once every ramp is over the same backend is back on nginx's order
+    from steelyard.core.balancing import SmoothWeightedRoundRobin
+    from steelyard.core.balancing.round_robin import GROUPS_LIMIT, _Groups, _Webster
+
+    clock = FakeClock()
+    names = tuple(f"s{i}" for i in range(40))
+    b = make(names, clock=clock, slow_start=40.0)
+    for name in names:
+        b.disable(name)
+        b.enable(name)
+        clock.advance(1.0)
+    b.tick()
+    rr = b.balancer
+    assert isinstance(rr, SmoothWeightedRoundRobin) and isinstance(rr.groups, _Webster)
+    assert len(set(rr.groups.units)) > GROUPS_LIMIT
+    cycle = sum(rr.groups.units)
+    got = picks(b, cycle)
+    assert got == {n: u for n, u in zip(names, rr.groups.units, strict=True)}  # exact counts
+    assert got["s0"] > got["s39"]  # the earliest joiner is the furthest up its ramp
+    clock.advance(40.0)
+    b.tick()
+    assert not b.ramping
+    rr = b.balancer
+    assert isinstance(rr, SmoothWeightedRoundRobin) and isinstance(rr.groups, _Groups)
+    assert picks(b, 80) == {n: 2 for n in names}
+
+
 def test_slow_start_rebuilds_only_when_a_ramp_moves_a_step() -> None:
     # a 320 s ramp moves one step (1/32 of the weight) about every 11 s: ticking every second
     # rebuilds the snapshot only then, and once more when the ramp ends

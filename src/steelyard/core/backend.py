@@ -30,6 +30,7 @@ so counts, outlier detection and waiters stay in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -652,7 +653,10 @@ class Backend:
         members, weights, panic = self.eligible(now)
         if not members:
             return version, EMPTY, panic
-        return version, self.factory(members, weights, self.settings, self.rng), panic
+        settings = self.settings
+        if any(s.ramp_start is not None for s in members):
+            settings = dataclasses.replace(settings, ramping=True)
+        return version, self.factory(members, weights, settings, self.rng), panic
 
     def install(self, version: int, balancer: Balancer, panic: bool) -> bool:
         if version < self.installed:

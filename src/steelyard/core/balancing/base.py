@@ -140,6 +140,9 @@ class BalancerSettings:
     table_size: int = 65537  # maglev
     hash_balance_factor: int | None = None  # consistent_hash bounded loads (125 = 1.25x)
     extra: dict[str, object] = field(default_factory=dict)
+    # set by the backend on a snapshot built while servers are in slow start (round robin
+    # then steps a cycle with many distinct weights in Webster's order: round_robin.py)
+    ramping: bool = False
 
 
 class Balancer(Protocol):

@@ -12,6 +12,16 @@ sequence. That sequence is periodic with period W = sum of the weights in intege
 a full cycle every current weight is back to 0), so the first cycle is recorded while it is
 stepped through and later picks replay it in O(1). Other fractions keep the O(n) float scan.
 
+Slow start: a step of _Groups is O(distinct weights), and while many servers are in slow
+start at different points of their ramps there can be ~100 of them (up to 32 ramp levels times
+the configured weights): ~4 us per pick at 300 servers until the cycle is recorded, and the
+backend rebuilds the balancer every ramp step (up to once a second), so with a long cycle most
+picks are first-cycle picks. A snapshot built while servers ramp (settings.ramping) with more
+than GROUPS_LIMIT distinct weights therefore steps its cycle in Webster's order instead
+(_Webster: the Sainte-Lague highest-averages sequence, a heap, O(log distinct weights)): the
+same exact counts per cycle and evenly spread, but not nginx's order pick for pick. Configured
+weights alone, however many distinct, always give nginx's order.
+
 Retries (``ctx.exclude``): the rotation goes on; the turns of excluded servers are skipped (they
 just had their chance) and the next server due that is not excluded gets the request, so the
 sequence itself, and its exact counts per cycle, never change. After a few skipped turns we stop
@@ -21,6 +31,7 @@ that a heavy excluded server cannot make one retry cost many steps).
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Sequence
@@ -31,6 +42,8 @@ from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerS
 MAX_CYCLE = 1 << 16  # longest recorded cycle (entries); longer ones keep stepping
 _SKIP_LIMIT = 8  # turns of excluded servers skipped before peeking instead
 _SCALES = (1, 2, 4, 8, 16, 32, 64)
+GROUPS_LIMIT = 16  # distinct weights up to which a cycle follows nginx's order (_Groups)
+_WEBSTER_MAX_UNIT = 1 << 24  # keys are exact enough in floating point below this
 
 
 def integer_units(weights: Sequence[float]) -> list[int] | None:
@@ -105,6 +118,73 @@ class _Groups:
         return out
 
 
+class _Webster:
+    """Webster's (Sainte-Lague) highest-averages sequence over integer weights, by weight class.
+
+    Server i with weight w that has been picked k times has the priority (2k + 1) / 2w; the
+    lowest priority is picked next, the lowest index on a tie. Over W = sum of the weights picks
+    every server is picked exactly w times: with k_i = w_i each priority is 1 + 1/2w_i, and any
+    other split of W picks would leave an overserved server (k >= w + 1, priority above 1) picked
+    while an underserved one (k <= w - 1, priority below 1) waited, which the rule never does.
+    The picks after a full cycle are the cycle again (every priority grew by exactly 1).
+
+    Servers of equal weight take their turns in index order, as in _Groups, so the heap holds
+    one entry per class: (priority of the member whose turn it is, its index, class). The
+    priorities are floats; equal fractions round to the same float and, with weights below
+    2**24 and k <= w within a cycle, different ones stay apart, so the order is exact.
+    """
+
+    __slots__ = ("units", "members", "heap", "start", "turns", "doubled", "cycle", "done")
+
+    def __init__(self, units: Sequence[int]) -> None:
+        self.units = list(units)
+        classes: dict[int, list[int]] = {}
+        for i, u in enumerate(units):
+            classes.setdefault(u, []).append(i)
+        self.members = list(classes.values())
+        self.doubled = [2.0 * u for u in classes]
+        self.start = [
+            (1 / d, m[0], g)
+            for g, (d, m) in enumerate(zip(self.doubled, self.members, strict=True))
+        ]
+        heapq.heapify(self.start)
+        self.cycle = sum(units)
+        self.heap: list[tuple[float, int, int]] = []
+        self.turns: list[int] = []
+        self.done = 0
+        self._restart()
+
+    def _restart(self) -> None:
+        self.heap = list(self.start)
+        self.turns = [0] * len(self.members)
+        self.done = 0
+
+    def step(self) -> int:
+        heap = self.heap
+        _, picked, g = heap[0]
+        turn = self.turns[g] + 1
+        self.turns[g] = turn
+        members = self.members[g]
+        rounds, nxt = divmod(turn, len(members))
+        heapq.heapreplace(heap, ((2 * rounds + 1) / self.doubled[g], members[nxt], g))
+        done = self.done + 1
+        if done == self.cycle:  # every priority is 1 higher than at the start: start again
+            self._restart()
+        else:
+            self.done = done
+        return picked
+
+    def priorities(self) -> list[float]:
+        """Every server's urgency now (larger = due sooner): minus its priority."""
+        out = [0.0] * len(self.units)
+        for members, turns in zip(self.members, self.turns, strict=True):
+            rounds, turn = divmod(turns, len(members))
+            for j, i in enumerate(members):
+                picked = rounds + (1 if j < turn else 0)
+                out[i] = -(2 * picked + 1) / (2.0 * self.units[i])
+        return out
+
+
 class SmoothWeightedRoundRobin:
     __slots__ = (
         "servers",
@@ -132,7 +212,13 @@ class SmoothWeightedRoundRobin:
         self.current = [0.0] * len(self.servers)
         self.total = float(sum(self.weights))
         units = integer_units(self.weights)
-        self.groups = _Groups(units) if units is not None else None
+        self.groups: _Groups | _Webster | None = None
+        if units is not None:
+            ramping = settings is not None and settings.ramping
+            if ramping and len(set(units)) > GROUPS_LIMIT and max(units) < _WEBSTER_MAX_UNIT:
+                self.groups = _Webster(units)
+            else:
+                self.groups = _Groups(units)
         cycle_len = sum(units) if units is not None else 0
         self.cycle_len = cycle_len if cycle_len <= MAX_CYCLE else 0
         # the recorded sequence; complete (replayed) once len(cycle) == cycle_len
@@ -203,25 +289,38 @@ class SmoothWeightedRoundRobin:
         return None
 
     def _peek(self, exclude: frozenset[str]) -> ServerState | None:
+        """The non-excluded server that is due soonest, without taking a turn."""
         best: ServerState | None = None
         best_value = 0.0
-        weights = self.weights if self.groups is None else self.groups.units
-        for s, c, w in zip(self.servers, self._currents(), weights, strict=True):
+        for s, due in zip(self.servers, self._due(), strict=True):
             if s.name in exclude:
                 continue
-            if best is None or c + w > best_value:
+            if best is None or due > best_value:
                 best = s
-                best_value = c + w
+                best_value = due
         return best
+
+    def _due(self) -> list[float]:
+        """Per server: larger = due sooner (the current weight the next step would compare)."""
+        groups = self.groups
+        if isinstance(groups, _Webster):
+            return groups.priorities()
+        weights = self.weights if groups is None else groups.units
+        return [c + w for c, w in zip(self._currents(), weights, strict=True)]
 
     def _currents(self) -> list[float]:
         """Every server's current weight (in weight units, or integer units when grouped)."""
-        if self.groups is None:
+        groups = self.groups
+        if groups is None:
             return self.current
-        return [float(c) for c in self.groups.currents()]
+        if isinstance(groups, _Webster):
+            raise TypeError("Webster's order has no current weights")
+        return [float(c) for c in groups.currents()]
 
     def __repr__(self) -> str:
         names = [s.name for s in self.servers]
         if self.cycle is not None and len(self.cycle) == self.cycle_len:
             return f"SmoothWeightedRoundRobin({names}, replaying cycle of {self.cycle_len} at {self.cursor})"
+        if isinstance(self.groups, _Webster):
+            return f"SmoothWeightedRoundRobin({names}, Webster's order, due={self._due()})"
         return f"SmoothWeightedRoundRobin({names}, current={self._currents()})"
