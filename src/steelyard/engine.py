@@ -216,6 +216,22 @@ class Engine:
         except TLSConfigError as exc:
             raise StartError(f"listener {lcfg.name}: {exc}") from exc
 
+    def _proxy_preface(self, runtime: Any, lcfg: Any, ssl_ctx: Any) -> Any:
+        from steelyard.net.proxy_preface import ProxyPreface
+
+        name = lcfg.name
+
+        def factory() -> ProxyPreface:
+            # read per connection: a reload changes timeouts.request_head in the runtime, and
+            # re-reads certificates into the same context object
+            settings = getattr(runtime, "settings", None)
+            timeout: Any = getattr(settings, "request_head_timeout", None)
+            if timeout is None:
+                timeout = getattr(runtime, "preface_timeout", 10.0)
+            return ProxyPreface(runtime.protocol_factory, ssl_ctx, float(timeout), name)
+
+        return factory
+
     async def _start_listener(self, lcfg: Any, sock: socket.socket | None = None) -> None:
         runtime = self._make_runtime(lcfg)
         host, port = parse_address(lcfg.bind)
@@ -233,8 +249,14 @@ class Engine:
                 ssl_ctx = self._ssl_context(lcfg)
                 # (http and tcp runtimes re-read certificates on reload through it)
                 runtime.ssl_context = ssl_ctx
+                factory = runtime.protocol_factory
+                if _uses_preface(lcfg):
+                    # the PROXY header comes before TLS and HTTP: net/proxy_preface.py reads
+                    # it, then starts TLS itself (a plain tcp listener reads it on its own)
+                    factory = self._proxy_preface(runtime, lcfg, ssl_ctx)
+                    ssl_ctx = None
                 server = await self.loop.create_server(
-                    runtime.protocol_factory, sock=sock, ssl=ssl_ctx, backlog=1024
+                    factory, sock=sock, ssl=ssl_ctx, backlog=1024
                 )
                 sockname = sock.getsockname()
         except OSError as exc:
@@ -307,6 +329,7 @@ class Engine:
                 and lcfg.protocol == handle.protocol
                 and (getattr(lcfg, "tls", None) is None)
                 == (getattr(handle.config, "tls", None) is None)
+                and _uses_preface(lcfg) == _uses_preface(handle.config)
             ):
                 handle.runtime.update(lcfg)
                 handle.config = lcfg
@@ -392,6 +415,14 @@ class Engine:
             f"Engine(listeners={list(self.listeners)}, backends={list(self.backends)}, "
             f"reloads={self.reloads}, shutting_down={self.shutting_down})"
         )
+
+
+def _uses_preface(lcfg: Any) -> bool:
+    """Whether accepted connections start with net/proxy_preface.py (fixed for the life of
+    the listening server: a reload that changes it restarts the listener)."""
+    return bool(getattr(lcfg, "accept_proxy_protocol", False)) and (
+        lcfg.protocol == "http" or getattr(lcfg, "tls", None) is not None
+    )
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

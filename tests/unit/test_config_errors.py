@@ -485,22 +485,19 @@ def test_udp_listener_needs_backend_and_refuses_tls_keys() -> None:
     )
     assert errors(text) == [
         f"c.yaml:{at(text, 'name: u')}: listener 'u' (udp) needs a 'backend'",
-        f"c.yaml:{at(text, 'accept_proxy_protocol')}: 'accept_proxy_protocol' is only for tcp "
-        "listeners (listener 'u' is udp)",
+        f"c.yaml:{at(text, 'accept_proxy_protocol')}: 'accept_proxy_protocol' is not available "
+        "on udp listeners (listener 'u' is udp)",
         f"c.yaml:{at(text, 'request_head')}: timeouts.request_head is not used by udp listeners "
         "(listener 'u')",
     ]
 
 
-def test_http_listener_refuses_accept_proxy_protocol() -> None:
+def test_http_listener_takes_accept_proxy_protocol() -> None:
     text = (
         "listeners:\n  - name: w\n    protocol: http\n    bind: 127.0.0.1:8080\n"
         "    accept_proxy_protocol: true\n    backend: api\n" + BACKENDS
     )
-    assert errors(text) == [
-        f"c.yaml:{at(text, 'accept_proxy_protocol')}: 'accept_proxy_protocol' is only for tcp "
-        "listeners (listener 'w' is http)",
-    ]
+    assert errors(text) == []
 
 
 def test_tcp_timeouts() -> None:

@@ -23,10 +23,8 @@ ROUTE_TARGETS = ("backend", "split", "redirect", "respond")
 HTTP_ONLY = ("routes", "redirect_https", "max_body_size")
 HTTP_ONLY_TIMEOUTS = ("request_head", "tunnel", "idle")
 UDP_ONLY = ("session_idle_timeout", "max_sessions")
-NOT_UDP = ("tls",)
-# accept_proxy_protocol: the HTTP listener does not read PROXY headers (yet); refusing the key
-# beats silently serving connections that should have been refused
-TCP_ONLY = ("sni_routes", "accept_proxy_protocol")
+NOT_UDP = ("tls", "accept_proxy_protocol")
+TCP_ONLY = ("sni_routes",)
 
 
 def _map(x: Any) -> dict[Any, Any]:

@@ -65,6 +65,7 @@ from steelyard.core.http1.parser import (
     ResponseHead,
 )
 from steelyard.core.load import Lease, Outcome
+from steelyard.core.proxy_protocol import ProxyHeader
 from steelyard.core.records import RequestRecord
 from steelyard.core.routing import CompiledRoute, HashKeys, Router
 from steelyard.errors import ProtocolError
@@ -294,6 +295,7 @@ class DownstreamConnection(asyncio.Protocol):
         "parser",
         "client_ip",
         "client",
+        "proxied",
         "exchange",
         "queue",
         "queueing",
@@ -325,6 +327,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.parser = RequestParser(self, self.settings.limits)
         self.client_ip = b""
         self.client = ""
+        self.proxied: ProxyHeader | None = None  # set by net/proxy_preface.py
         self.exchange: Exchange | None = None
         self.queue: deque[tuple[int, Any]] = deque()
         self.queueing = False
@@ -352,6 +355,9 @@ class DownstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
+        proxied = self.proxied  # accept_proxy_protocol: the header's source is the client
+        if proxied is not None and not proxied.local and proxied.source is not None:
+            peer = (proxied.source, proxied.source_port)
         if isinstance(peer, tuple) and len(peer) >= 2:
             ip = str(peer[0])
             self.client_ip = ip.encode()

@@ -62,6 +62,7 @@ from steelyard.core.balancing.base import PickContext
 from steelyard.core.load import Lease, Outcome
 from steelyard.core.proxy_protocol import (
     ParseStatus,
+    ProxyHeader,
     encode,
     encode_v1_unknown,
     encode_v2_local,
@@ -324,6 +325,7 @@ class TcpConnection(asyncio.Protocol):
         "phase",
         "buffer",
         "need_proxy",
+        "proxied",
         "client_ip",
         "client_port",
         "local_ip",
@@ -366,6 +368,7 @@ class TcpConnection(asyncio.Protocol):
         self.phase = _PREFACE
         self.buffer = bytearray()
         self.need_proxy = False
+        self.proxied: ProxyHeader | None = None  # read by net/proxy_preface.py (TLS listeners)
         self.client_ip = ""
         self.client_port = 0
         self.local_ip = ""
@@ -417,7 +420,10 @@ class TcpConnection(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)  # type: ignore[attr-defined]
         cfg = listener.config
-        self.need_proxy = bool(cfg.accept_proxy_protocol)
+        if self.proxied is not None:  # a TLS listener: the header came before the handshake
+            self._use_proxy_header(self.proxied)
+        else:
+            self.need_proxy = bool(cfg.accept_proxy_protocol)
         if self.need_proxy or listener.sni is not None:
             self.timer = self.loop.call_later(listener.preface_timeout, self._preface_timeout)
             return
@@ -541,12 +547,7 @@ class TcpConnection(asyncio.Protocol):
                 self.outcome = _CANCELLED
                 self.close()
                 return
-            header = result.header
-            if not header.local and header.source is not None:
-                self.client_ip, self.client_port = header.source, header.source_port
-                if header.destination is not None:
-                    self.local_ip = header.destination
-                    self.local_port = header.destination_port
+            self._use_proxy_header(result.header)
             del self.buffer[: result.consumed]
             self.need_proxy = False
         sni = listener.sni
@@ -565,6 +566,13 @@ class TcpConnection(asyncio.Protocol):
                 self.server_name = hello.server_name
                 backend = sni.lookup(hello.server_name) or backend
         self._connect(backend)
+
+    def _use_proxy_header(self, header: ProxyHeader) -> None:
+        if not header.local and header.source is not None:
+            self.client_ip, self.client_port = header.source, header.source_port
+            if header.destination is not None:
+                self.local_ip = header.destination
+                self.local_port = header.destination_port
 
     def _preface_timeout(self) -> None:
         self.timer = None
