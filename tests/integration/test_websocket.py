@@ -65,6 +65,18 @@ async def ws_server(name: str) -> AsyncIterator[WsServer]:
             await asyncio.wait_for(srv.server.wait_closed(), 5)
 
 
+async def raw_upgrade(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket upgrade by hand (a client whose every byte the test controls)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
 def ws_config(servers: list[Any], backend: str = "", listener: str = "") -> str:
     text = "version: 1\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
     if listener:
@@ -234,13 +246,7 @@ async def test_shutdown_keeps_its_deadline_when_the_peers_never_answer_the_close
     port = server.sockets[0].getsockname()[1]
     upstream = WsServer("w1", port=port)
     async with server, steelyard(ws_config([upstream])) as sy:
-        reader, writer = await asyncio.open_connection("127.0.0.1", sy.port)
-        writer.write(
-            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 101")
+        reader, writer = await raw_upgrade(sy.port)
         loop = asyncio.get_running_loop()
         started = loop.time()
         shutdown = asyncio.create_task(sy.engine.shutdown(1.0))
@@ -277,13 +283,7 @@ async def test_close_waits_for_the_frame_in_flight() -> None:
     other direction is between frames, so the client gets its close frame at once.)"""
     backend = "    drain_timeout: 200ms"
     async with ws_server("w1") as w1, steelyard(ws_config([w1], backend=backend)) as sy:
-        reader, writer = await asyncio.open_connection("127.0.0.1", sy.port)
-        writer.write(
-            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 101")
+        reader, writer = await raw_upgrade(sy.port)
         payload = b"0123456789"
         mask = b"\x01\x02\x03\x04"
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

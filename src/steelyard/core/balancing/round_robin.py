@@ -60,6 +60,14 @@ def integer_units(weights: Sequence[float]) -> list[int] | None:
     return None
 
 
+def weight_classes(units: Sequence[int]) -> dict[int, list[int]]:
+    """Weight -> the indices of the servers with that weight, ascending (first seen first)."""
+    classes: dict[int, list[int]] = {}
+    for i, u in enumerate(units):
+        classes.setdefault(u, []).append(i)
+    return classes
+
+
 class _Groups:
     """Smooth weighted round robin over integer weights in O(distinct weights) per step.
 
@@ -76,9 +84,7 @@ class _Groups:
 
     def __init__(self, units: Sequence[int]) -> None:
         self.units = list(units)
-        classes: dict[int, list[int]] = {}
-        for i, u in enumerate(units):
-            classes.setdefault(u, []).append(i)
+        classes = weight_classes(units)
         self.scale = scale = len(units) + 1
         self.members = list(classes.values())  # ascending indices per class
         self.class_of = [0] * len(units)
@@ -138,9 +144,7 @@ class _Webster:
 
     def __init__(self, units: Sequence[int]) -> None:
         self.units = list(units)
-        classes: dict[int, list[int]] = {}
-        for i, u in enumerate(units):
-            classes.setdefault(u, []).append(i)
+        classes = weight_classes(units)
         self.members = list(classes.values())
         self.doubled = [2.0 * u for u in classes]
         self.start = [
