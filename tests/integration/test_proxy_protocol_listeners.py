@@ -215,6 +215,21 @@ async def test_https_listener_refuses_tls_without_the_header(
         assert b.requests == []
 
 
+async def test_https_listener_closes_when_no_tls_follows_the_header(
+    cert: tuple[str, str],
+) -> None:
+    async with http_backend("s1") as b, steelyard(http_config(b, tls=cert)) as sy:
+        # not TLS after a good header: the handshake fails and the connection is closed
+        reply = await raw_exchange(sy.port, [header("v1") + b"GET / HTTP/1.1\r\n\r\n"])
+        assert not reply.startswith(b"HTTP/")
+        # nothing after the header: closed by the handshake timeout (timeouts.request_head)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await raw_exchange(sy.port, [header("v2")]) == b""
+        assert 0.8 <= loop.time() - started < 3
+        assert b.requests == []
+
+
 # -- TCP with TLS termination ------------------------------------------------------------------
 
 

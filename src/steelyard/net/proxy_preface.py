@@ -62,6 +62,7 @@ class ProxyPreface(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.raw: socket.socket | None = None  # the duplicate peeked at (TLS)
         self.retry: asyncio.TimerHandle | None = None
+        self.handshake: asyncio.Task[None] | None = None  # held: the loop keeps weak references
         self.done = False
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -137,7 +138,7 @@ class ProxyPreface(asyncio.Protocol):
             self._refuse(f"cannot read the PROXY header: {exc}")
             return
         self._finish()
-        self.loop.create_task(self._start_tls(result.header))
+        self.handshake = self.loop.create_task(self._start_tls(result.header))
 
     def _peek_again(self) -> None:
         self.retry = None
@@ -153,8 +154,8 @@ class ProxyPreface(asyncio.Protocol):
                 transport, proto, self.ssl_context, server_side=True,
                 ssl_handshake_timeout=self.timeout,
             )  # fmt: skip
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            log.debug("%s: TLS handshake after the PROXY header failed: %s", self.name, exc)
+        except Exception as exc:  # a failed handshake is the client's problem, not ours
+            log.debug("%s: TLS handshake after the PROXY header failed: %r", self.name, exc)
             transport.abort()
             return
         if tls is None:  # the connection went away during the handshake
