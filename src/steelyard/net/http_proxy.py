@@ -86,6 +86,11 @@ HTTP_5XX = Outcome.HTTP_5XX
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 BUFFER_HIGH = 64 * 1024  # request body buffered while connecting, before reading pauses
 DISCARD_MAX = 64 * 1024  # request body we read and drop after a local reply, to keep alive
+# lingering close (nginx's lingering_close, lingering_timeout, lingering_time): after an answer
+# given before the request was read to its end, what the client still sends is read and
+# dropped until it closes, is quiet for LINGER_IDLE or LINGER_MAX has passed
+LINGER_IDLE = 5.0
+LINGER_MAX = 30.0
 
 # why downstream reading is paused (bit set)
 PAUSE_PIPELINE = 1
@@ -296,6 +301,7 @@ class DownstreamConnection(asyncio.Protocol):
         "client_ip",
         "client",
         "proxied",
+        "lingering",
         "exchange",
         "queue",
         "queueing",
@@ -328,6 +334,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.client_ip = b""
         self.client = ""
         self.proxied: ProxyHeader | None = None  # set by net/proxy_preface.py
+        self.lingering: list[float] | None = None  # [last read, give up at] while lingering
         self.exchange: Exchange | None = None
         self.queue: deque[tuple[int, Any]] = deque()
         self.queueing = False
@@ -376,6 +383,9 @@ class DownstreamConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.tunnel_from_downstream(data)
             return
+        if self.lingering is not None:  # dropped: the answer went out already
+            self.lingering[0] = self.loop.time()
+            return
         if self.upgrading:
             self._stash(data)
             return
@@ -400,6 +410,8 @@ class DownstreamConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.peer_eof = True
+        if self.lingering is not None:
+            return None  # the client is done sending: close
         ex = self.exchange
         if ex is None and not self.queue:
             return None  # close
@@ -492,7 +504,10 @@ class DownstreamConnection(asyncio.Protocol):
             or (self.upgrading and not self.queue)  # HTTP ended with an upgrade request
             or (self.peer_eof and not self.queue)
         ):
-            self.close()
+            if not ex.request_done and not ex.tunnel:
+                self.linger_close()  # the client may still be sending its body
+            else:
+                self.close()
             return
         if self.queue:
             self.loop.call_soon(self._process_queue)
@@ -576,7 +591,7 @@ class DownstreamConnection(asyncio.Protocol):
         record.bytes_out = self.bytes_out - self.out_mark
         self.listener.engine.record(record)
         self.upgrading = False
-        self.close()
+        self.linger_close()  # the rest of what the client sent is never parsed
 
     def _stash(self, data: bytes) -> None:
         """Bytes after an upgrade request: they belong to the tunnel, if there is one."""
@@ -664,6 +679,41 @@ class DownstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.transport.close()
+
+    def linger_close(self) -> None:
+        """Close after an answer given before the client's request was read to its end (a
+        local error, an early response). A plain close with unread bytes makes the kernel send a
+        reset, which can destroy the answer before the client reads it; so, as nginx's
+        lingering close, send FIN after the answer (TLS cannot half-close: it is just flushed),
+        read and drop what still comes, and close when the client closes, is quiet for
+        LINGER_IDLE, or after LINGER_MAX."""
+        transport = self.transport
+        if self.closed or transport is None or self.lingering is not None:
+            return
+        if self.peer_eof or transport.is_closing():
+            self.close()
+            return
+        now = self.loop.time()
+        self.lingering = [now, now + LINGER_MAX]
+        self.tkind = T_NONE  # no request timeouts any more: the linger timer decides
+        self.queue.clear()
+        if self.paused:
+            self.paused = 0
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_IDLE, self._linger_check)
+
+    def _linger_check(self) -> None:
+        lingering = self.lingering
+        if self.closed or lingering is None:
+            return
+        now = self.loop.time()
+        quiet_until = lingering[0] + LINGER_IDLE
+        if now >= quiet_until or now >= lingering[1]:
+            self.transport.close()
+            return
+        self.loop.call_at(min(quiet_until, lingering[1]), self._linger_check)
 
     def abort(self) -> None:
         if self.transport is not None:
