@@ -302,3 +302,17 @@ async def test_connect_timeout_is_retried_elsewhere_then_503() -> None:
             assert r.status == 503 and r.header("retry-after")
     finally:
         hole.close()
+
+
+async def test_registered_methods_pass_and_an_invented_one_is_400() -> None:
+    # llhttp knows the registered methods (WebDAV, PURGE, ...); an invented token is refused
+    async with http_backend("s1") as s1, steelyard(proxy_config({"api": [s1]})) as sy:
+        for method in ("PURGE", "PROPFIND", "MKCALENDAR", "PATCH"):
+            data = await _raw_exchange(
+                sy.port, f"{method} /m HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
+            )
+            assert _status(data) == 200, method
+        assert [r.method for r in s1.requests] == ["PURGE", "PROPFIND", "MKCALENDAR", "PATCH"]
+        data = await _raw_exchange(sy.port, b"FOO /m HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert _status(data) == 400
+        assert len(s1.requests) == 4
