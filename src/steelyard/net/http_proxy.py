@@ -591,7 +591,10 @@ class DownstreamConnection(asyncio.Protocol):
         record.bytes_out = self.bytes_out - self.out_mark
         self.listener.engine.record(record)
         self.upgrading = False
-        self.linger_close()  # the rest of what the client sent is never parsed
+        if exc.status == 408:
+            self.close()  # a client that sent too little: nothing to drain
+        else:
+            self.linger_close()  # the rest of what the client sent is never parsed
 
     def _stash(self, data: bytes) -> None:
         """Bytes after an upgrade request: they belong to the tunnel, if there is one."""
