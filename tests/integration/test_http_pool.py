@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from tests.helpers.http_backends import (
     Behaviour,
     H11Client,
@@ -81,6 +82,41 @@ async def test_keep_alive_race_is_retried_on_a_fresh_connection() -> None:
         assert s1.connections == 2
         state = sy.engine.backends["api"].servers["s1"]
         assert state.failures_total == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_keep_alive_race_replays_an_idempotent_request_body(chunked: bool) -> None:
+    """A PUT whose pooled connection is reset as it is reused: its body (kept while on the
+    reused connection, up to 64 KiB) goes again on a fresh connection; the server sees it
+    once, whole."""
+    async with (
+        http_backend("s1", Behaviour(reset_reused=True)) as s1,
+        steelyard(proxy_config({"api": [s1]})) as sy,
+    ):
+        assert (await request(sy.port)).status == 200
+        body = b"0123456789" * 3000
+        parts = [body[:10000], body[10000:]] if chunked else body
+        r = await request(sy.port, "PUT", "/echo", body=parts)
+        assert r.status == 200
+        assert [x.method for x in s1.requests] == ["GET", "PUT"]
+        assert s1.requests[1].body == body
+        assert s1.connections == 2
+
+
+async def test_keep_alive_race_does_not_replay_a_post_or_a_large_body() -> None:
+    # not idempotent (RFC 9110 9.2.2; nginx does not retry it either): 502, not sent twice
+    async with (
+        http_backend("s1", Behaviour(reset_reused=True)) as s1,
+        steelyard(proxy_config({"api": [s1]})) as sy,
+    ):
+        assert (await request(sy.port)).status == 200
+        r = await request(sy.port, "POST", "/echo", body=b"x" * 1000)
+        assert r.status == 502
+        assert [x.method for x in s1.requests] == ["GET"]
+        # nor an idempotent one over the 64 KiB kept for a replay
+        assert (await request(sy.port)).status == 200
+        r = await request(sy.port, "PUT", "/echo", body=[b"x" * 40000, b"y" * 40000])
+        assert r.status == 502
 
 
 async def test_concurrent_requests_open_more_connections_then_reuse_them() -> None:

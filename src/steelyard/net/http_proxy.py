@@ -86,6 +86,7 @@ HTTP_5XX = Outcome.HTTP_5XX
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 BUFFER_HIGH = 64 * 1024  # request body buffered while connecting, before reading pauses
 DISCARD_MAX = 64 * 1024  # request body we read and drop after a local reply, to keep alive
+REPLAY_MAX = 64 * 1024  # request body kept while on a reused connection, to replay it (race)
 # lingering close (nginx's lingering_close, lingering_timeout, lingering_time): after an answer
 # given before the request was read to its end, what the client still sends is read and
 # dropped until it closes, is quiet for LINGER_IDLE or LINGER_MAX has passed
@@ -757,6 +758,8 @@ class Exchange(RequestRecord):
         "attempts",
         "pending",
         "pending_size",
+        "replay",
+        "replay_size",
         "trailers",
         "body_received",
         "request_done",
@@ -801,6 +804,10 @@ class Exchange(RequestRecord):
         self.attempts = 0
         self.pending: list[bytes] | None = None
         self.pending_size = 0
+        # the body sent on a reused pooled connection, until its response starts: a server
+        # that closed that connection as we reused it gets it again on a fresh one
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
         self.trailers: Headers | None = None
         self.body_received = 0
         self.request_done = not (head.chunked or head.content_length)  # not head.has_body
@@ -1102,6 +1109,9 @@ class Exchange(RequestRecord):
             head, headers, target, down.client_ip, down.settings.proto, self.rid
         )
         pending = self.pending
+        if reused and head.has_body and head.method in IDEMPOTENT:
+            self.replay = list(pending) if pending else []
+            self.replay_size = self.pending_size
         if pending:
             if head.chunked:
                 data += b"".join([chunk(p) for p in pending])
@@ -1134,6 +1144,13 @@ class Exchange(RequestRecord):
         if conn is not None and not self.tunnel:
             self.last_activity = self.loop.time()
             conn.transport.write(chunk(data) if self.head.chunked else data)  # type: ignore[union-attr]
+            replay = self.replay
+            if replay is not None:
+                self.replay_size += len(data)
+                if self.replay_size > REPLAY_MAX or self.response_started:
+                    self.replay = None  # too much to keep: no replay
+                else:
+                    replay.append(data)
             return
         if self.pending is None:
             self.pending = [data]
@@ -1195,6 +1212,7 @@ class Exchange(RequestRecord):
             self._emit(build_interim(resp))
 
     def on_response_head(self, resp: ResponseHead) -> None:
+        self.replay = None  # the server answers: nothing will be replayed
         head = self.head
         down = self.down
         status = resp.status
@@ -1397,15 +1415,21 @@ class Exchange(RequestRecord):
             and self.reused
             and not self.response_started
             and not conn.parser.started
-            and not self.head.has_body
+            and (not self.head.has_body or self.replay is not None)
             and self.head.upgrade is None
             and not self.done
         ):
-            # a pooled connection the server closed as we reused it: nothing was processed
+            # a pooled connection the server closed as we reused it: nothing was processed;
+            # the body sent so far (if any) goes first on the fresh connection
             self.upstream = None
             conn.exchange = None
             conn.abort()
             self.reused = False
+            replay = self.replay
+            if replay:
+                self.pending = replay + (self.pending or [])
+                self.pending_size += self.replay_size
+            self.replay = None
             self._connect()
             return
         self._drop_upstream()
