@@ -68,6 +68,25 @@ async def test_keep_alive_idle_timeout_closes_quietly() -> None:
             assert len(sy.records) == 1
 
 
+async def test_a_reload_during_a_request_applies_its_idle_timeout_after_it() -> None:
+    from steelyard.config import load_config_text
+
+    async with http_backend("s1") as s1:
+        slow = proxy_config({"api": [s1]}, listener="    timeouts: {idle: 60s, request_head: 5s}")
+        async with steelyard(slow) as sy:
+            raw = await RawClient.connect(sy.port)
+            await raw.send(b"GET /delay/0.5 HTTP/1.1\r\nHost: a\r\n\r\n")
+            await asyncio.sleep(0.1)
+            fast = slow.replace("idle: 60s", "idle: 300ms")
+            await sy.engine.reload(load_config_text(fast))
+            r = await raw.read_response()
+            assert r.status == 200
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await raw.read_until_close(timeout=5) == b""
+            assert loop.time() - started < 2  # the new 300ms, not the old 60s
+
+
 async def test_request_head_timer_restarts_on_next_request() -> None:
     async with http_backend("s1") as s1:
         cfg = proxy_config({"api": [s1]}, listener="    timeouts: {idle: 5s, request_head: 300ms}")

@@ -514,12 +514,13 @@ class DownstreamConnection(asyncio.Protocol):
             self.loop.call_soon(self._process_queue)
             return
         settings = self.listener.settings
-        if settings is not self.settings:
+        if settings is not self.settings:  # reloaded during the request: the idle time is new
+            self.settings = settings
             self.parser.set_limits(settings.limits)
         if self.paused:
             self._resume(PAUSE_PIPELINE)
         self.tkind = T_IDLE
-        self.deadline = deadline = self.loop.time() + self.settings.idle_timeout
+        self.deadline = deadline = self.loop.time() + settings.idle_timeout
         if deadline < self.timer_at:
             self._schedule(deadline)
 
