@@ -221,7 +221,11 @@ async def test_load_aware_algorithms_send_less_to_a_slow_server(
     n = len(seen)
     if load_aware:
         assert counts["b"] < n / 6, f"slow b got {counts['b']} of {n}: {dict(counts)}"
-        assert counts["a"] > n / 4 and counts["c"] > n / 4, dict(counts)
+        # the fast two share the rest; under least_response_time not necessarily evenly: one
+        # slow early answer (a loaded CI machine) raises a server's peak-EWMA estimate at once
+        # and it decays over 10 s, longer than this test (seen: a 246, c 47, b 7 of 300)
+        fair = n / 4 if algorithm != "least_response_time" else n / 20
+        assert counts["a"] > fair and counts["c"] > fair, dict(counts)
     else:
         assert counts == {"a": n // 3, "b": n // 3, "c": n // 3}
 
