@@ -10,6 +10,7 @@ builds the hello with an ssl.MemoryBIO so that both go out in one send).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import time
@@ -22,6 +23,7 @@ from tests.helpers.http_backends import HttpBackend, http_backend, steelyard
 
 from steelyard.config import load_config_text
 from steelyard.core.proxy_protocol import encode_v1, encode_v2, encode_v2_local
+from steelyard.net import proxy_preface
 
 CLIENT = ("203.0.113.7", 4242)
 REQUEST = b"GET /who HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"
@@ -166,6 +168,25 @@ async def test_http_listener_refuses_a_connection_without_the_header() -> None:
         assert await raw_exchange(sy.port, []) == b""
         assert 0.8 <= loop.time() - started < 3
         assert b.requests == [] and sy.records == []
+
+
+async def test_refusals_are_warned_about_once_a_minute_per_listener(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # every connection refused usually means the proxy in front sends no header: say so, but
+    # not once per connection
+    monkeypatch.setattr(proxy_preface, "_refusals", {})
+    caplog.set_level(logging.WARNING, logger="steelyard")
+    async with http_backend("s1") as b, steelyard(http_config(b)) as sy:
+        for _ in range(3):
+            assert await raw_exchange(sy.port, [REQUEST]) == b""
+        warnings = [r.getMessage() for r in caplog.records if "PROXY header" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert "web: refused 1 connection(s)" in warnings[0] and "from 127.0.0.1" in warnings[0]
+        monkeypatch.setattr(proxy_preface, "WARN_EVERY", 0.0)
+        assert await raw_exchange(sy.port, [REQUEST]) == b""
+        warnings = [r.getMessage() for r in caplog.records if "PROXY header" in r.getMessage()]
+        assert len(warnings) == 2 and "refused 3 connection(s)" in warnings[1], warnings
 
 
 async def test_http_listener_local_header_keeps_the_peer_address() -> None:

@@ -19,7 +19,7 @@ from steelyard.config import load_config_text
 from steelyard.core.proxy_protocol import ParseStatus, encode_v1, encode_v2, parse_header
 from steelyard.core.records import RequestRecord
 from steelyard.engine import Engine
-from steelyard.net import tcp_proxy
+from steelyard.net import proxy_preface, tcp_proxy
 
 # production runs on uvloop; the stdlib loop must work too (see tests/integration/conftest.py)
 LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
@@ -538,7 +538,11 @@ async def test_accept_proxy_protocol_and_pass_it_on(version: str) -> None:
         server.close()
 
 
-async def test_accept_proxy_protocol_refuses_connection_without_header(tagged: Any) -> None:
+async def test_accept_proxy_protocol_refuses_connection_without_header(
+    tagged: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(proxy_preface, "_refusals", {})
+    caplog.set_level(logging.WARNING, logger="steelyard")
     port, log = await tagged(b"never")
     listener = tcp_listener(extra="    accept_proxy_protocol: true")
     engine = await start_engine(config(listener, backend_block("b", [port])))
@@ -549,6 +553,9 @@ async def test_accept_proxy_protocol_refuses_connection_without_header(tagged: A
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert log == []  # nothing reached the server
         writer.close()
+        # and the operator is told (at most once a minute per listener)
+        warned = [r.getMessage() for r in caplog.records if "PROXY header" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].startswith("l4: refused 1 connection(s)"), warned
     finally:
         await engine.shutdown(1)
 

@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,29 @@ log = logging.getLogger("steelyard")
 
 PEEK_MAX = V2_HEADER + V2_MAX_PAYLOAD  # the longest header we accept (v1 is at most 107)
 PEEK_RETRY = 0.005
+WARN_EVERY = 60.0  # seconds between warnings about refused connections, per listener
+
+_refusals: dict[str, list[float]] = {}  # listener -> [last warning (monotonic), refused since]
+
+
+def warn_refused(listener: str, client: str, reason: str) -> None:
+    """A refused connection is worth a warning (a PROXY header missing from every connection
+    means the proxy in front is not sending one), but not one per connection: at most one per
+    listener every WARN_EVERY seconds, counting the ones in between."""
+    now = time.monotonic()
+    entry = _refusals.get(listener)
+    if entry is None:
+        entry = _refusals[listener] = [-WARN_EVERY, 0.0]
+    entry[1] += 1
+    if now - entry[0] < WARN_EVERY:
+        return
+    log.warning(
+        "%s: refused %d connection(s) requiring a PROXY header since the last warning; "
+        "latest from %s: %s",
+        listener, int(entry[1]), client or "?", reason,
+    )  # fmt: skip
+    entry[0] = now
+    entry[1] = 0.0
 
 
 class ProxyPreface(asyncio.Protocol):
@@ -173,7 +197,8 @@ class ProxyPreface(asyncio.Protocol):
     def _refuse(self, reason: str) -> None:
         if self.done:
             return
-        log.debug("%s: refused a connection: %s", self.name, reason)
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        warn_refused(self.name, str(peer[0]) if isinstance(peer, tuple) else "", reason)
         self._finish()
         if self.transport is not None:
             self.transport.close()

@@ -70,6 +70,7 @@ from steelyard.core.proxy_protocol import (
 )
 from steelyard.core.records import RequestRecord
 from steelyard.core.sni import HelloStatus, SniTable, parse_client_hello
+from steelyard.net.proxy_preface import warn_refused
 
 log = logging.getLogger("steelyard")
 
@@ -543,7 +544,8 @@ class TcpConnection(asyncio.Protocol):
             if result.status is ParseStatus.INCOMPLETE and not final:
                 return
             if result.status is not ParseStatus.OK or result.header is None:
-                log.debug("%s: refused %s: no PROXY header", listener.name, self.client_ip)
+                why = result.reason or "incomplete"
+                warn_refused(listener.name, self.client_ip, f"no PROXY header ({why})")
                 self.outcome = _CANCELLED
                 self.close()
                 return
@@ -579,6 +581,7 @@ class TcpConnection(asyncio.Protocol):
         if self.phase is not _PREFACE:
             return
         if self.need_proxy:
+            warn_refused(self.listener.name, self.client_ip, "no PROXY header in time")
             self.outcome = _CANCELLED
             self.close()
             return
