@@ -84,7 +84,7 @@ async def test_a_reload_during_a_request_applies_its_idle_timeout_after_it() -> 
             loop = asyncio.get_running_loop()
             started = loop.time()
             assert await raw.read_until_close(timeout=5) == b""
-            assert loop.time() - started < 2  # the new 300ms, not the old 60s
+            assert loop.time() - started < 5  # the new 300ms, not the old 60s
 
 
 async def test_request_head_timer_restarts_on_next_request() -> None:

