@@ -331,6 +331,7 @@ class Listener(Model, HasBind):
     accept_proxy_protocol: bool = False
     max_body_size: Size = 0  # 0 = unlimited
     redirect_https: bool = False
+    normalize_path: bool = False  # extension: routes match the RFC 3986 normal form of the path
     session_idle_timeout: Duration = 30.0  # udp
     max_sessions: Int = Field(default=10000, ge=1)  # udp
 

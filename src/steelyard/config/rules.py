@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from steelyard.config.problems import Problem
 
 ROUTE_TARGETS = ("backend", "split", "redirect", "respond")
-HTTP_ONLY = ("routes", "redirect_https", "max_body_size")
+HTTP_ONLY = ("routes", "redirect_https", "max_body_size", "normalize_path")
 HTTP_ONLY_TIMEOUTS = ("request_head", "tunnel", "idle")
 UDP_ONLY = ("session_idle_timeout", "max_sessions")
 NOT_UDP = ("tls", "accept_proxy_protocol")

@@ -64,6 +64,7 @@ from steelyard.core.http1.parser import (
     RequestParser,
     ResponseHead,
 )
+from steelyard.core.http1.paths import normalize_path
 from steelyard.core.load import Lease, Outcome
 from steelyard.core.proxy_protocol import ProxyHeader
 from steelyard.core.records import RequestRecord
@@ -124,6 +125,7 @@ class _Settings:
         "tunnel_timeout",
         "proto",
         "redirect_https",
+        "normalize_path",
     )
 
     def __init__(self, config: Any) -> None:
@@ -144,6 +146,7 @@ class _Settings:
         tls = getattr(config, "tls", None) is not None
         self.proto = b"https" if tls else b"http"
         self.redirect_https = bool(getattr(config, "redirect_https", False)) and not tls
+        self.normalize_path = bool(getattr(config, "normalize_path", False))
 
     def __repr__(self) -> str:
         return f"_Settings({self.name}, {self.router!r}, proto={self.proto.decode()})"
@@ -858,6 +861,14 @@ class Exchange(RequestRecord):
         if rid is None or not valid_request_id(rid):
             rid = listener.next_request_id()
         self.rid = rid
+        if settings.normalize_path and head.path[:1] == b"/":
+            path = normalize_path(head.path)
+            if path is None:
+                self.local_error(400, "malformed percent-encoding in the path")
+                return
+            if path != head.path:  # routes, rewrites and the server see the normal form
+                head.path = path
+                head.target = path if head.query is None else path + b"?" + head.query
         if settings.redirect_https:
             sockname = down.transport.get_extra_info("sockname")
             fallback = str(sockname[0]).encode() if isinstance(sockname, tuple) else b"localhost"
