@@ -29,9 +29,8 @@ def normalize_path(path: bytes) -> bytes | None:
         if decoded is None:
             return None
         path = decoded
-    if b"//" in path:
-        while b"//" in path:
-            path = path.replace(b"//", b"/")
+    while b"//" in path:
+        path = path.replace(b"//", b"/")
     if b"/." not in path:
         return path  # no dot segment possible: the common case stops here
     return _remove_dot_segments(path)
