@@ -41,6 +41,25 @@ def test_unused_backend() -> None:
     ]
 
 
+def test_deny_route_by_path_without_normalize_path() -> None:
+    routes = (
+        "    routes:\n"
+        "      - match: {path_prefix: /admin}\n        respond: {status: 403}\n"
+        "      - match: {path_prefix: /api/}\n        respond: {status: 503}\n"
+        "      - {match: {path_prefix: /}, backend: api}\n"
+    )
+    text = (
+        "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n" + routes + "backends:\n  api:\n" + ONE
+    )
+    assert warnings(text) == [
+        f"c.yaml:{at(text, 'match')}: warning: this route answers 403 by path, but the listener "
+        "routes on the path as received: /%61dmin or //admin would not match it; add "
+        "'normalize_path: true' to the listener"
+    ]
+    normalized = text.replace("    routes:", "    normalize_path: true\n    routes:")
+    assert warnings(normalized) == []
+
+
 def test_route_after_catch_all_never_matches() -> None:
     text = (
         "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    routes:\n"

@@ -409,6 +409,8 @@ def lint(doc: Document, config: Config | None) -> list[Problem]:
                 "request to itself",
             )
         out.extend(_unreachable_routes(doc, base, routes))
+        if protocol == "http" and lst.get("normalize_path") is not True:
+            out.extend(_deny_routes_without_normalization(doc, base, routes))
     for bname, b in backends.items():
         if not isinstance(b, dict):
             continue
@@ -417,6 +419,29 @@ def lint(doc: Document, config: Config | None) -> list[Problem]:
             warn(base, f"backend {bname!r} is not used by any listener or route")
         out.extend(_backend_warnings(doc, base, b, bname in http_used, bname in l4_used))
     out.extend(_unitless_durations(doc, config))
+    return out
+
+
+def _deny_routes_without_normalization(
+    doc: Document, base: Path, routes: list[Any]
+) -> list[Problem]:
+    """A route that answers 401/403 by path on a listener that routes on the raw path: the
+    same resource spelled /%61dmin or //admin does not match it."""
+    out: list[Problem] = []
+    for k, route in enumerate(routes):
+        route = _map(route)
+        match = _map(route.get("match"))
+        status = _map(route.get("respond")).get("status")
+        if status in (401, 403) and (match.get("path_prefix") or match.get("path_regex")):
+            out.append(
+                doc.problem(
+                    (*base, "routes", k),
+                    f"this route answers {status} by path, but the listener routes on the path "
+                    "as received: /%61dmin or //admin would not match it; add "
+                    "'normalize_path: true' to the listener",
+                    warning=True,
+                )
+            )
     return out
 
 
