@@ -46,6 +46,19 @@ async def test_413_reaches_a_client_that_sends_its_whole_body_first() -> None:
             await until(lambda: not sy.listener().connections)
 
 
+async def test_413_for_a_chunked_upload_is_answered_then_drained() -> None:
+    async with http_backend("s1") as s1:
+        cfg = proxy_config({"api": [s1]}, listener="    max_body_size: 1KiB")
+        async with steelyard(cfg) as sy:
+            # one 8 MiB chunk: over the limit as soon as its first KiB is in
+            head = (
+                b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{BODY:x}\r\n".encode()
+            )
+            out = await asyncio.to_thread(upload_then_read, sy.port, head, BODY)
+            assert out.startswith(b"HTTP/1.1 413 "), out[:80]
+
+
 async def test_a_bad_head_with_more_behind_it_is_answered_then_drained() -> None:
     async with http_backend("s1") as s1, steelyard(proxy_config({"api": [s1]})) as sy:
         # both Content-Length and Transfer-Encoding: refused (never forwarded), and the

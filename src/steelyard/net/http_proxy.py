@@ -306,6 +306,7 @@ class DownstreamConnection(asyncio.Protocol):
         "client",
         "proxied",
         "lingering",
+        "unread",
         "exchange",
         "queue",
         "queueing",
@@ -339,6 +340,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.client = ""
         self.proxied: ProxyHeader | None = None  # set by net/proxy_preface.py
         self.lingering: list[float] | None = None  # [last read, give up at] while lingering
+        self.unread = False  # a request body broke off: what follows it is never read
         self.exchange: Exchange | None = None
         self.queue: deque[tuple[int, Any]] = deque()
         self.queueing = False
@@ -508,7 +510,7 @@ class DownstreamConnection(asyncio.Protocol):
             or (self.upgrading and not self.queue)  # HTTP ended with an upgrade request
             or (self.peer_eof and not self.queue)
         ):
-            if not ex.request_done and not ex.tunnel:
+            if (not ex.request_done or self.unread) and not ex.tunnel:
                 self.linger_close()  # the client may still be sending its body
             else:
                 self.close()
@@ -1202,6 +1204,7 @@ class Exchange(RequestRecord):
         self.status = exc.status
         self.down.write(local_response(exc.status, self.rid, close=True, message=exc.reason))
         self.response_started = self.response_done = True
+        self.down.unread = True  # the rest of the body comes still: drain it (lingering close)
         self._finish(False)
 
     # -- upstream_response (ResponseSink) -----------------------------------------------------
