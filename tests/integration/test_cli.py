@@ -172,3 +172,60 @@ def test_run_with_an_unusable_certificate_exits_1_naming_the_file(tmp_path: Path
     result = steelyard("run", "-c", str(cfg))
     assert result.returncode == 1, result.stderr
     assert f"{cfg}:8:" in result.stderr and "site.pem" in result.stderr
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no 'Max open files' line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc/PID/limits")
+@pytest.mark.parametrize("hard_low", [False, True])
+def test_run_raises_the_open_file_limit_to_the_hard_one(tmp_path: Path, hard_low: bool) -> None:
+    """A soft limit of 256 (shells and service managers often give 1024) would cap the
+    process at ~128 proxied connections: `run` raises it to the hard limit, and warns when
+    even that is low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 512:
+        pytest.skip(f"the hard limit here is {hard}")
+    new_hard = 1000 if hard_low else hard
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "version: 1\nshutdown_timeout: 1s\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+        "    routes:\n      - match: {path_prefix: /}\n        respond: {status: 200}\n"
+    )
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, new_hard))
+
+    proc = subprocess.Popen(
+        [PY, "-m", "steelyard", "run", "-c", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lower,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "listener web on" in line or not line:
+                break
+        expected = new_hard if new_hard != resource.RLIM_INFINITY else 1 << 20
+        assert _soft_nofile(proc.pid) == expected
+        text = "".join(lines)
+        assert f"open-file limit raised from 256 to {expected}" in text
+        assert ("at most about 500 connections at once" in text) == hard_low, text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
