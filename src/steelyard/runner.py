@@ -46,7 +46,7 @@ LOW_FILE_LIMIT = 4096
 def raise_open_file_limit() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit, as HAProxy does for itself: shells and
     many service managers start processes with a soft limit of 1024, about 500 proxied
-    connections, past which new connections wait unaccepted in the kernel's backlog. Returns
+    connections, past which libuv accepts new connections and closes them at once. Returns
     (before, after); (-1, -1) where the limit cannot be read."""
     try:
         import resource
