@@ -25,6 +25,7 @@ from steelyard.core.balancing.base import BalancerSettings, Server, ServerState
 from steelyard.core.clock import monotonic
 from steelyard.core.events import Event, EventBus
 from steelyard.core.records import RequestRecord
+from steelyard.files import FileLimitWatch
 
 log = logging.getLogger("steelyard")
 
@@ -90,6 +91,7 @@ class Engine:
         # (backend, server, "ok" | "fail") -> count, filled by the health checker
         self.check_counts: dict[tuple[str, str, str], int] = {}
         self._retired: list[Backend] = []  # backends a reload removed, still draining
+        self.files = FileLimitWatch()  # a warning when descriptors near the open-file limit
         self.backends = self._build_backends(config, previous={})
 
     # -- building ------------------------------------------------------------------------------
@@ -275,6 +277,7 @@ class Engine:
             for state in timed_out:
                 self.close_server_connections(backend, state)
         self._retired = [b for b in self._retired if b.servers or b.leaving]
+        self.files.check(self.loop.time())
         if not self.shutting_down:
             self._tick_handle = self.loop.call_later(TICK_INTERVAL, self._tick)
 

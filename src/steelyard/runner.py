@@ -38,31 +38,6 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return uvloop.run(main())
 
 
-# a proxied connection takes two file descriptors; below this many the process serves fewer
-# than ~2000 connections at once and says so at start-up
-LOW_FILE_LIMIT = 4096
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit, as HAProxy does for itself: shells and
-    many service managers start processes with a soft limit of 1024, about 500 proxied
-    connections, past which libuv accepts new connections and closes them at once. Returns
-    (before, after); (-1, -1) where the limit cannot be read."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on Linux/macOS
-        return -1, -1
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):  # e.g. macOS caps it lower than the hard limit says
-            return soft, soft
-        return soft, target
-    return soft, soft
-
-
 def run(config_path: str) -> int:
     from steelyard.config import ConfigError, load_config
 
@@ -77,6 +52,8 @@ def run(config_path: str) -> int:
     setup_logging()
     for warning in getattr(config, "warnings", ()):
         log.warning("%s", warning)
+    from steelyard.files import LOW_FILE_LIMIT, raise_open_file_limit
+
     before, after = raise_open_file_limit()
     if after != before:
         log.info("open-file limit raised from %d to %d", before, after)

@@ -78,11 +78,14 @@ def test_run_on_a_taken_port_exits_3(tmp_path: Path) -> None:
         taken.close()
 
 
-def _read_until(proc: subprocess.Popen[str], pattern: str, deadline: float) -> re.Match[str]:
-    assert proc.stdout is not None
+def _read_until(
+    proc: subprocess.Popen[str], pattern: str, deadline: float, stderr: bool = False
+) -> re.Match[str]:
+    stream = proc.stderr if stderr else proc.stdout
+    assert stream is not None
     seen = []
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+        line = stream.readline()
         if not line:
             break
         seen.append(line)
@@ -226,6 +229,51 @@ def test_run_raises_the_open_file_limit_to_the_hard_one(tmp_path: Path, hard_low
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/fd").exists() or os.stat("/proc/self/fd").st_size == 0,
+    reason="needs Linux 6.2+ (/proc/self/fd reports its count)",
+)
+def test_run_warns_when_descriptors_near_the_open_file_limit(tmp_path: Path) -> None:
+    import resource
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "version: 1\nshutdown_timeout: 1s\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+        "    routes:\n      - match: {path_prefix: /}\n        respond: {status: 200}\n"
+    )
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+    proc = subprocess.Popen(
+        [PY, "-m", "steelyard", "run", "-c", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lower,
+    )
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 20
+        match = _read_until(proc, r"listener web on \S+:(\d+)", deadline, stderr=True)
+        port = int(match.group(1))
+        for _ in range(95):  # idle keep-alive connections: one descriptor each
+            try:
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        found = _read_until(proc, r"(\d+) of 100 file descriptors in use", deadline, stderr=True)
+        assert int(found.group(1)) >= 90
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        for c in clients:
+            c.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
