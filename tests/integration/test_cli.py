@@ -177,6 +177,28 @@ def test_run_with_an_unusable_certificate_exits_1_naming_the_file(tmp_path: Path
     assert f"{cfg}:8:" in result.stderr and "site.pem" in result.stderr
 
 
+def _run_with_file_limit(tmp_path: Path, soft: int, hard: int) -> subprocess.Popen[str]:
+    """`steelyard run` (one http listener answering 200) under RLIMIT_NOFILE (soft, hard)."""
+    import resource
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "version: 1\nshutdown_timeout: 1s\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+        "    routes:\n      - match: {path_prefix: /}\n        respond: {status: 200}\n"
+    )
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return subprocess.Popen(
+        [PY, "-m", "steelyard", "run", "-c", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lower,
+    )
+
+
 def _soft_nofile(pid: int) -> int:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -196,22 +218,7 @@ def test_run_raises_the_open_file_limit_to_the_hard_one(tmp_path: Path, hard_low
     if hard != resource.RLIM_INFINITY and hard <= 512:
         pytest.skip(f"the hard limit here is {hard}")
     new_hard = 1000 if hard_low else hard
-    cfg = tmp_path / "s.yaml"
-    cfg.write_text(
-        "version: 1\nshutdown_timeout: 1s\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
-        "    routes:\n      - match: {path_prefix: /}\n        respond: {status: 200}\n"
-    )
-
-    def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, new_hard))
-
-    proc = subprocess.Popen(
-        [PY, "-m", "steelyard", "run", "-c", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lower,
-    )
+    proc = _run_with_file_limit(tmp_path, 256, new_hard)
     try:
         assert proc.stderr is not None
         lines = []
@@ -239,24 +246,8 @@ def test_run_raises_the_open_file_limit_to_the_hard_one(tmp_path: Path, hard_low
     reason="needs Linux 6.2+ (/proc/self/fd reports its count)",
 )
 def test_run_warns_when_descriptors_near_the_open_file_limit(tmp_path: Path) -> None:
-    import resource
 
-    cfg = tmp_path / "s.yaml"
-    cfg.write_text(
-        "version: 1\nshutdown_timeout: 1s\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
-        "    routes:\n      - match: {path_prefix: /}\n        respond: {status: 200}\n"
-    )
-
-    def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
-
-    proc = subprocess.Popen(
-        [PY, "-m", "steelyard", "run", "-c", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lower,
-    )
+    proc = _run_with_file_limit(tmp_path, 100, 100)
     clients: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 20
