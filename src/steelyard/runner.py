@@ -59,7 +59,7 @@ def run(config_path: str) -> int:
         log.info("open-file limit raised from %d to %d", before, after)
     if 0 <= after < LOW_FILE_LIMIT:
         log.warning(
-            "open-file limit is %d (hard limit): at most about %d connections at once; "
+            "open-file limit is %d: at most about %d connections at once; "
             "raise it (ulimit -n, or LimitNOFILE= in a systemd unit)",
             after, after // 2,
         )  # fmt: skip

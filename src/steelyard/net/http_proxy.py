@@ -692,8 +692,8 @@ class DownstreamConnection(asyncio.Protocol):
 
     def linger_close(self) -> None:
         """Close after an answer given before the client's request was read to its end (a
-        local error, a body that broke off). A plain close with unread bytes makes the kernel send a
-        reset, which can destroy the answer before the client reads it; so, as nginx's
+        local error, a body that broke off). A plain close with unread bytes makes the kernel
+        send a reset, which can destroy the answer before the client reads it; so, as nginx's
         lingering close, send FIN after the answer (TLS cannot half-close: it is just flushed),
         read and drop what still comes, and close when the client closes, is quiet for
         LINGER_IDLE, or after LINGER_MAX."""
