@@ -226,11 +226,7 @@ class Engine:
         def factory() -> ProxyPreface:
             # read per connection: a reload changes timeouts.request_head in the runtime, and
             # re-reads certificates into the same context object
-            settings = getattr(runtime, "settings", None)
-            timeout: Any = getattr(settings, "request_head_timeout", None)
-            if timeout is None:
-                timeout = getattr(runtime, "preface_timeout", 10.0)
-            return ProxyPreface(runtime.protocol_factory, ssl_ctx, float(timeout), name)
+            return ProxyPreface(runtime.protocol_factory, ssl_ctx, runtime.preface_timeout, name)
 
         return factory
 

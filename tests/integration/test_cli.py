@@ -79,11 +79,17 @@ def test_run_on_a_taken_port_exits_3(tmp_path: Path) -> None:
 
 
 def _read_until(
-    proc: subprocess.Popen[str], pattern: str, deadline: float, stderr: bool = False
+    proc: subprocess.Popen[str],
+    pattern: str,
+    deadline: float,
+    stderr: bool = False,
+    seen: list[str] | None = None,
 ) -> re.Match[str]:
+    """Read the process's stdout (or stderr) line by line until `pattern` (lines kept in
+    `seen`, if given)."""
     stream = proc.stderr if stderr else proc.stdout
     assert stream is not None
-    seen = []
+    seen = [] if seen is None else seen
     while time.monotonic() < deadline:
         line = stream.readline()
         if not line:
@@ -220,14 +226,8 @@ def test_run_raises_the_open_file_limit_to_the_hard_one(tmp_path: Path, hard_low
     new_hard = 1000 if hard_low else hard
     proc = _run_with_file_limit(tmp_path, 256, new_hard)
     try:
-        assert proc.stderr is not None
-        lines = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if "listener web on" in line or not line:
-                break
+        lines: list[str] = []
+        _read_until(proc, "listener web on", time.monotonic() + 20, stderr=True, seen=lines)
         expected = new_hard if new_hard != resource.RLIM_INFINITY else 1 << 20
         assert _soft_nofile(proc.pid) == expected
         text = "".join(lines)
@@ -246,7 +246,6 @@ def test_run_raises_the_open_file_limit_to_the_hard_one(tmp_path: Path, hard_low
     reason="needs Linux 6.2+ (/proc/self/fd reports its count)",
 )
 def test_run_warns_when_descriptors_near_the_open_file_limit(tmp_path: Path) -> None:
-
     proc = _run_with_file_limit(tmp_path, 100, 100)
     clients: list[socket.socket] = []
     try:

@@ -52,6 +52,13 @@ class ProxyHeader:
     destination: str | None = None
     destination_port: int = 0
 
+    @property
+    def client(self) -> tuple[str, int] | None:
+        """(address, port) of the original client; None for LOCAL/UNKNOWN (keep the peer's)."""
+        if self.local or self.source is None:
+            return None
+        return self.source, self.source_port
+
     def __repr__(self) -> str:
         if self.local or self.source is None:
             return f"ProxyHeader(v{self.version} LOCAL)"

@@ -207,6 +207,12 @@ class HttpListener:
         return self.settings.name
 
     @property
+    def preface_timeout(self) -> float:
+        """The time allowed for a PROXY header (net/proxy_preface.py): timeouts.request_head,
+        as on tcp listeners."""
+        return self.settings.request_head_timeout
+
+    @property
     def connections_active(self) -> int:
         return len(self.connections)
 
@@ -369,8 +375,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         proxied = self.proxied  # accept_proxy_protocol: the header's source is the client
-        if proxied is not None and not proxied.local and proxied.source is not None:
-            peer = (proxied.source, proxied.source_port)
+        if proxied is not None and proxied.client is not None:
+            peer = proxied.client
         if isinstance(peer, tuple) and len(peer) >= 2:
             ip = str(peer[0])
             self.client_ip = ip.encode()
@@ -1161,7 +1167,7 @@ class Exchange(RequestRecord):
             replay = self.replay
             if replay is not None:
                 self.replay_size += len(data)
-                if self.replay_size > REPLAY_MAX or self.response_started:
+                if self.replay_size > REPLAY_MAX:
                     self.replay = None  # too much to keep: no replay
                 else:
                     replay.append(data)

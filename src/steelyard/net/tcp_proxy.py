@@ -570,8 +570,9 @@ class TcpConnection(asyncio.Protocol):
         self._connect(backend)
 
     def _use_proxy_header(self, header: ProxyHeader) -> None:
-        if not header.local and header.source is not None:
-            self.client_ip, self.client_port = header.source, header.source_port
+        client = header.client
+        if client is not None:
+            self.client_ip, self.client_port = client
             if header.destination is not None:
                 self.local_ip = header.destination
                 self.local_port = header.destination_port
