@@ -2,25 +2,45 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BUILT := $(VENV)/.built
+SOURCES := $(shell find src/steelyard -name '*.py')
 
-.PHONY: demo test lint bench clean browsers
+.PHONY: demo test test-compiled test-python lint bench build clean browsers
 
+# the editable install itself compiles nothing (STEELYARD_COMPILE=0): `build` does, in place,
+# with the venv's mypy, and again whenever a source changes
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	STEELYARD_COMPILE=0 $(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# the data path's modules compiled with mypyc (setup.py's COMPILED), beside their sources;
+# touched after, because an edit that changes no C (a comment) leaves the old files, and
+# steelyard/_native.py runs the sources when a compiled module looks older than its .py
+$(BUILT): $(STAMP) setup.py $(SOURCES)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	find src -name '*.so' -exec touch {} +
+	touch $(BUILT)
+
+build: $(BUILT)
+
+demo: $(BUILT)
 	$(BIN)/steelyard demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench setup.py
 	$(BIN)/mypy src/steelyard
 
-test: $(STAMP) lint browsers
-	$(BIN)/pytest -n 2 -q
+# the whole suite twice: against the compiled build, then against the Python sources
+test: lint browsers test-compiled test-python
+
+test-compiled: $(BUILT)
+	STEELYARD_EXPECT_BUILD=compiled $(BIN)/pytest -n 2 -q
+
+test-python: $(STAMP)
+	STEELYARD_PURE_PYTHON=1 STEELYARD_EXPECT_BUILD=python $(BIN)/pytest -n 2 -q
 
 # the dashboard tests drive Debian's chromium through Playwright (no `playwright install`)
 browsers:
@@ -31,3 +51,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+	find src -name '*.so' -delete

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steelyard import __version__
+from steelyard import BUILD, __version__
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_START = 0, 1, 2, 3
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "version":
         print(f"steelyard {__version__}")
+        print("data path: compiled (mypyc)" if BUILD == "compiled" else "data path: Python")
         return EXIT_OK
     if args.command == "check":
         from steelyard.config import check_command

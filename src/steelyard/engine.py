@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from steelyard import __version__
+from steelyard import BUILD, __version__
 from steelyard.core.backend import Backend
 from steelyard.core.balancing import SLOW_BUILD
 from steelyard.core.balancing.base import BalancerSettings, Server, ServerState
@@ -400,6 +400,7 @@ class Engine:
     def status(self) -> dict[str, Any]:
         return {
             "version": __version__,
+            "build": BUILD,
             "uptime_s": round(time.time() - self.started_at, 3),
             "config_file": self.config_path,
             "config_hash": getattr(self.config, "source_hash", None),

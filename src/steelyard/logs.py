@@ -289,7 +289,7 @@ class AccessLog:
         self._buffer: list[str] = []
         self._wake = threading.Event()
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
         self._dest: _Destination | None = None
         self._solo: list[logging.Handler] = []
         if not self.enabled:
@@ -301,10 +301,10 @@ class AccessLog:
         access_log.addHandler(self.handler)
         access_log.setLevel(logging.INFO)
         access_log.propagate = False
-        self._thread = threading.Thread(
+        self._writer_thread = threading.Thread(
             target=self._writer, name="steelyard-access-log", daemon=True
         )
-        self._thread.start()
+        self._writer_thread.start()
 
     def __call__(self, rec: RequestRecord) -> None:
         if not self.enabled:
@@ -358,9 +358,9 @@ class AccessLog:
             access_log.removeHandler(self.handler)
         self._closing = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._writer_thread is not None:
+            self._writer_thread.join()
+            self._writer_thread = None
         if self._dest is not None:
             if self._buffer:  # pushed through the logger by another thread as we stopped
                 self._dest.write("\n".join([*self._buffer, ""]))

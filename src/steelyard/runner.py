@@ -52,7 +52,11 @@ def run(config_path: str) -> int:
     setup_logging()
     for warning in getattr(config, "warnings", ()):
         log.warning("%s", warning)
+    from steelyard import _native
     from steelyard.files import LOW_FILE_LIMIT, raise_open_file_limit
+
+    if _native.WARNING:
+        log.warning("%s", _native.WARNING)
 
     before, after = raise_open_file_limit()
     if after != before:

@@ -17,6 +17,7 @@ from test_admin_support import (
     wait_for,
 )
 
+import steelyard
 from steelyard.config import ALGORITHM_NAMES
 from steelyard.core.balancing.base import PickContext
 from steelyard.core.load import Outcome
@@ -110,6 +111,7 @@ async def test_status_shape() -> None:
     body = r.json()
     assert set(body) >= {"version", "uptime_s", "config_file", "config_hash", "listeners"}
     assert body["version"] == engine.status()["version"]
+    assert body["build"] == steelyard.BUILD  # "compiled" (mypyc) or "python"
     assert isinstance(body["uptime_s"], int | float) and body["uptime_s"] >= 0
     assert len(body["config_hash"]) == 64
     assert body["listeners"] == []

@@ -28,7 +28,9 @@ def steelyard(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
 def test_version() -> None:
     result = steelyard("version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"steelyard {__version__}"
+    first, second = result.stdout.splitlines()
+    assert first == f"steelyard {__version__}"
+    assert second in ("data path: compiled (mypyc)", "data path: Python")
 
 
 def test_no_command_is_a_usage_error() -> None:

@@ -379,7 +379,9 @@ class Backend:
         self.mark_dirty()
         return state
 
-    def set_weight(self, name: str, weight: int) -> ServerState:
+    def set_weight(self, name: str, weight: object) -> ServerState:
+        """`weight` is checked here whoever calls (typed `object`: compiled by mypyc, an `int`
+        parameter would turn a string into a TypeError before this check could answer 400)."""
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1000:
             raise BackendError(400, "weight must be an integer from 0 to 1000")
         state = self.get(name)

@@ -73,7 +73,7 @@ from steelyard.errors import ProtocolError
 from steelyard.net.http_sticky import add_set_cookie, cookie_server, registry_of, sticky_lease
 from steelyard.net.http_tunnel import GRACE, WebSocketTunnel, is_websocket
 from steelyard.net.https_redirect import https_location
-from steelyard.net.pool import UpstreamConnection
+from steelyard.net.pool import Key, UpstreamConnection
 from steelyard.net.tls import TLSConfigError, reload_certificates
 from steelyard.net.upstream_tls import UpstreamTLSContexts
 
@@ -808,7 +808,7 @@ class Exchange(RequestRecord):
         self.pick: PickContext | None = None
         self.timeouts: Any = None
         self.lease: Lease | None = None
-        self.key: tuple[str, int] = ("", 0)
+        self.key: Key = ("", 0)
         self.upstream: UpstreamConnection | None = None
         self.reused = False
         self.connect_task: asyncio.Task[Any] | None = None
@@ -1039,10 +1039,11 @@ class Exchange(RequestRecord):
         state = lease.server
         self.server = state.name
         server = state.server
+        key: Key
         if self.tls is None:
             self.key = key = (server.host, server.port)
         else:  # pooled connections are keyed on the TLS identity too
-            self.key = key = (server.host, server.port, self.tls.ident)  # type: ignore[assignment]
+            self.key = key = (server.host, server.port, self.tls.ident)
         conn = self.down.listener.engine.pools.take(key)
         if conn is not None:
             self._attach(conn, reused=True)

@@ -21,7 +21,7 @@ from steelyard.core.http1.parser import ResponseParser
 if TYPE_CHECKING:
     from steelyard.net.http_proxy import Exchange
 
-Key = tuple[str, int]
+Key = tuple[Any, ...]  # (host, port), or (host, port, TLS identity) for TLS upstreams
 
 
 class _NoSink:

@@ -1,0 +1,41 @@
+"""Build hook: the data path's modules compiled to C extensions with mypyc.
+
+The sources stay plain, type-checked Python; mypyc (part of mypy) turns the modules listed in
+COMPILED into C extensions that CPython loads in place of the .py files. On the HTTP path
+this cuts the user-space instructions per request by about a third (bench/PROFILE.md).
+
+`STEELYARD_COMPILE=0` builds a pure-Python package instead (no C compiler needed);
+`STEELYARD_PURE_PYTHON=1` at run time ignores compiled modules that are present (see
+src/steelyard/_native.py). `make build` compiles in place for a source checkout.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+# The request path, in the order a request meets it. Only modules whose every name is typed
+# precisely enough for mypyc's run-time checks belong here (the test suite runs against the
+# compiled build and, with STEELYARD_PURE_PYTHON=1, against the sources).
+COMPILED = [
+    "src/steelyard/core/http1/headers.py",
+    "src/steelyard/core/http1/parser.py",
+    "src/steelyard/core/records.py",
+    "src/steelyard/core/load.py",
+    "src/steelyard/core/backend.py",
+    "src/steelyard/net/pool.py",
+    "src/steelyard/net/http_proxy.py",
+    "src/steelyard/logs.py",
+]
+
+
+def ext_modules() -> list[object]:
+    if os.environ.get("STEELYARD_COMPILE", "1") == "0":
+        return []
+    from mypyc.build import mypycify
+
+    return list(mypycify(COMPILED, opt_level="3", group_name="steelyard"))
+
+
+setup(ext_modules=ext_modules())
