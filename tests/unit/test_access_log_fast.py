@@ -80,7 +80,8 @@ def test_millis_is_repr_of_round(duration: float) -> None:
 
 
 def test_millis_edges() -> None:
-    for d in (0.0, -0.0, 1e-20, 5e-7, 1.5e-6, 2.5e-6, 0.001, 1.0, 1e12, 1e13, -1.5e-3, 1e300):
+    for d in (0.0, -0.0, 1e-20, 5e-7, 1.5e-6, 2.5e-6, 0.001, 1.0, 1e12, 1e13, -1.5e-3, 1e300,
+              35184372089.30469, 999999999.9999, 1e9, -35184372089.30469):  # fmt: skip
         assert _millis(d) == repr(round(d * 1000, 3)), d
 
 
