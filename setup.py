@@ -19,14 +19,30 @@ from setuptools import setup
 # precisely enough for mypyc's run-time checks belong here (the test suite runs against the
 # compiled build and, with STEELYARD_PURE_PYTHON=1, against the sources).
 COMPILED = [
+    # HTTP: parse, route, pick, pool, relay, record
     "src/steelyard/core/http1/headers.py",
     "src/steelyard/core/http1/parser.py",
+    "src/steelyard/core/routing.py",
     "src/steelyard/core/records.py",
     "src/steelyard/core/load.py",
+    "src/steelyard/core/health.py",
     "src/steelyard/core/backend.py",
+    "src/steelyard/core/sticky.py",
+    "src/steelyard/core/balancing/base.py",
+    "src/steelyard/core/balancing/round_robin.py",
+    "src/steelyard/core/balancing/least_load.py",
+    "src/steelyard/core/balancing/load_index.py",
+    "src/steelyard/core/balancing/random_choice.py",
+    "src/steelyard/core/balancing/hashing.py",
+    "src/steelyard/core/balancing/ring.py",
+    "src/steelyard/core/balancing/maglev.py",
     "src/steelyard/net/pool.py",
     "src/steelyard/net/http_proxy.py",
+    "src/steelyard/net/http_sticky.py",
     "src/steelyard/logs.py",
+    # L4
+    "src/steelyard/core/proxy_protocol.py",
+    "src/steelyard/net/tcp_proxy.py",
 ]
 
 

@@ -9,7 +9,8 @@ CPU seconds (from /proc/PID/stat) are divided by the requests wrk completed, so 
 (Python) and system time (syscalls) show separately. Medians over the runs are printed.
 
 Usage: .venv/bin/python bench/ab_cpu.py --variant old=/tmp/old --variant new=. [--runs 5]
-       [--duration 3] [--modes keep-alive,close] [--no-bare] [--callgrind [--requests N]]
+       [--duration 3] [--modes keep-alive,close] [--no-bare]
+       [--callgrind [--requests N] [--keep DIR]]
 
 `--callgrind` measures instead the balancer's user-space machine instructions per request,
 which the other sessions on this shared VM do not disturb: each variant runs under valgrind
@@ -72,6 +73,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-bare", action="store_true")
     ap.add_argument("--callgrind", action="store_true", help="instructions per request instead")
     ap.add_argument("--requests", type=int, default=2000, help="with --callgrind")
+    ap.add_argument("--keep", metavar="DIR", help="with --callgrind: copy the profiles there")
     args = ap.parse_args(argv)
     install_signal_handlers()
     workdir = Path(tempfile.mkdtemp(prefix="steelyard-ab-"))
@@ -214,6 +216,9 @@ def callgrind_runs(args: argparse.Namespace, workdir: Path, ports: list[int]) ->
                 if total is None:
                     raise SystemExit(f"{name}: no totals in {files[-1]}")
                 rows.append((mode, name, total / n))
+                if args.keep:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(files[-1], Path(args.keep) / f"callgrind.{mode}.{name}")
                 log(f"{mode} {name:12s} {total / n:10,.0f} instructions per request")
             finally:
                 proc.send_signal(signal.SIGTERM)

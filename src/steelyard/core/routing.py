@@ -342,6 +342,23 @@ def _pairs(
     )
 
 
+class _CatchAll:
+    """The route config of a listener with `backend:` and no routes (module level: mypyc
+    compiles no nested classes)."""
+
+    match = None
+    split = None
+    request_headers = None
+    response_headers = None
+    strip_prefix = None
+    rewrite_prefix = None
+    redirect = None
+    respond = None
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+
 class Router:
     """The routes of one listener, compiled once; `match()` is first-match-wins."""
 
@@ -355,21 +372,8 @@ class Router:
     @classmethod
     def single_backend(cls, backend: str) -> Router:
         """A listener with `backend:` and no routes: every request goes there."""
-
-        class _Cfg:
-            match = None
-            split = None
-            request_headers = None
-            response_headers = None
-            strip_prefix = None
-            rewrite_prefix = None
-            redirect = None
-            respond = None
-
-        cfg = _Cfg()
-        cfg.backend = backend  # type: ignore[attr-defined]
         router = cls(())
-        router.routes = (CompiledRoute(0, cfg),)
+        router.routes = (CompiledRoute(0, _CatchAll(backend)),)
         return router
 
     def match(self, head: RequestHead) -> CompiledRoute | None:

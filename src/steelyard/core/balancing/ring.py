@@ -60,7 +60,7 @@ _TWO_POW_M52 = 2.0**-52
 
 def point_counts(weights: Sequence[float], per_weight: int, max_points: int) -> list[int]:
     """Points per server: round(per_weight x weight), scaled down to fit max_points in all."""
-    total = per_weight * sum(weights)
+    total = per_weight * sum(weights, 0.0)  # a float (mypyc: sum() of floats may be int 0)
     scale = 1.0 if total <= max_points else max_points / total
     return [max(1, round(per_weight * w * scale)) for w in weights]
 
