@@ -1531,7 +1531,8 @@ class Exchange(RequestRecord):
         self.bytes_out = bytes_out - down.out_mark
         down.out_mark = bytes_out
         self.duration = time.perf_counter() - self.t0
-        down.listener.engine.record(self)
+        for recorder in down.listener.engine.recorders:  # Engine.record, inline (compiled)
+            recorder(self)
         down.exchange_done(self, keep_alive)
 
     # -- local replies -----------------------------------------------------------------------
