@@ -37,21 +37,21 @@ import sys
 import threading
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from steelyard.core.records import RequestRecord
 
 access_log = logging.getLogger("steelyard.access")
 
-OFF = "off"
-FLUSH_INTERVAL = 0.05  # seconds the writer waits after the first line of a batch
-_INFO = logging.INFO
+OFF: Final = "off"
+FLUSH_INTERVAL: Final = 0.05  # seconds the writer waits after the first line of a batch
+_INFO: Final = logging.INFO
 
 
 _second_cache: list[Any] = [None, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]: one per loop
 
 
-_MILLIS = [f".{i:03d}Z" for i in range(1000)]
+_MILLIS: Final = [f".{i:03d}Z" for i in range(1000)]
 
 
 def _rfc3339(ts: float) -> str:
@@ -121,8 +121,8 @@ class _JsonStrings(dict[Any, str]):
         return text
 
 
-_JSON_MAX = 4096
-_JSON = _JsonStrings({None: "null"})
+_JSON_MAX: Final = 4096
+_JSON: Final = _JsonStrings({None: "null"})
 
 
 def format_json(rec: RequestRecord) -> str:
@@ -181,7 +181,11 @@ def format_json(rec: RequestRecord) -> str:
     )
 
 
-_TEXT_ESCAPES = {i: f"\\x{i:02x}" for i in range(0x20)} | {0x7F: "\\x7f", 0x22: '\\"', 0x5C: "\\\\"}
+_TEXT_ESCAPES: Final = {i: f"\\x{i:02x}" for i in range(0x20)} | {
+    0x7F: "\\x7f",
+    0x22: '\\"',
+    0x5C: "\\\\",
+}
 
 
 def _text(value: Any) -> str:

@@ -36,6 +36,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import Final
 
 from steelyard.core.balancing import factory_for
 from steelyard.core.balancing.base import (
@@ -54,17 +55,17 @@ from steelyard.core.events import Event, EventBus
 from steelyard.core.health import MAX_EJECTION_TIME, HealthState, OutlierDetector
 from steelyard.core.load import Lease, Outcome
 
-RAMP_REBUILD_INTERVAL = 1.0
+RAMP_REBUILD_INTERVAL: Final = 1.0
 # hot-path aliases (an Enum member read off its class is ~10x slower than a global on 3.11)
-_OK = Outcome.OK
-_CANCELLED = Outcome.CANCELLED
-_ENABLED = AdminState.ENABLED
-_HEALTHY = Health.HEALTHY
-SLOW_START_FLOOR = 0.1
+_OK: Final = Outcome.OK
+_CANCELLED: Final = Outcome.CANCELLED
+_ENABLED: Final = AdminState.ENABLED
+_HEALTHY: Final = Health.HEALTHY
+SLOW_START_FLOOR: Final = 0.1
 # a ramping weight moves in steps of 1/32 of the server's weight, rounded up (never below the
 # linear ramp, at most 1/32 above it): exact in floating point, so round robin keeps its exact
 # integer sequence (and O(1) replay) during slow start too
-RAMP_STEPS = 32
+RAMP_STEPS: Final = 32
 
 # outlier settings: (consecutive_failures, base_ejection_time, max_ejection_percent
 #                    [, max_ejection_time])
@@ -85,7 +86,7 @@ class _Empty:
         return "EmptyBalancer()"
 
 
-EMPTY: Balancer = _Empty()
+EMPTY: Final[Balancer] = _Empty()
 
 
 class BackendError(Exception):

@@ -28,10 +28,12 @@ which still waits for a passing check is reported as `awaiting_check`.
 
 from __future__ import annotations
 
+from typing import Final
+
 from steelyard.core.balancing.base import Health
 from steelyard.core.load import Outcome
 
-MAX_EJECTION_TIME = 300.0
+MAX_EJECTION_TIME: Final = 300.0
 
 
 class HealthState:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from steelyard.core.balancing.base import ServerState
@@ -33,9 +33,11 @@ class Outcome(enum.Enum):
         return self in _FAILURES
 
 
-_FAILURES = frozenset({Outcome.HTTP_5XX, Outcome.CONNECT_FAILED, Outcome.TIMEOUT, Outcome.RESET})
+_FAILURES: Final = frozenset(
+    {Outcome.HTTP_5XX, Outcome.CONNECT_FAILED, Outcome.TIMEOUT, Outcome.RESET}
+)
 
-DEFAULT_TAU = 10.0
+DEFAULT_TAU: Final = 10.0
 
 
 class PeakEwma:

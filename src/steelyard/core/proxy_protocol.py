@@ -22,18 +22,19 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-V1_PREFIX = b"PROXY "
-V1_MAX = 107
-V2_HEADER = 16
-V2_MAX_PAYLOAD = 4096  # we accept TLVs up to this size; the spec allows 65535
+V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
+V1_PREFIX: Final = b"PROXY "
+V1_MAX: Final = 107
+V2_HEADER: Final = 16
+V2_MAX_PAYLOAD: Final = 4096  # we accept TLVs up to this size; the spec allows 65535
 
-_FAMILY_INET = 0x1
-_FAMILY_INET6 = 0x2
-_FAMILY_UNIX = 0x3
-_STREAM = 0x1
-_DGRAM = 0x2
+_FAMILY_INET: Final = 0x1
+_FAMILY_INET6: Final = 0x2
+_FAMILY_UNIX: Final = 0x3
+_STREAM: Final = 0x1
+_DGRAM: Final = 0x2
 
 
 class ParseStatus(enum.Enum):
@@ -76,7 +77,7 @@ class ParseResult:
     reason: str = ""
 
 
-_INCOMPLETE = ParseResult(ParseStatus.INCOMPLETE)
+_INCOMPLETE: Final = ParseResult(ParseStatus.INCOMPLETE)
 
 
 def _invalid(reason: str) -> ParseResult:

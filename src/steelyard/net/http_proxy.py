@@ -38,7 +38,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from steelyard.core.balancing import HASHING
 from steelyard.core.balancing.base import PickContext, ServerState
@@ -79,38 +79,38 @@ from steelyard.net.upstream_tls import UpstreamTLSContexts
 
 log = logging.getLogger("steelyard.http")
 
-INF = float("inf")
+INF: Final = float("inf")
 # Outcome members as module globals: on Python 3.11 `Outcome.OK` goes through EnumType's
 # __getattr__ hook (~0.1 us); a global load does not
-OK = Outcome.OK
-HTTP_5XX = Outcome.HTTP_5XX
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-BUFFER_HIGH = 64 * 1024  # request body buffered while connecting, before reading pauses
-DISCARD_MAX = 64 * 1024  # request body we read and drop after a local reply, to keep alive
-REPLAY_MAX = 64 * 1024  # request body kept while on a reused connection, to replay it (race)
+OK: Final = Outcome.OK
+HTTP_5XX: Final = Outcome.HTTP_5XX
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+BUFFER_HIGH: Final = 64 * 1024  # request body buffered while connecting, before reading pauses
+DISCARD_MAX: Final = 64 * 1024  # request body we read and drop after a local reply, to keep alive
+REPLAY_MAX: Final = 64 * 1024  # request body kept while on a reused connection, to replay it (race)
 # lingering close (nginx's lingering_close, lingering_timeout, lingering_time): after an answer
 # given before the request was read to its end, what the client still sends is read and
 # dropped until it closes, is quiet for LINGER_IDLE or LINGER_MAX has passed
 LINGER_IDLE = 5.0
-LINGER_MAX = 30.0
+LINGER_MAX: Final = 30.0
 
 # why downstream reading is paused (bit set)
-PAUSE_PIPELINE = 1
-PAUSE_UPSTREAM = 2
-PAUSE_BUFFER = 4
+PAUSE_PIPELINE: Final = 1
+PAUSE_UPSTREAM: Final = 2
+PAUSE_BUFFER: Final = 4
 
 # what the connection's one timer is waiting for
-T_NONE = 0
-T_HEAD = 1  # the request head (listener timeouts.request_head): 408
-T_IDLE = 2  # the next request on a kept-alive connection (listener timeouts.idle): close
-X_RESPONSE = 3  # the response head (backend timeouts.response): 504
-X_IDLE = 4  # progress of a running exchange (backend timeouts.idle, or the tunnel timeout)
+T_NONE: Final = 0
+T_HEAD: Final = 1  # the request head (listener timeouts.request_head): 408
+T_IDLE: Final = 2  # the next request on a kept-alive connection (listener timeouts.idle): close
+X_RESPONSE: Final = 3  # the response head (backend timeouts.response): 504
+X_IDLE: Final = 4  # progress of a running exchange (backend timeouts.idle, or the tunnel timeout)
 
 # pipelined events
-Q_HEAD = 0
-Q_BODY = 1
-Q_END = 2
-Q_ERROR = 3
+Q_HEAD: Final = 0
+Q_BODY: Final = 1
+Q_END: Final = 2
+Q_ERROR: Final = 3
 
 
 class _Settings:
@@ -152,7 +152,7 @@ class _Settings:
         return f"_Settings({self.name}, {self.router!r}, proto={self.proto.decode()})"
 
 
-NO_HASH = PickContext(None, frozenset())  # never mutated: retries replace it
+NO_HASH: Final = PickContext(None, frozenset())  # never mutated: retries replace it
 
 
 class _BackendProfile:

@@ -14,7 +14,7 @@ idle connections are kept per address; extra ones are closed.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from steelyard.core.http1.parser import ResponseParser
 
@@ -42,7 +42,7 @@ class _NoSink:
         pass
 
 
-_NO_SINK = _NoSink()
+_NO_SINK: Final = _NoSink()
 
 
 class UpstreamConnection(asyncio.Protocol):

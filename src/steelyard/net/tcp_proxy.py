@@ -54,7 +54,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, Final
 
 from steelyard.core.backend import Backend
 from steelyard.core.balancing import HASHING
@@ -74,33 +74,35 @@ from steelyard.net.proxy_preface import warn_refused
 
 log = logging.getLogger("steelyard")
 
-HIGH_WATER = 1024 * 1024  # per transport write buffer before we pause the other side
-LOW_WATER = 256 * 1024
+HIGH_WATER: Final = 1024 * 1024  # per transport write buffer before we pause the other side
+LOW_WATER: Final = 256 * 1024
 # what a client may send while we connect before we stop reading from it
-CONNECT_BUFFER = 64 * 1024
-MAX_PREFACE = 16384 + 4096 + 512  # ClientHello (bounded by core.sni) + PROXY v2 header + slack
-_LINGER_RESET = struct.pack("ii", 1, 0)
-_LOCAL_ERRORS = frozenset(
+CONNECT_BUFFER: Final = 64 * 1024
+MAX_PREFACE: Final = (
+    16384 + 4096 + 512
+)  # ClientHello (bounded by core.sni) + PROXY v2 header + slack
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+_LOCAL_ERRORS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
 )
 
 # splice(2) fast path (Linux): bytes go socket -> pipe -> socket inside the kernel
-SPLICE_SUPPORTED = hasattr(os, "splice") and hasattr(os, "SPLICE_F_MOVE")
-SPLICE_CHUNK = 1024 * 1024  # bytes per splice() call, and the pipe size we ask for
-SPLICE_ROUNDS = 16
+SPLICE_SUPPORTED: Final = hasattr(os, "splice") and hasattr(os, "SPLICE_F_MOVE")
+SPLICE_CHUNK: Final = 1024 * 1024  # bytes per splice() call, and the pipe size we ask for
+SPLICE_ROUNDS: Final = 16
 # a connection moves to splice once it has relayed this much: short connections stay on the
 # Protocol path (setting up pipes costs more than it saves), bulk ones switch
 SPLICE_AFTER = 1024 * 1024
 # ...and only on a large read: a stream of small messages (keep-alive request/response) costs
 # three splice() calls per message against one recv and one send, so it stays on Protocols
 SPLICE_MIN_READ = 64 * 1024
-_NEVER = 1 << 62  # splice() rounds per wakeup before yielding to other connections
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_NEVER: Final = 1 << 62  # splice() rounds per wakeup before yielding to other connections
+_F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE_DEFAULT = os.environ.get("STEELYARD_SPLICE", "1") != "0"
-_NO_SERVERS: frozenset[str] = frozenset()
+_NO_SERVERS: Final[frozenset[str]] = frozenset()
 # the pick of a first attempt without a hash key: nothing to carry, so one shared context
 # (balancers only read it)
-_ANY_SERVER = PickContext(None, _NO_SERVERS)
+_ANY_SERVER: Final = PickContext(None, _NO_SERVERS)
 
 
 class Phase(enum.Enum):

@@ -15,18 +15,19 @@ from __future__ import annotations
 import sys
 from array import array
 from hashlib import blake2b, shake_256
+from typing import Final
 
-_KEY = b"steelyard-key"
-_RING = b"steelyard-ring"
-_OFFSET = b"maglev-offset"
-_SKIP = b"maglev-skip"
-_BIG_ENDIAN = sys.byteorder == "big"
+_KEY: Final = b"steelyard-key"
+_RING: Final = b"steelyard-ring"
+_OFFSET: Final = b"maglev-offset"
+_SKIP: Final = b"maglev-skip"
+_BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
 # an initialised hasher that is only ever copied, never updated: copying skips parameter
 # parsing and is about twice as fast as a fresh blake2b(...) for short keys. Hot paths inline
 # hash64 as KEY_HASHER.copy(), update(data), int.from_bytes(digest(), "little").
-KEY_HASHER = blake2b(digest_size=8, person=_KEY)
+KEY_HASHER: Final = blake2b(digest_size=8, person=_KEY)
 
 
 def hash64(data: bytes) -> int:
@@ -54,10 +55,10 @@ def maglev_offset_skip(name: str, table_size: int) -> tuple[int, int]:
     return offset, skip
 
 
-_TWO_POW_M52 = 2.0**-52
+_TWO_POW_M52: Final = 2.0**-52
 # byte 6 of a little-endian double: keep the low nibble (mantissa), force the high nibble to
 # 0xF (exponent low bits); byte 7 = 0x3F. Together: exponent 0x3FF, a double in [1, 2).
-_EXP_LOW = bytes(0xF0 | (b & 0x0F) for b in range(256))
+_EXP_LOW: Final = bytes(0xF0 | (b & 0x0F) for b in range(256))
 
 
 def key_position(h: int) -> float:

@@ -39,15 +39,16 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from heapq import heappop, heappush, heapreplace
 from itertools import accumulate
+from typing import Final
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.load_index import FloatMinIndex, RotatingMinIndex
 from steelyard.core.balancing.random_choice import WeightedRandom, positive, weighted_index
 
-_INF = float("inf")
-MIN_ESTIMATE = 1e-6  # seconds
-STALE_AFTER = 0.5  # seconds without a sample before an estimate starts to fade
-MAX_WEIGHT_CLASSES = 8
+_INF: Final = float("inf")
+MIN_ESTIMATE: Final = 1e-6  # seconds
+STALE_AFTER: Final = 0.5  # seconds without a sample before an estimate starts to fade
+MAX_WEIGHT_CLASSES: Final = 8
 
 
 def in_flight_factor(state: ServerState) -> int:
@@ -239,10 +240,10 @@ class LeastConnections:
 
 
 # where a tracked least_response_time member is
-_IDLE = 0  # no latency sample yet: costed at the fill estimate
-_FRESH = 1  # a sample within STALE_AFTER: costed at its own estimate
-_STALE = 2  # samples, none within STALE_AFTER: its estimate fades towards the fill
-RESUM_EVERY = 4096  # hook calls between exact re-summations of the running estimate sums
+_IDLE: Final = 0  # no latency sample yet: costed at the fill estimate
+_FRESH: Final = 1  # a sample within STALE_AFTER: costed at its own estimate
+_STALE: Final = 2  # samples, none within STALE_AFTER: its estimate fades towards the fill
+RESUM_EVERY: Final = 4096  # hook calls between exact re-summations of the running estimate sums
 
 
 class _LatencyView:

@@ -20,12 +20,13 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
+from typing import Final
 
 # levels whose key is no longer used stay in the heap until they reach its top; rebuild the
 # heap when they outnumber the members this much (bounds memory whatever the key pattern)
-_COMPACT_FACTOR = 4
-_COMPACT_SLACK = 64
-_INF = float("inf")
+_COMPACT_FACTOR: Final = 4
+_COMPACT_SLACK: Final = 64
+_INF: Final = float("inf")
 
 
 class RotatingMinIndex:

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Final
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.hashing import hash64, maglev_offset_skip
 from steelyard.core.balancing.random_choice import WeightedRandom, positive
 from steelyard.core.balancing.ring import _names
 
-DEFAULT_TABLE_SIZE = 65537
-_CREDIT_SLACK = 1e-9  # float credit sums (e.g. 0.1 * 10) may fall short of 1 by an ulp or two
+DEFAULT_TABLE_SIZE: Final = 65537
+_CREDIT_SLACK: Final = (
+    1e-9  # float credit sums (e.g. 0.1 * 10) may fall short of 1 by an ulp or two
+)
 
 
 def is_prime(n: int) -> bool:

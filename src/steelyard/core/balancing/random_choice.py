@@ -13,10 +13,11 @@ import random
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
+from typing import Final
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 
-_REDRAWS = 4
+_REDRAWS: Final = 4
 
 
 def positive(

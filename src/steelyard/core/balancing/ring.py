@@ -38,6 +38,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import attrgetter
+from typing import Final
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 from steelyard.core.balancing.hashing import (
@@ -48,14 +49,14 @@ from steelyard.core.balancing.hashing import (
 )
 from steelyard.core.balancing.random_choice import WeightedRandom, positive
 
-POINTS_PER_WEIGHT = 1600
-MAX_POINTS = 1 << 20
-MAX_SERVERS = 1 << 16  # the owner tag is 16 bits
-BUCKET_POINTS = 16  # points per bucket of the ring's bucket index, about
-_INLINE_STEPS = 8  # walk steps a bounded pick takes before the general walk
+POINTS_PER_WEIGHT: Final = 1600
+MAX_POINTS: Final = 1 << 20
+MAX_SERVERS: Final = 1 << 16  # the owner tag is 16 bits
+BUCKET_POINTS: Final = 16  # points per bucket of the ring's bucket index, about
+_INLINE_STEPS: Final = 8  # walk steps a bounded pick takes before the general walk
 _active = attrgetter("active")
 _from_bytes = int.from_bytes
-_TWO_POW_M52 = 2.0**-52
+_TWO_POW_M52: Final = 2.0**-52
 
 
 def point_counts(weights: Sequence[float], per_weight: int, max_points: int) -> list[int]:

@@ -36,14 +36,15 @@ import math
 import random
 from collections.abc import Sequence
 from operator import add
+from typing import Final
 
 from steelyard.core.balancing.base import BalancerSettings, PickContext, ServerState
 
-MAX_CYCLE = 1 << 16  # longest recorded cycle (entries); longer ones keep stepping
-_SKIP_LIMIT = 8  # turns of excluded servers skipped before peeking instead
-_SCALES = (1, 2, 4, 8, 16, 32, 64)
-GROUPS_LIMIT = 16  # distinct weights up to which a cycle follows nginx's order (_Groups)
-_WEBSTER_MAX_UNIT = 1 << 24  # keys are exact enough in floating point below this
+MAX_CYCLE: Final = 1 << 16  # longest recorded cycle (entries); longer ones keep stepping
+_SKIP_LIMIT: Final = 8  # turns of excluded servers skipped before peeking instead
+_SCALES: Final = (1, 2, 4, 8, 16, 32, 64)
+GROUPS_LIMIT: Final = 16  # distinct weights up to which a cycle follows nginx's order (_Groups)
+_WEBSTER_MAX_UNIT: Final = 1 << 24  # keys are exact enough in floating point below this
 
 
 def integer_units(weights: Sequence[float]) -> list[int] | None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from steelyard.core.http1.parser import Headers, RequestHead, ResponseHead
 
-REASONS: dict[int, bytes] = {
+REASONS: Final[dict[int, bytes]] = {
     100: b"Continue",
     101: b"Switching Protocols",
     102: b"Processing",
@@ -59,7 +59,7 @@ def reason(status: int) -> bytes:
 
 # -- request ids ------------------------------------------------------------------------------
 
-_RID_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+_RID_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
 
 def valid_request_id(value: bytes) -> bool:
@@ -115,7 +115,7 @@ class RequestContext:
         )
 
 
-PLACEHOLDERS = ("client_ip", "request_id", "host", "path", "query", "server")
+PLACEHOLDERS: Final = ("client_ip", "request_id", "host", "path", "query", "server")
 
 
 class Template:
@@ -162,7 +162,7 @@ class Template:
 
 
 # fields route actions may not touch: framing and hop-by-hop belong to the proxy
-_PROTECTED = frozenset(
+_PROTECTED: Final = frozenset(
     {
         b"content-length",
         b"transfer-encoding",
@@ -240,10 +240,10 @@ class HeaderActions:
 
 # -- heads ------------------------------------------------------------------------------------
 
-BODY_NONE = 0
-BODY_LENGTH = 1
-BODY_CHUNKED = 2
-BODY_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients only)
+BODY_NONE: Final = 0
+BODY_LENGTH: Final = 1
+BODY_CHUNKED: Final = 2
+BODY_CLOSE: Final = 3  # delimited by closing the connection (HTTP/1.0 clients only)
 
 
 def build_request_head(
@@ -286,7 +286,7 @@ def response_mode(resp: ResponseHead, http10_client: bool) -> int:
     return BODY_CLOSE if http10_client else BODY_CHUNKED
 
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}  # (status, reason) -> status line
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}  # (status, reason) -> status line
 
 
 def _status_line(status: int, reason_: bytes) -> bytes:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
@@ -49,24 +49,26 @@ class Limits:
     max_body: int = 0  # 0 = unlimited
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS: Final = Limits()
 # responses from our own servers: same head limits, no body limit
-UPSTREAM_LIMITS = Limits(max_head=64 * 1024, max_headers=200, max_uri=0, max_body=0)
+UPSTREAM_LIMITS: Final = Limits(max_head=64 * 1024, max_headers=200, max_uri=0, max_body=0)
 
 # kinds of request header fields we handle ourselves; everything else is forwarded as it came
-_HOST = 1
-_CL = 2
-_TE = 3
-_CONNECTION = 4
-_HOP = 5  # dropped
-_XFF = 6
-_XF_DROP = 7  # X-Forwarded-Proto / -Host: we set our own
-_XRID = 8
-_EXPECT = 9
-_UPGRADE = 10
-_PROXY_CONN = 11  # dropped, like _HOP; noted because llhttp reads it as Connection (see _version)
+_HOST: Final = 1
+_CL: Final = 2
+_TE: Final = 3
+_CONNECTION: Final = 4
+_HOP: Final = 5  # dropped
+_XFF: Final = 6
+_XF_DROP: Final = 7  # X-Forwarded-Proto / -Host: we set our own
+_XRID: Final = 8
+_EXPECT: Final = 9
+_UPGRADE: Final = 10
+_PROXY_CONN: Final = (
+    11  # dropped, like _HOP; noted because llhttp reads it as Connection (see _version)
+)
 
-_REQUEST_FIELDS: dict[bytes, int] = {
+_REQUEST_FIELDS: Final[dict[bytes, int]] = {
     b"host": _HOST,
     b"content-length": _CL,
     b"transfer-encoding": _TE,
@@ -83,7 +85,7 @@ _REQUEST_FIELDS: dict[bytes, int] = {
     b"expect": _EXPECT,
 }
 
-_RESPONSE_FIELDS: dict[bytes, int] = {
+_RESPONSE_FIELDS: Final[dict[bytes, int]] = {
     b"content-length": _CL,
     b"transfer-encoding": _TE,
     b"connection": _CONNECTION,
@@ -98,9 +100,9 @@ _RESPONSE_FIELDS: dict[bytes, int] = {
 # The same classifications keyed by the name as it came, so the usual spellings skip a
 # `.lower()` per field; other spellings are learnt on first sight (bounded: a client sending
 # random names only costs the lower() it cost before).
-_RAW_CACHE_MAX = 1024
-_REQUEST_RAW: dict[bytes, int] = {}
-_RESPONSE_RAW: dict[bytes, int] = {}
+_RAW_CACHE_MAX: Final = 1024
+_REQUEST_RAW: Final[dict[bytes, int]] = {}
+_RESPONSE_RAW: Final[dict[bytes, int]] = {}
 
 
 def _learn(cache: dict[bytes, int], kinds: dict[bytes, int], name: bytes) -> int:
@@ -112,7 +114,7 @@ def _learn(cache: dict[bytes, int], kinds: dict[bytes, int], name: bytes) -> int
 
 
 # fields that must not appear in trailers (RFC 9110 §6.5.1): framing, routing, hop-by-hop
-_TRAILER_FORBIDDEN = frozenset(
+_TRAILER_FORBIDDEN: Final = frozenset(
     {
         b"content-length",
         b"transfer-encoding",
@@ -143,7 +145,7 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
     return tokens
 
 
-_SIMPLE_TOKENS: dict[bytes, frozenset[bytes]] = {
+_SIMPLE_TOKENS: Final[dict[bytes, frozenset[bytes]]] = {
     b"keep-alive": frozenset({b"keep-alive"}),
     b"close": frozenset({b"close"}),
     b"upgrade": frozenset({b"upgrade"}),
@@ -151,7 +153,7 @@ _SIMPLE_TOKENS: dict[bytes, frozenset[bytes]] = {
 
 
 # the usual spellings of the one-word Connection values, as they come
-_SIMPLE_RAW: dict[bytes, frozenset[bytes]] = {
+_SIMPLE_RAW: Final[dict[bytes, frozenset[bytes]]] = {
     spelling: tokens
     for word, tokens in _SIMPLE_TOKENS.items()
     for spelling in (word, word.title(), word.capitalize())
@@ -294,7 +296,9 @@ class ResponseHead:
         )
 
 
-_NO_REQUEST = RequestHead()  # a RequestParser's head before its first message: one object fewer
+_NO_REQUEST: Final = (
+    RequestHead()
+)  # a RequestParser's head before its first message: one object fewer
 # per connection (partial_head makes a real one if it is asked before that)
 
 
@@ -320,7 +324,7 @@ class _Closed:
         raise RuntimeError(f"parser used after close() ({name})")
 
 
-_CLOSED: Any = _Closed()
+_CLOSED: Final[Any] = _Closed()
 
 
 class _Stop(Exception):
