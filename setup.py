@@ -40,6 +40,7 @@ COMPILED = [
     "src/steelyard/net/http_proxy.py",
     "src/steelyard/net/http_sticky.py",
     "src/steelyard/logs.py",
+    "src/steelyard/admin/traffic.py",  # the metrics' per-request counters
     # L4
     "src/steelyard/core/proxy_protocol.py",
     "src/steelyard/net/tcp_proxy.py",

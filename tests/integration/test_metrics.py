@@ -10,7 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from test_admin_support import admin_url, basic_config, record, running
 
-from steelyard.admin.metrics import DURATION_BUCKETS, RollingWindow, code_class
+from steelyard.admin.traffic import DURATION_BUCKETS, RollingWindow, code_class
 from steelyard.core.balancing.base import PickContext
 from steelyard.core.load import Outcome
 
@@ -320,7 +320,8 @@ def test_recorder_matches_a_naive_count_for_any_traffic() -> None:
     from hypothesis import strategies as st
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from steelyard.admin.metrics import EjectionCounter, SteelyardCollector, TrafficRecorder
+    from steelyard.admin.metrics import SteelyardCollector
+    from steelyard.admin.traffic import EjectionCounter, TrafficRecorder
 
     class FakeEngine:
         listeners: dict = {}

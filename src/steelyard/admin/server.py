@@ -47,12 +47,8 @@ from steelyard.admin.api import (
     parse_weight,
     server_json,
 )
-from steelyard.admin.metrics import (
-    EjectionCounter,
-    SteelyardCollector,
-    TrafficRecorder,
-    stats_snapshot,
-)
+from steelyard.admin.metrics import SteelyardCollector, stats_snapshot
+from steelyard.admin.traffic import EjectionCounter, TrafficRecorder
 from steelyard.core.backend import BackendError
 from steelyard.core.events import Event
 
