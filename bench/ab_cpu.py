@@ -12,7 +12,9 @@ Usage: .venv/bin/python bench/ab_cpu.py --variant old=/tmp/old --variant new=. [
        [--duration 3] [--modes keep-alive,close] [--no-bare]
        [--callgrind [--requests N] [--keep DIR]]
 
-`--callgrind` measures instead the balancer's user-space machine instructions per request,
+`--callgrind` measures instead the balancer's user-space machine instructions per request
+(`--variant NAME=@bare` for bench/bare_relay.py, `NAME=@haproxy` for HAProxy as http_bench
+runs it; Steelyard here writes its access log to /dev/null, HAProxy logs nothing),
 which the other sessions on this shared VM do not disturb: each variant runs under valgrind
 (callgrind), gets 200 warm-up requests, its counters are zeroed (`callgrind_control -z`),
 then a plain client sends N requests one at a time over one connection (or one connection
@@ -53,7 +55,7 @@ from benchlib import (  # noqa: E402
     wait_http,
     write_wrk_script,
 )
-from http_bench import MODES, steelyard_conf  # noqa: E402
+from http_bench import MODES, haproxy_conf, steelyard_conf  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -189,12 +191,19 @@ def callgrind_runs(args: argparse.Namespace, workdir: Path, ports: list[int]) ->
         for spec in args.variant:
             name, _, src = spec.partition("=")
             port = free_port()
-            cfg = steelyard_conf(workdir, port, ports, "/dev/null", name)
             out = workdir / f"callgrind.{name}"
-            env = dict(os.environ, PYTHONPATH=str(Path(src).resolve() / "src"), PYTHONHASHSEED="0")
+            env = dict(os.environ, PYTHONHASHSEED="0")
             argv_ = ["taskset", "-c", LB_CPU, "valgrind", "--tool=callgrind"]
-            argv_ += [f"--callgrind-out-file={out}.%p", str(VENV_BIN / "python")]
-            argv_ += ["-m", "steelyard", "run", "-c", str(cfg)]
+            argv_ += [f"--callgrind-out-file={out}.%p"]
+            if src == "@bare":  # the yardstick: bench/bare_relay.py
+                argv_ += [str(VENV_BIN / "python"), str(REPO / "bench" / "bare_relay.py")]
+                argv_ += [str(port), *map(str, ports)]
+            elif src == "@haproxy":  # http_bench's HAProxy, one thread
+                argv_ += ["haproxy", "-db", "-f", str(haproxy_conf(workdir, port, ports))]
+            else:
+                cfg = steelyard_conf(workdir, port, ports, "/dev/null", name)
+                env["PYTHONPATH"] = str(Path(src).resolve() / "src")
+                argv_ += [str(VENV_BIN / "python"), "-m", "steelyard", "run", "-c", str(cfg)]
             proc = subprocess.Popen(
                 argv_, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
