@@ -39,11 +39,17 @@ COMPILED = [
     "src/steelyard/net/pool.py",
     "src/steelyard/net/http_proxy.py",
     "src/steelyard/net/http_sticky.py",
+    "src/steelyard/net/https_redirect.py",
+    "src/steelyard/net/http_tunnel.py",  # WebSocket and CONNECT-style relays
+    "src/steelyard/core/websocket.py",
     "src/steelyard/logs.py",
     "src/steelyard/admin/traffic.py",  # the metrics' per-request counters
     # L4
     "src/steelyard/core/proxy_protocol.py",
+    "src/steelyard/net/proxy_preface.py",
+    "src/steelyard/core/sni.py",
     "src/steelyard/net/tcp_proxy.py",
+    "src/steelyard/net/udp_proxy.py",
 ]
 
 

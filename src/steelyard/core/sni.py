@@ -24,15 +24,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
-RECORD_HEADER = 5
-HANDSHAKE = 22
-CLIENT_HELLO = 1
-EXT_SERVER_NAME = 0
-EXT_ALPN = 16
-HOST_NAME = 0
-MAX_RECORD = 2**14 + 2048
-MAX_HELLO_SIZE = 16384  # handshake body bytes we are willing to buffer
+RECORD_HEADER: Final = 5
+HANDSHAKE: Final = 22
+CLIENT_HELLO: Final = 1
+EXT_SERVER_NAME: Final = 0
+EXT_ALPN: Final = 16
+HOST_NAME: Final = 0
+MAX_RECORD: Final = 2**14 + 2048
+MAX_HELLO_SIZE: Final = 16384  # handshake body bytes we are willing to buffer
 
 
 class HelloStatus(enum.Enum):
@@ -53,7 +54,7 @@ class ClientHello:
         return self.status is not HelloStatus.INCOMPLETE
 
 
-_INCOMPLETE = ClientHello(HelloStatus.INCOMPLETE)
+_INCOMPLETE: Final = ClientHello(HelloStatus.INCOMPLETE)
 
 
 def _invalid(reason: str) -> ClientHello:

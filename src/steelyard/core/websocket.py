@@ -7,8 +7,9 @@ proxy speaks to the server as a client would.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
-GOING_AWAY = 1001
+GOING_AWAY: Final = 1001
 
 
 def close_frame(code: int = GOING_AWAY, reason: bytes = b"", *, mask: bytes | None = None) -> bytes:

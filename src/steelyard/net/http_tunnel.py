@@ -23,15 +23,15 @@ Other upgrades (no frames we know) end by closing both connections at once.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from steelyard.core.websocket import GOING_AWAY, FrameTracker, close_frame
 
 if TYPE_CHECKING:
     from steelyard.net.http_proxy import Exchange
 
-GRACE = 2.0  # seconds a closing tunnel waits for the close replies
-REASON = b"going away"
+GRACE: Final = 2.0  # seconds a closing tunnel waits for the close replies
+REASON: Final = b"going away"
 
 
 def is_websocket(upgrade: bytes | None) -> bool:

@@ -35,14 +35,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from steelyard.core.proxy_protocol import V2_HEADER, V2_MAX_PAYLOAD, ParseStatus, parse_header
 
 log = logging.getLogger("steelyard")
 
-PEEK_MAX = V2_HEADER + V2_MAX_PAYLOAD  # the longest header we accept (v1 is at most 107)
-PEEK_RETRY = 0.005
+PEEK_MAX: Final = V2_HEADER + V2_MAX_PAYLOAD  # the longest header we accept (v1 is at most 107)
+PEEK_RETRY: Final = 0.005
 WARN_EVERY = 60.0  # seconds between warnings about refused connections, per listener
 
 _refusals: dict[str, list[float]] = {}  # listener -> [last warning (monotonic), refused since]

@@ -30,7 +30,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from steelyard.core.balancing import HASHING
 from steelyard.core.balancing.base import PickContext
@@ -39,10 +39,10 @@ from steelyard.core.records import RequestRecord
 
 log = logging.getLogger("steelyard")
 
-MAX_DATAGRAM = 65535
-_LOCAL_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-READS_PER_WAKEUP = 64  # datagrams read from one server socket before yielding
-SHUTDOWN_QUIET = 1.0
+MAX_DATAGRAM: Final = 65535
+_LOCAL_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+READS_PER_WAKEUP: Final = 64  # datagrams read from one server socket before yielding
+SHUTDOWN_QUIET: Final = 1.0
 
 Address = tuple[Any, ...]
 
