@@ -53,7 +53,7 @@ test-python: $(STAMP)
 browsers:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-bench: $(STAMP)
+bench: $(BUILT)
 	bash bench/run.sh $(BENCH_ARGS)
 
 clean:

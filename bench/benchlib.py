@@ -481,6 +481,8 @@ def versions() -> dict[str, str]:
         "uvloop": _first_line([py, "-c", "import uvloop; print(uvloop.__version__)"]),
         "httptools": _first_line([py, "-c", "import httptools; print(httptools.__version__)"]),
         "steelyard": _first_line([py, "-c", "import steelyard; print(steelyard.__version__)"]),
+        # "compiled" (mypyc) or "python" (docs/build.md): the two differ by about a third
+        "steelyard_build": _first_line([py, "-c", "import steelyard; print(steelyard.BUILD)"]),
         "haproxy": _first_line(["haproxy", "-v"]),
         "nginx": _first_line(["nginx", "-v"]),
         "wrk": _first_line(["wrk", "-v"]),
