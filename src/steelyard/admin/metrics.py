@@ -1,8 +1,8 @@
 """Metrics (SPEC §5) and the dashboard's rolling statistics.
 
-How this works: the data path hands every finished request/connection to
-`engine.record(rec)`, which calls `TrafficRecorder(rec)` (traffic.py, compiled). The recorder does nothing but plain
-dict and list increments keyed by tuples of config names (listener, backend, server, status
+How this works: the data path hands every finished request/connection to the engine's
+recorders (`engine.recorders`), among them `TrafficRecorder(rec)` (admin/traffic.py, compiled
+with the data path). The recorder does nothing but plain dict and list increments keyed by tuples of config names (listener, backend, server, status
 class) — no locks, no prometheus objects, no allocation beyond the first sight of a key. Every
 request runs on the event loop thread, and so does the scrape (the admin server is on the same
 loop), so nothing is shared across threads.
