@@ -26,7 +26,8 @@ $(BUILT): $(STAMP) setup.py $(SOURCES)
 	else \
 		tail -n 20 $(VENV)/build.log; \
 		echo "make build: compiling the data path failed (log: $(VENV)/build.log);" \
-			"Steelyard runs its Python sources (about a third more CPU per request)"; \
+			"Steelyard runs its Python sources (about a third more CPU per request);" \
+			"once fixed: make -B build"; \
 	fi
 	touch $(BUILT)
 
