@@ -27,7 +27,7 @@ $(BUILT): $(STAMP) setup.py $(SOURCES)
 		tail -n 20 $(VENV)/build.log; \
 		echo "make build: compiling the data path failed (log: $(VENV)/build.log);" \
 			"Steelyard runs its Python sources (about a third more CPU per request);" \
-			"once fixed: make -B build"; \
+			"once fixed: rm $(BUILT) && make build"; \
 	fi
 	touch $(BUILT)
 
