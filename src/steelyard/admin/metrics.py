@@ -2,10 +2,11 @@
 
 How this works: the data path hands every finished request/connection to the engine's
 recorders (`engine.recorders`), among them `TrafficRecorder(rec)` (admin/traffic.py, compiled
-with the data path). The recorder does nothing but plain dict and list increments keyed by tuples of config names (listener, backend, server, status
-class) — no locks, no prometheus objects, no allocation beyond the first sight of a key. Every
-request runs on the event loop thread, and so does the scrape (the admin server is on the same
-loop), so nothing is shared across threads.
+with the data path). The recorder does nothing but plain dict and list increments keyed by
+tuples of config names (listener, backend, server, status class) — no locks, no prometheus
+objects, no allocation beyond the first sight of a key. Every request runs on the event loop
+thread, and so does the scrape (the admin server is on the same loop), so nothing is shared
+across threads.
 
 At scrape time `SteelyardCollector.collect()` turns those counters, the live `ServerState`
 objects of every backend, the listeners' connection counts, `engine.check_counts` (health

@@ -78,9 +78,8 @@ HIGH_WATER: Final = 1024 * 1024  # per transport write buffer before we pause th
 LOW_WATER: Final = 256 * 1024
 # what a client may send while we connect before we stop reading from it
 CONNECT_BUFFER: Final = 64 * 1024
-MAX_PREFACE: Final = (
-    16384 + 4096 + 512
-)  # ClientHello (bounded by core.sni) + PROXY v2 header + slack
+# ClientHello (bounded by core.sni) + PROXY v2 header + slack
+MAX_PREFACE: Final = 16384 + 4096 + 512
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _LOCAL_ERRORS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}

@@ -32,9 +32,8 @@ from steelyard.core.balancing.random_choice import WeightedRandom, positive
 from steelyard.core.balancing.ring import _names
 
 DEFAULT_TABLE_SIZE: Final = 65537
-_CREDIT_SLACK: Final = (
-    1e-9  # float credit sums (e.g. 0.1 * 10) may fall short of 1 by an ulp or two
-)
+# float credit sums (e.g. 0.1 * 10) may fall short of 1 by an ulp or two
+_CREDIT_SLACK: Final = 1e-9
 
 
 def is_prime(n: int) -> bool:

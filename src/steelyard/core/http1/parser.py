@@ -64,9 +64,8 @@ _XF_DROP: Final = 7  # X-Forwarded-Proto / -Host: we set our own
 _XRID: Final = 8
 _EXPECT: Final = 9
 _UPGRADE: Final = 10
-_PROXY_CONN: Final = (
-    11  # dropped, like _HOP; noted because llhttp reads it as Connection (see _version)
-)
+# dropped, like _HOP; noted because llhttp reads it as Connection (see _version)
+_PROXY_CONN: Final = 11
 
 _REQUEST_FIELDS: Final[dict[bytes, int]] = {
     b"host": _HOST,
@@ -296,9 +295,8 @@ class ResponseHead:
         )
 
 
-_NO_REQUEST: Final = (
-    RequestHead()
-)  # a RequestParser's head before its first message: one object fewer
+# a RequestParser's head before its first message: one object fewer
+_NO_REQUEST: Final = RequestHead()
 # per connection (partial_head makes a real one if it is asked before that)
 
 
