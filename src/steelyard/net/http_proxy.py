@@ -19,9 +19,10 @@ mark (pause_writing) and resumes on resume_writing -- both ways. A request body 
 while the upstream connection is still being set up is buffered up to 64 KiB, then reading
 pauses.
 
-Timers are lazy call_later handles: one per connection (request head, keep-alive idle) and one
-per exchange (response, idle), re-armed only when they fire early, so the hot path does not
-cancel and reschedule timers for every read.
+Timers are lazy deadlines on the listener's timer wheel (net/timers.py, 25 ms ticks, one loop
+timer for all connections): one per connection, for the request head, keep-alive idle and the
+running exchange's response and idle timeouts, re-armed only when they fire early, so the hot
+path does not cancel and reschedule timers for every read.
 
 Choices (documented in docs/http.md): `Expect: 100-continue` is forwarded and the server's 100
 relayed (a request we answer ourselves gets its final response without a 100, and the connection
@@ -74,6 +75,7 @@ from steelyard.net.http_sticky import add_set_cookie, cookie_server, registry_of
 from steelyard.net.http_tunnel import GRACE, WebSocketTunnel, is_websocket
 from steelyard.net.https_redirect import https_location
 from steelyard.net.pool import Key, UpstreamConnection
+from steelyard.net.timers import RESOLUTION, TimerWheel
 from steelyard.net.tls import TLSConfigError, reload_certificates
 from steelyard.net.upstream_tls import UpstreamTLSContexts
 
@@ -201,6 +203,7 @@ class HttpListener:
         self.upstream_tls = UpstreamTLSContexts()  # client contexts of `tls` backends
         self.sticky = registry_of(engine)  # engine-wide: cookies outlive reloads
         self.profiles: dict[Any, _BackendProfile] = {}  # Backend -> what begin() needs of it
+        self.wheel = TimerWheel(self.loop)  # the connections' timeouts (net/timers.py)
 
     @property
     def name(self) -> str:
@@ -323,7 +326,8 @@ class DownstreamConnection(asyncio.Protocol):
         "peer_eof",
         "tkind",
         "deadline",
-        "timer",
+        "wheel",
+        "timer_tick",
         "timer_at",
         "tunnel",
         "upgrading",
@@ -357,8 +361,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.peer_eof = False
         self.tkind = T_NONE
         self.deadline = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = INF  # when `timer` fires (INF: no timer)
+        self.wheel = listener.wheel
+        self.timer_tick = 0  # the wheel's tick this waits for (0: none)
+        self.timer_at = INF  # when that tick begins (INF: no timer)
         self.tunnel: Exchange | None = None
         self.upgrading = False
         self.stash: list[bytes] = []
@@ -438,9 +443,9 @@ class DownstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.tkind = T_NONE
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timer_tick:
+            self.wheel.discard(self.timer_tick, self)
+            self.timer_tick = 0
             self.timer_at = INF
         ex = self.exchange
         if ex is not None:
@@ -618,10 +623,10 @@ class DownstreamConnection(asyncio.Protocol):
 
     # -- timers ------------------------------------------------------------------------------
 
-    # One lazy timer per connection serves every timeout: arming only moves `deadline`; the
-    # handle is rescheduled only when the new deadline is nearer than the pending one
-    # (`timer_at`, kept here so that arming is two stores and a compare, no C call), and a
-    # handle that fires early re-arms itself for the remainder. So a busy keep-alive connection
+    # One lazy wheel entry per connection serves every timeout: arming only moves `deadline`;
+    # the entry is moved only when the new deadline is nearer than the pending tick
+    # (`timer_at`, kept here so that arming is two stores and a compare, no call), and an
+    # entry that fires early re-arms itself for the remainder. So a busy keep-alive connection
     # does not create or cancel a timer per request. The hot paths (data_received,
     # exchange_done, Exchange._attach / on_response_head) do what _arm_at does inline.
 
@@ -638,15 +643,19 @@ class DownstreamConnection(asyncio.Protocol):
             self._schedule(deadline)
 
     def _schedule(self, deadline: float) -> None:
-        """The timer fires at `deadline` (nearer than the pending one, if any)."""
-        timer = self.timer
-        if timer is not None:
-            timer.cancel()
-        self.timer = self.loop.call_at(deadline, self._on_timer)
-        self.timer_at = deadline
+        """The timer fires at `deadline` (nearer than the pending one, if any), or at most
+        timers.RESOLUTION later."""
+        wheel = self.wheel
+        if self.timer_tick:
+            wheel.discard(self.timer_tick, self)
+        self.timer_tick = tick = wheel.add(deadline, self)
+        self.timer_at = tick * RESOLUTION
 
-    def _on_timer(self) -> None:
-        self.timer = None
+    def on_deadline(self, tick: int) -> None:
+        """The wheel's call: the tick this connection waits for has begun."""
+        if tick != self.timer_tick:
+            return  # a tick given up for a nearer one
+        self.timer_tick = 0
         self.timer_at = INF
         kind = self.tkind
         if kind == T_NONE or self.closed:
@@ -657,8 +666,7 @@ class DownstreamConnection(asyncio.Protocol):
         else:
             deadline = self.deadline
         if self.loop.time() < deadline:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-            self.timer_at = deadline
+            self._schedule(deadline)
             return
         self.tkind = T_NONE
         if kind >= X_RESPONSE:
