@@ -20,7 +20,8 @@ which the other sessions on this shared VM do not disturb: each variant runs und
 then a plain client sends N requests one at a time over one connection (or one connection
 each, close mode) and the counters are dumped. It counts uvloop's and the parser's C code
 too, but not the kernel (so not the system time). Repeat runs agreed within 0.5% (keep-alive)
-and 1.5% (close).
+and 1.5% (close). `AB_VALGRIND_ARGS` adds valgrind options (e.g. `--cache-sim=yes`, for the
+simulated cache misses per function in the kept files).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def callgrind_runs(args: argparse.Namespace, workdir: Path, ports: list[int]) ->
             port = free_port()
             out = workdir / f"callgrind.{name}"
             env = dict(os.environ, PYTHONHASHSEED="0")
-            argv_ = ["taskset", "-c", LB_CPU, "valgrind", "--tool=callgrind"]
+            argv_ = ["taskset", "-c", LB_CPU, "valgrind", "--tool=callgrind", *os.environ.get("AB_VALGRIND_ARGS", "").split()]
             argv_ += [f"--callgrind-out-file={out}.%p"]
             if src == "@bare":  # the yardstick: bench/bare_relay.py
                 argv_ += [str(VENV_BIN / "python"), str(REPO / "bench" / "bare_relay.py")]

@@ -482,3 +482,94 @@ def test_response_versions(version: bytes, framing: bytes, extra: bytes) -> None
     assert head.version == version.decode()
     framed = bool(framing)
     assert head.keep_alive == (framed and (version == b"1.1" or extra.startswith(b"Connection")))
+
+
+# The version is read from the bytes of the read a message began in (parser._request_version,
+# _response_version) and asked of llhttp otherwise: whatever the methods, targets, Connection
+# fields, pipelining, blank lines before a request and split points, every head's version is
+# the one on the wire.
+METHODS = [b"GET", b"POST", b"OPTIONS", b"DELETE", b"PROPFIND", b"M-SEARCH"]
+CONNECTION_FIELDS = [
+    b"",
+    b"Connection: close\r\n",
+    b"Connection: keep-alive\r\n",
+    b"Connection: x-a, close\r\nX-A: 1\r\n",
+    b"Proxy-Connection: close\r\n",
+]
+TARGET_CHARS = st.sampled_from(list(b"abcXYZ019/-._~%?=&:@!$'()*+,;"))
+
+
+@st.composite
+def request_stream(draw: st.DrawFn) -> tuple[bytes, list[str]]:
+    wire = b""
+    versions: list[str] = []
+    count = draw(st.integers(1, 3))
+    for i in range(count):
+        version = draw(st.sampled_from(["1.0", "1.1"]))
+        method = draw(st.sampled_from(METHODS))
+        target = b"/" + bytes(draw(st.lists(TARGET_CHARS, max_size=30)))
+        if method == b"OPTIONS" and draw(st.booleans()):
+            target = b"*"
+        blank = b"\r\n" * draw(st.integers(0, 2)) if wire else b""
+        conn = draw(st.sampled_from(CONNECTION_FIELDS))
+        if i < count - 1:  # llhttp refuses bytes after a message that closes the connection
+            conn = (
+                b"Connection: keep-alive\r\n" if version == "1.0" else conn.replace(b"close", b"x")
+            )
+        wire += blank + method + b" " + target + b" HTTP/" + version.encode() + b"\r\n"
+        wire += b"Host: a\r\n" + conn + b"\r\n"
+        versions.append(version)
+    return wire, versions
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in [*points, len(data)]:
+        if p > last:
+            pieces.append(data[last:p])
+            last = p
+    return pieces
+
+
+@settings(max_examples=300, deadline=None)
+@given(request_stream(), st.lists(st.integers(0, 10_000), max_size=6))
+def test_request_version_from_the_read_matches_the_wire(
+    stream: tuple[bytes, list[str]], cuts: list[int]
+) -> None:
+    wire, versions = stream
+    sink = feed_request(split(wire, cuts))
+    heads = [v for k, v in sink.events if k == "head"]
+    assert [h.version for h in heads] == versions  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["1.0", "1.1"]),
+            st.sampled_from(CONNECTION_FIELDS[:3]),
+            st.sampled_from([b"OK", b"", b"HTTP/1.0 is not the version"]),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.lists(st.integers(0, 10_000), max_size=6),
+    st.booleans(),
+)
+def test_response_version_from_the_read_matches_the_wire(
+    responses: list[tuple[str, bytes, bytes]], cuts: list[int], interim: bool
+) -> None:
+    sink = Collect()
+    parser = ResponseParser(sink)
+    for version, conn, reason in responses:
+        parser.expect(False)
+        wire = b"HTTP/1.1 100 Continue\r\n\r\n" if interim else b""
+        wire += b"HTTP/" + version.encode() + b" 200 " + reason + b"\r\n"
+        wire += b"Content-Length: 2\r\n" + conn + b"\r\nhi"
+        for piece in split(wire, cuts):
+            parser.feed(piece)
+        if not parser.reusable:
+            parser = ResponseParser(sink)
+    heads = [v for k, v in sink.events if k == "head"]
+    assert [h.version for h in heads] == [v for v, _, _ in responses]  # type: ignore[attr-defined]

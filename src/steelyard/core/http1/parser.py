@@ -30,6 +30,7 @@ fresh httptools parser takes over (`reusable` says whether the read ended exactl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -182,6 +183,32 @@ def _version(p: Any, connection_fields: bool) -> str:
     return version
 
 
+def _request_version(start: bytes, at: int) -> str:
+    """The version of a request that began at offset 0 of `start` (a read), from the request
+    line llhttp has accepted, or "" to ask llhttp (`_version`). `at` is where the version is
+    when the line is `method SP target SP version CRLF`. The ten bytes there end with CRLF only
+    if they end the request line (a request line holds no CR or LF), and then they hold the
+    version whatever else the line holds; anything else (the line not whole in this read, CRLFs
+    that llhttp skipped before it) gives "". tests/unit/test_http1_parser.py checks it against
+    llhttp."""
+    tail = start[at : at + 10]
+    if tail == b"HTTP/1.1\r\n":
+        return "1.1"
+    if tail == b"HTTP/1.0\r\n":
+        return "1.0"
+    return ""
+
+
+def _response_version(start: bytes) -> str:
+    """The version of a response that began at offset 0 of `start` (a read), or "" to ask
+    llhttp: the status line begins with it."""
+    if start.startswith(b"HTTP/1.1 "):
+        return "1.1"
+    if start.startswith(b"HTTP/1.0 "):
+        return "1.0"
+    return ""
+
+
 def _head_size(fields: Headers) -> int:
     """Bytes of the fields as they came: name, value, ': ' and CRLF."""
     size = 4 * len(fields)
@@ -325,6 +352,10 @@ class _Closed:
 _CLOSED: Final[Any] = _Closed()
 
 
+def _closed_feed(data: bytes) -> None:
+    raise RuntimeError("parser used after close() (feed_data)")
+
+
 class _Stop(Exception):
     """Raised inside a callback to stop httptools at the end of a response to HEAD."""
 
@@ -349,6 +380,10 @@ class RequestParser:
         "_sink",
         "_limits",
         "_p",
+        "_feed",
+        "_between",
+        "_fresh",
+        "_start",
         "_head",
         "_url",
         "_fields",
@@ -363,6 +398,10 @@ class RequestParser:
         self._sink = sink
         self._limits = limits
         self._p = httptools.HttpRequestParser(self)
+        self._feed: Callable[[bytes], None] = self._p.feed_data  # bound once: no lookup per read
+        self._between = True  # no byte of a next message parsed yet
+        self._fresh: bytes | None = None  # the read being parsed, if it began between messages
+        self._start: bytes | None = None  # the read that began with the current message
         self._head = _NO_REQUEST  # replaced at each message's beginning (never mutated)
         self._url = b""
         self._fields: Headers = []  # as parsed: the head's fields, then the trailer's
@@ -400,8 +439,9 @@ class RequestParser:
             self._raw = before + n
             if before > self._limits.max_head:
                 raise ProtocolError(431, "request head too large")
+        self._fresh = data if self._between else None
         try:
-            self._p.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as exc:
             return data[int(exc.args[0]) :]
         except httptools.HttpParserCallbackError as exc:
@@ -417,11 +457,15 @@ class RequestParser:
         each other and to this object (httptools holds our bound callbacks), a cycle that
         only the garbage collector would free, once per connection."""
         self._p = _CLOSED
+        self._feed = _closed_feed
         self._sink = _CLOSED
 
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._start = self._fresh
+        self._fresh = None
+        self._between = False
         self._head = RequestHead()
         self._url = b""
         self._fields = []
@@ -495,10 +539,17 @@ class RequestParser:
             elif kind == _PROXY_CONN:
                 pconn = True
             # _HOP, _XF_DROP, _PROXY_CONN: dropped
-        head.version = version = _version(p, pconn or conn is not None)
+        head.method = method = p.get_method()
+        version = ""
+        start = self._start
+        if start is not None:
+            self._start = None
+            version = _request_version(start, len(method) + len(url) + 2)
+        if not version:
+            version = _version(p, pconn or conn is not None)
+        head.version = version
         if version != "1.1" and version != "1.0":
             raise ProtocolError(400, f"unsupported HTTP version {version}")
-        head.method = method = p.get_method()
         if method == b"CONNECT":
             raise ProtocolError(400, "CONNECT is not supported")
         if url[:1] == b"/":
@@ -594,6 +645,7 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._between = True
         self._raw = 0
         fields = self._fields
         trailers = None
@@ -619,6 +671,10 @@ class ResponseParser:
         "_sink",
         "_limits",
         "_p",
+        "_feed",
+        "_between",
+        "_fresh",
+        "_start",
         "_head",
         "_reason",
         "_fields",
@@ -637,6 +693,10 @@ class ResponseParser:
         self._sink = sink
         self._limits = limits
         self._p = httptools.HttpResponseParser(self)
+        self._feed: Callable[[bytes], None] = self._p.feed_data  # bound once: no lookup per read
+        self._between = True  # no byte of a next message parsed yet
+        self._fresh: bytes | None = None  # the read being parsed, if it began between messages
+        self._start: bytes | None = None  # the read that began with the current message
         self._head = ResponseHead()
         self._reason = b""
         self._fields: Headers = []  # as parsed: the head's fields, then the trailer's
@@ -668,14 +728,17 @@ class ResponseParser:
     def feed(self, data: bytes) -> bytes | None:
         self._chunk = n = len(data)
         self._raw += n
+        self._fresh = data if self._between else None
         try:
-            self._p.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as exc:
             return data[int(exc.args[0]) :]
         except httptools.HttpParserCallbackError as exc:
             if self._stopped:
                 self._stopped = False
                 self._p = httptools.HttpResponseParser(self)
+                self._feed = self._p.feed_data
+                self._between = True
                 self._in_head = True
                 self.reusable = self.reusable and data.endswith(b"\r\n\r\n")
                 return None
@@ -693,6 +756,7 @@ class ResponseParser:
         """The connection is gone: break the cycle with httptools' parser (see
         RequestParser.close)."""
         self._p = _CLOSED
+        self._feed = _closed_feed
         self._sink = _CLOSED
         self.reusable = False
 
@@ -708,6 +772,9 @@ class ResponseParser:
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._start = self._fresh
+        self._fresh = None
+        self._between = False
         self._head = ResponseHead()
         self._reason = b""
         self._fields = []
@@ -762,7 +829,14 @@ class ResponseParser:
             elif kind == _PROXY_CONN:
                 pconn = True
         head.status = status = p.get_status_code()
-        head.version = version = _version(p, pconn or conn is not None)
+        version = ""
+        start = self._start
+        if start is not None:
+            self._start = None
+            version = _response_version(start)
+        if not version:
+            version = _version(p, pconn or conn is not None)
+        head.version = version
         head.reason = self._reason
         if version != "1.1" and version != "1.0":
             self.reusable = False
@@ -815,6 +889,7 @@ class ResponseParser:
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._between = True
         if self._interim:
             self._interim = False
             self.started = False
