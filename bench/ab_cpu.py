@@ -194,7 +194,14 @@ def callgrind_runs(args: argparse.Namespace, workdir: Path, ports: list[int]) ->
             port = free_port()
             out = workdir / f"callgrind.{name}"
             env = dict(os.environ, PYTHONHASHSEED="0")
-            argv_ = ["taskset", "-c", LB_CPU, "valgrind", "--tool=callgrind", *os.environ.get("AB_VALGRIND_ARGS", "").split()]
+            argv_ = [
+                "taskset",
+                "-c",
+                LB_CPU,
+                "valgrind",
+                "--tool=callgrind",
+                *os.environ.get("AB_VALGRIND_ARGS", "").split(),
+            ]
             argv_ += [f"--callgrind-out-file={out}.%p"]
             if src == "@bare":  # the yardstick: bench/bare_relay.py
                 argv_ += [str(VENV_BIN / "python"), str(REPO / "bench" / "bare_relay.py")]

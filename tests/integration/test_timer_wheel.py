@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 import uvloop
+from tests.helpers.http_backends import RawClient, http_backend, proxy_config, steelyard
 
 from steelyard.net.timers import RESOLUTION, TimerWheel
-from tests.helpers.http_backends import RawClient, http_backend, proxy_config, steelyard
 
 LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
