@@ -173,3 +173,20 @@ async def test_the_request_head_timeout_is_not_early_and_not_much_late() -> None
             took = loop.time() - started
             assert data.startswith(b"HTTP/1.1 408 ")
             assert 0.39 <= took < 0.4 + RESOLUTION + 1.0
+
+
+async def test_the_loop_timer_wakes_about_once_per_tick_that_has_deadlines() -> None:
+    """No spinning: the loop's clock has whole milliseconds and uvloop rounds a timer to the
+    nearest one, so a wheel that compared ticks carelessly would fire again and again until
+    its tick's time had surely passed."""
+    loop = asyncio.get_running_loop()
+    wheel = TimerWheel(loop)
+    owners = [Owner(loop, str(i)) for i in range(40)]
+    start = loop.time()
+    ticks = {wheel.add(start + 0.013 * i + 0.001, o) for i, o in enumerate(owners)}
+    for o in owners:
+        await wait(o)
+    assert wheel.fired == 40
+    assert all(at >= tick * RESOLUTION - 0.001 for o in owners for tick, at in o.calls)
+    # a late fire may serve several ticks at once; an early one (rounding) costs one more
+    assert wheel.wakeups <= 2 * len(ticks), (wheel.wakeups, len(ticks))

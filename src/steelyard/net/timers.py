@@ -42,7 +42,7 @@ class DeadlineOwner(Protocol):
 class TimerWheel:
     """Deadlines of many owners on one loop timer (see the module docstring)."""
 
-    __slots__ = ("loop", "_buckets", "_ticks", "_handle", "_handle_tick", "fired")
+    __slots__ = ("loop", "_buckets", "_ticks", "_handle", "_handle_tick", "fired", "wakeups")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -51,11 +51,7 @@ class TimerWheel:
         self._handle: asyncio.TimerHandle | None = None
         self._handle_tick = _NEVER
         self.fired = 0  # owners called (for tests and debugging)
-
-    @staticmethod
-    def tick_of(deadline: float) -> int:
-        """The first tick at or after `deadline`."""
-        return math.ceil(deadline / RESOLUTION)
+        self.wakeups = 0  # times the loop timer fired
 
     def add(self, deadline: float, owner: DeadlineOwner) -> int:
         """Call `owner.on_deadline(tick)` once `deadline` has passed; returns the tick."""
@@ -96,10 +92,15 @@ class TimerWheel:
     def _fire(self) -> None:
         self._handle = None
         self._handle_tick = _NEVER
-        now = math.floor(self.loop.time() / RESOLUTION)  # the last tick that has begun
+        self.wakeups += 1
+        # compared as _wait_for scheduled it, in seconds: the loop fires at `tick * RESOLUTION`
+        # on a clock of whole milliseconds; the 1 µs absorbs the float rounding of that product
+        # (floor(now / RESOLUTION) can come out one tick short at the tick's very millisecond,
+        # and the loop would spin until the next millisecond)
+        now = self.loop.time() + 1e-6
         ticks = self._ticks
         due: list[tuple[int, dict[DeadlineOwner, None]]] = []
-        while ticks and ticks[0] <= now:
+        while ticks and ticks[0] * RESOLUTION <= now:
             tick = heapq.heappop(ticks)
             bucket = self._buckets.pop(tick, None)
             if bucket:
