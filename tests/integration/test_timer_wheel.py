@@ -190,3 +190,69 @@ async def test_the_loop_timer_wakes_about_once_per_tick_that_has_deadlines() -> 
     assert all(at >= tick * RESOLUTION - 0.001 for o in owners for tick, at in o.calls)
     # a late fire may serve several ticks at once; an early one (rounding) costs one more
     assert wheel.wakeups <= 2 * len(ticks), (wheel.wakeups, len(ticks))
+
+
+async def test_call_later_runs_once_and_cancel_stops_it_like_a_loop_timer() -> None:
+    loop = asyncio.get_running_loop()
+    wheel = TimerWheel(loop)
+    ran: list[str] = []
+    done = asyncio.Event()
+    start = loop.time()
+    kept = wheel.call_later(0.1, lambda: (ran.append("kept"), done.set()))
+    dropped = wheel.call_later(0.05, lambda: ran.append("dropped"))
+    dropped.cancel()
+    dropped.cancel()  # twice: no effect, as a TimerHandle
+    assert wheel.pending() == 1
+    await asyncio.wait_for(done.wait(), 5)
+    assert loop.time() - start >= 0.1 - 0.002
+    await asyncio.sleep(3 * RESOLUTION)
+    assert ran == ["kept"]
+    assert kept.cancelled and dropped.cancelled  # spent or cancelled: neither runs again
+    kept.cancel()  # after it ran: no effect
+    assert ran == ["kept"] and wheel.pending() == 0
+    assert "cancelled" in repr(kept)
+
+
+async def test_tcp_connections_hold_one_wheel_timer_each_and_none_once_closed() -> None:
+    """The TCP listener's timers (connect, then idle) are on its wheel too."""
+    from steelyard.config import load_config_text
+    from steelyard.engine import Engine
+
+    async with http_backend("s1") as s1:
+        host, port = s1.address.rsplit(":", 1)
+        text = f"""
+listeners:
+  - name: l4
+    bind: 127.0.0.1:0
+    protocol: tcp
+    backend: b
+backends:
+  b:
+    timeouts: {{idle: 30s}}
+    servers:
+      - {{address: '{host}:{port}', name: s1}}
+"""
+        engine = Engine(load_config_text(text), loop=asyncio.get_running_loop())
+        await engine.start()
+        try:
+            handle = engine.listeners["l4"]
+            wheel = handle.runtime.wheel
+            lhost, lport = engine.bound["l4"]
+            pairs = [await asyncio.open_connection(lhost, lport) for _ in range(10)]
+            for _, writer in pairs:  # a request each: the relay is up, its idle timer set
+                writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            for reader, _ in pairs:
+                assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+                    b"HTTP/1.1 200"
+                )
+            assert wheel.pending() == 10
+            for _, writer in pairs:
+                writer.close()
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + 5
+            while handle.runtime.connections and loop.time() < give_up:
+                await asyncio.sleep(0.01)
+            assert not handle.runtime.connections
+            assert wheel.pending() == 0
+        finally:
+            await engine.shutdown(1)

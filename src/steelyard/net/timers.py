@@ -26,6 +26,7 @@ import asyncio
 import heapq
 import logging
 import math
+from collections.abc import Callable
 from typing import Final, Protocol
 
 log = logging.getLogger("steelyard.timers")
@@ -64,6 +65,13 @@ class TimerWheel:
                 self._wait_for(tick)
         bucket[owner] = None
         return tick
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> WheelTimer:
+        """`callback()` after `delay` seconds (up to RESOLUTION later); like loop.call_later,
+        the result's cancel() stops it."""
+        timer = WheelTimer(self, callback)
+        timer.tick = self.add(self.loop.time() + delay, timer)
+        return timer
 
     def discard(self, tick: int, owner: DeadlineOwner) -> None:
         bucket = self._buckets.get(tick)
@@ -117,3 +125,37 @@ class TimerWheel:
 
     def __repr__(self) -> str:
         return f"TimerWheel(buckets={len(self._buckets)}, pending={self.pending()})"
+
+
+def _nothing() -> None:
+    pass
+
+
+class WheelTimer:
+    """A one-shot callback on a TimerWheel (TimerWheel.call_later), cancelled like a loop
+    TimerHandle: for connections whose one timer changes purpose (the TCP listener's)."""
+
+    __slots__ = ("wheel", "tick", "_callback", "cancelled")
+
+    def __init__(self, wheel: TimerWheel, callback: Callable[[], object]) -> None:
+        self.wheel = wheel
+        self.tick = 0
+        self._callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._callback = _nothing  # let go of the owner
+            self.wheel.discard(self.tick, self)
+
+    def on_deadline(self, tick: int) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            callback = self._callback
+            self._callback = _nothing
+            callback()
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled else "pending"
+        return f"WheelTimer({state}, at={self.tick * RESOLUTION:.3f})"
