@@ -136,6 +136,14 @@ async def test_dashboard_renders_drains_and_charts_live_traffic() -> None:
                 ".getAttribute('data-max')) > 0",
                 timeout=15000,
             )
+            # the first sample may hold one server's requests only: wait until every line has
+            # a point above its baseline (the assertions below then say which one did not)
+            await page.wait_for_function(
+                "[...document.querySelectorAll('section[data-backend=app] svg.chart polyline')]"
+                ".every(l => { const ys = (l.getAttribute('points') || '').trim().split(/\\s+/)"
+                ".map(p => Number(p.split(',')[1])); return Math.min(...ys) < Math.max(...ys); })",
+                timeout=15000,
+            )
             lines = await page.eval_on_selector_all(
                 "section[data-backend=app] svg.chart polyline",
                 "ls => ls.map(l => [l.dataset.server, l.getAttribute('points')])",
