@@ -71,13 +71,13 @@ async def test_an_earlier_deadline_added_later_is_not_held_up_by_a_later_one() -
     wheel = TimerWheel(loop)
     late, early = Owner(loop, "late"), Owner(loop, "early")
     start = loop.time()
-    wheel.add(start + 30, late)
+    late_tick = wheel.add(start + 30, late)
     wheel.add(start + 0.1, early)
     await wait(early)
     assert early.calls[0][1] - start < 5
     assert late.calls == []
     assert wheel.pending() == 1
-    wheel.close()
+    wheel.discard(late_tick, late)
     assert wheel.pending() == 0
 
 

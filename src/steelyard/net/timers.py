@@ -82,15 +82,6 @@ class TimerWheel:
         """Owners waiting, over all buckets."""
         return sum(len(b) for b in self._buckets.values())
 
-    def close(self) -> None:
-        """Forget every deadline (the loop is going away)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._handle_tick = _NEVER
-        self._buckets.clear()
-        self._ticks.clear()
-
     def _wait_for(self, tick: int) -> None:
         if self._handle is not None:
             self._handle.cancel()
