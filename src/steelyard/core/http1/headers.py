@@ -255,10 +255,15 @@ def build_request_head(
     request_id: bytes,
 ) -> bytes:
     """The head we send upstream: always HTTP/1.1, persistent unless an upgrade."""
-    # one join of a flat list; `map(b": ".join, headers)` renders the fields in C
+    # one join of a flat list of pieces, each added with parts.append() (compiled: a direct
+    # PyList_Append): cheaper than `b"\r\n".join(map(b": ".join, headers))` (a bound method and
+    # a join per field) and than `parts += (a, b)` (a tuple each)
     parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
-    if headers:
-        parts += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
+    for name, value in headers:
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     if head.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None:
@@ -266,15 +271,22 @@ def build_request_head(
     if head.expect_continue:
         parts.append(b"Expect: 100-continue\r\n")
     if head.upgrade is not None:
-        parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
+        parts.append(b"Connection: upgrade\r\nUpgrade: ")
+        parts.append(head.upgrade)
+        parts.append(b"\r\n")
+    parts.append(b"X-Forwarded-For: ")
     if head.forwarded_for:
-        parts += (b"X-Forwarded-For: ", head.forwarded_for, b", ", client_ip)
-    else:
-        parts += (b"X-Forwarded-For: ", client_ip)
-    parts += (b"\r\nX-Forwarded-Proto: ", proto)
+        parts.append(head.forwarded_for)
+        parts.append(b", ")
+    parts.append(client_ip)
+    parts.append(b"\r\nX-Forwarded-Proto: ")
+    parts.append(proto)
     if head.host is not None:
-        parts += (b"\r\nX-Forwarded-Host: ", head.host)
-    parts += (b"\r\nX-Request-Id: ", request_id, b"\r\n\r\n")
+        parts.append(b"\r\nX-Forwarded-Host: ")
+        parts.append(head.host)
+    parts.append(b"\r\nX-Request-Id: ")
+    parts.append(request_id)
+    parts.append(b"\r\n\r\n")
     return b"".join(parts)
 
 
@@ -312,9 +324,12 @@ def build_response_head(
     line = _STATUS_LINES.get((status, resp.reason))  # _status_line(), inline: a cache hit
     if line is None:
         line = _status_line(status, resp.reason or reason(status))
-    parts = [line]
-    if headers:
-        parts += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
+    parts = [line]  # one flat join, as in build_request_head
+    for name, value in headers:
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     if mode == BODY_LENGTH:
         parts.append(b"Content-Length: %d\r\n" % (resp.content_length or 0))
     elif mode == BODY_CHUNKED:
@@ -325,12 +340,16 @@ def build_response_head(
     if status == 101:
         parts.append(b"Connection: upgrade\r\n")
         if resp.upgrade is not None:
-            parts += (b"Upgrade: ", resp.upgrade, b"\r\n")
+            parts.append(b"Upgrade: ")
+            parts.append(resp.upgrade)
+            parts.append(b"\r\n")
     elif not keep_alive or mode == BODY_CLOSE:
         parts.append(b"Connection: close\r\n")
     elif http10_client:
         parts.append(b"Connection: keep-alive\r\n")
-    parts += (b"X-Request-Id: ", request_id, b"\r\n\r\n")
+    parts.append(b"X-Request-Id: ")
+    parts.append(request_id)
+    parts.append(b"\r\n\r\n")
     return b"".join(parts)
 
 
