@@ -39,8 +39,10 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
+from steelyard.core.backend import Backend
 from steelyard.core.balancing import HASHING
 from steelyard.core.balancing.base import PickContext, ServerState
 from steelyard.core.http1.headers import (
@@ -74,7 +76,7 @@ from steelyard.errors import ProtocolError
 from steelyard.net.http_sticky import add_set_cookie, cookie_server, registry_of, sticky_lease
 from steelyard.net.http_tunnel import GRACE, WebSocketTunnel, is_websocket
 from steelyard.net.https_redirect import https_location
-from steelyard.net.pool import Key, UpstreamConnection
+from steelyard.net.pool import Key, UpstreamConnection, UpstreamPools
 from steelyard.net.timers import RESOLUTION, TimerWheel
 from steelyard.net.tls import TLSConfigError, reload_certificates
 from steelyard.net.upstream_tls import UpstreamTLSContexts
@@ -185,6 +187,12 @@ class HttpListener:
     def __init__(self, engine: Any, config: Any) -> None:
         self.engine = engine
         self.loop: asyncio.AbstractEventLoop = engine.loop
+        # the engine's objects the request path uses, typed: the engine is not compiled (Any),
+        # and an attribute or method of an Any is a dictionary lookup and a generic call each
+        # time. The pools live as long as the engine; `backends` is replaced by a reload, so it
+        # is read through backends_now()
+        self.pools: UpstreamPools = engine.pools
+        self.recorders: list[Callable[[RequestRecord], None]] = engine.recorders
         self.connections: set[DownstreamConnection] = set()
         self.request_ids = RequestIdGenerator(engine.rng)
         # its bound __call__: calling the instance would look __call__ up per request
@@ -232,6 +240,10 @@ class HttpListener:
         self.profiles.clear()  # backends and their configs are new objects after a reload
         self.settings = _Settings(config)
         self.config = config
+
+    def backends_now(self) -> dict[str, Backend]:
+        backends: dict[str, Backend] = self.engine.backends
+        return backends
 
     def profile(self, backend: Any) -> _BackendProfile:
         """What a request needs of a backend's config, read once per config (a reload makes
@@ -812,7 +824,7 @@ class Exchange(RequestRecord):
         self.rid = b""
         self.route: CompiledRoute | None = None
         self.ctx: RequestContext | None = None
-        self.backend_obj: Any = None
+        self.backend_obj: Any = None  # the Backend (begin() reads it through a typed local)
         self.pick: PickContext | None = None
         self.timeouts: Any = None
         self.lease: Lease | None = None
@@ -910,7 +922,7 @@ class Exchange(RequestRecord):
             self._local_reply(respond.status, body=body, content_type=respond.content_type)
             return
         name = route.backend if route.fixed else route.pick_backend(listener.engine.rng)
-        backend = listener.engine.backends.get(name) if name else None
+        backend = listener.backends_now().get(name) if name else None
         if backend is None:
             self.local_error(503, "backend unavailable", retry_after=True)
             return
@@ -942,7 +954,7 @@ class Exchange(RequestRecord):
         self.server = state.name
         server = state.server
         self.key = key = (server.host, server.port)
-        conn = listener.engine.pools.take(key, self.last_activity)  # (loop.time(), from __init__)
+        conn = listener.pools.take(key, self.last_activity)  # (loop.time(), from __init__)
         if conn is not None:
             self._attach(conn, True)
         else:
@@ -1052,14 +1064,14 @@ class Exchange(RequestRecord):
             self.key = key = (server.host, server.port)
         else:  # pooled connections are keyed on the TLS identity too
             self.key = key = (server.host, server.port, self.tls.ident)
-        conn = self.down.listener.engine.pools.take(key)
+        conn = self.down.listener.pools.take(key)
         if conn is not None:
             self._attach(conn, reused=True)
         else:
             self._connect()
 
     def _connect(self) -> None:
-        pools = self.down.listener.engine.pools
+        pools = self.down.listener.pools
         key = self.key
         loop = self.loop
         tls = self.tls
@@ -1092,7 +1104,7 @@ class Exchange(RequestRecord):
         if self.done:
             if not failed:
                 _, conn = task.result()
-                self.down.listener.engine.pools.put(conn)
+                self.down.listener.pools.put(conn)
             return
         if failed:
             lease = self.lease
@@ -1407,7 +1419,7 @@ class Exchange(RequestRecord):
                 and self.head.upgrade is None
             )
             if reusable:  # (only after upstream_data, which set last_activity = loop.time())
-                self.down.listener.engine.pools.put(conn, self.last_activity)
+                self.down.listener.pools.put(conn, self.last_activity)
             else:
                 conn.exchange = None
                 conn.close()
@@ -1539,7 +1551,7 @@ class Exchange(RequestRecord):
         self.bytes_out = bytes_out - down.out_mark
         down.out_mark = bytes_out
         self.duration = time.perf_counter() - self.t0
-        for recorder in down.listener.engine.recorders:  # Engine.record, inline (compiled)
+        for recorder in down.listener.recorders:  # Engine.record, inline (compiled)
             recorder(self)
         down.exchange_done(self, keep_alive)
 
