@@ -14,7 +14,8 @@ Usage: .venv/bin/python bench/ab_cpu.py --variant old=/tmp/old --variant new=. [
 
 `--callgrind` measures instead the balancer's user-space machine instructions per request
 (`--variant NAME=@bare` for bench/bare_relay.py, `NAME=@haproxy` for HAProxy as http_bench
-runs it; Steelyard here writes its access log to /dev/null, HAProxy logs nothing),
+runs it; Steelyard here writes its access log to /dev/null unless `--access-log off`,
+HAProxy logs nothing),
 which the other sessions on this shared VM do not disturb: each variant runs under valgrind
 (callgrind), gets 200 warm-up requests, its counters are zeroed (`callgrind_control -z`),
 then a plain client sends N requests one at a time over one connection (or one connection
@@ -77,6 +78,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--callgrind", action="store_true", help="instructions per request instead")
     ap.add_argument("--requests", type=int, default=2000, help="with --callgrind")
     ap.add_argument("--keep", metavar="DIR", help="with --callgrind: copy the profiles there")
+    ap.add_argument(
+        "--access-log",
+        default="/dev/null",
+        metavar="PATH",
+        help="Steelyard's access log (default /dev/null; `off` as in http_bench.py)",
+    )
     args = ap.parse_args(argv)
     install_signal_handlers()
     workdir = Path(tempfile.mkdtemp(prefix="steelyard-ab-"))
@@ -93,7 +100,7 @@ def main(argv: list[str]) -> int:
         for spec in args.variant:
             name, _, src = spec.partition("=")
             port = free_port()
-            cfg = steelyard_conf(workdir, port, ports, "/dev/null", name)
+            cfg = steelyard_conf(workdir, port, ports, args.access_log, name)
             env_src = str(Path(src).resolve() / "src")
             argv_ = [str(VENV_BIN / "python"), "-m", "steelyard", "run", "-c", str(cfg)]
             old = os.environ.get("PYTHONPATH")
@@ -209,7 +216,7 @@ def callgrind_runs(args: argparse.Namespace, workdir: Path, ports: list[int]) ->
             elif src == "@haproxy":  # http_bench's HAProxy, one thread
                 argv_ += ["haproxy", "-db", "-f", str(haproxy_conf(workdir, port, ports))]
             else:
-                cfg = steelyard_conf(workdir, port, ports, "/dev/null", name)
+                cfg = steelyard_conf(workdir, port, ports, args.access_log, name)
                 env["PYTHONPATH"] = str(Path(src).resolve() / "src")
                 argv_ += [str(VENV_BIN / "python"), "-m", "steelyard", "run", "-c", str(cfg)]
             proc = subprocess.Popen(
