@@ -65,7 +65,9 @@ from steelyard.core.http1.parser import (
     Limits,
     RequestHead,
     RequestParser,
+    RequestSink,
     ResponseHead,
+    ResponseSink,
 )
 from steelyard.core.http1.paths import normalize_path
 from steelyard.core.load import Lease, Outcome
@@ -314,7 +316,7 @@ class HttpListener:
         )
 
 
-class DownstreamConnection(asyncio.Protocol):
+class DownstreamConnection(asyncio.Protocol, RequestSink):
     """One client connection: parsing, pipelining queue, keep-alive, timers."""
 
     __slots__ = (
@@ -764,7 +766,7 @@ class DownstreamConnection(asyncio.Protocol):
         )
 
 
-class Exchange(RequestRecord):
+class Exchange(RequestRecord, ResponseSink):
     """One request and its response, from the head to on_complete (the ResponseSink).
 
     It is its own RequestRecord (the record's fields are inherited slots), so a request costs
