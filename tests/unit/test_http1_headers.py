@@ -176,6 +176,19 @@ def test_request_ids_unique_and_valid() -> None:
     assert "issued=1000" in repr(gen)
 
 
+def test_request_ids_are_prefix_and_hex_counter() -> None:
+    """The table-and-block formatting equals the plain `%012x%08x`, across block boundaries and
+    past 2**32 (where the counter grows a digit)."""
+    gen = RequestIdGenerator(random.Random(7))
+    prefix = b"%012x" % random.Random(7).getrandbits(48)
+    for n in range(1, 1030):
+        assert gen.next() == prefix + b"%08x" % n
+    for start in (2**32 - 300, 2**40 + 5):
+        gen._n = start
+        for n in range(start + 1, start + 600):
+            assert gen() == prefix + b"%08x" % n
+
+
 def test_template() -> None:
     ctx = RequestContext(b"1.2.3.4", b"rid", b"h.example", b"/p", b"q=1", b"s1")
     t = Template("https://{host}{path}?{query} by {server} for {client_ip} ({request_id}) {other}")

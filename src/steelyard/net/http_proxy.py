@@ -197,8 +197,6 @@ class HttpListener:
         self.recorders: list[Callable[[RequestRecord], None]] = engine.recorders
         self.connections: set[DownstreamConnection] = set()
         self.request_ids = RequestIdGenerator(engine.rng)
-        # its bound __call__: calling the instance would look __call__ up per request
-        self.next_request_id = self.request_ids.__call__
         self.hash_keys = HashKeys()
         self.shutting_down = False
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -612,7 +610,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         head = self.parser.partial_head
         rid = head.request_id
         if rid is None or not valid_request_id(rid):
-            rid = self.listener.request_ids()
+            rid = self.listener.request_ids.next()
         record = RequestRecord(self.settings.name, self.client, time.time())
         record.method = head.method.decode("latin-1") if head.method else None
         record.path = head.target.decode("latin-1") if head.target else None
@@ -889,7 +887,7 @@ class Exchange(RequestRecord, ResponseSink):
         settings = down.settings
         rid = head.request_id
         if rid is None or not valid_request_id(rid):
-            rid = listener.next_request_id()
+            rid = listener.request_ids.next()
         self.rid = rid
         if settings.normalize_path and head.path[:1] == b"/":
             path = normalize_path(head.path)

@@ -67,18 +67,34 @@ def valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= 128 and not value.translate(None, _RID_ALPHABET)
 
 
-class RequestIdGenerator:
-    """Unique ids without a syscall per request: a random per-instance prefix and a counter."""
+# "00" .. "ff": the counter's last two hex digits, without a %-format per id
+_HEX_BYTE: Final = [b"%02x" % i for i in range(256)]
 
-    __slots__ = ("_prefix", "_n")
+
+class RequestIdGenerator:
+    """Unique ids without a syscall per request: a random per-instance prefix (12 hex digits)
+    and a counter (`%08x`, more digits past 2**32). The prefix and all but the counter's last
+    two digits are formatted once per 256 ids; an id is that block plus a table entry."""
+
+    __slots__ = ("_prefix", "_n", "_high", "_block")
 
     def __init__(self, rng: random.Random) -> None:
         self._prefix = b"%012x" % rng.getrandbits(48)
         self._n = 0
+        self._high = 0  # the counter's value >> 8 that _block was formatted for
+        self._block = self._prefix + b"000000"
+
+    def next(self) -> bytes:
+        n = self._n + 1
+        self._n = n
+        high = n >> 8
+        if high != self._high:
+            self._high = high
+            self._block = self._prefix + b"%06x" % high
+        return self._block + _HEX_BYTE[n & 0xFF]
 
     def __call__(self) -> bytes:
-        self._n += 1
-        return b"%s%08x" % (self._prefix, self._n)
+        return self.next()
 
     def __repr__(self) -> str:
         return f"RequestIdGenerator(prefix={self._prefix.decode()}, issued={self._n})"
