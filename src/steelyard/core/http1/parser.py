@@ -97,6 +97,19 @@ _RESPONSE_FIELDS: Final[dict[bytes, int]] = {
     b"x-request-id": _HOP,  # we echo our own
 }
 
+
+def _length_mask(kinds: dict[bytes, int]) -> int:
+    """Bit n set when some name in `kinds` has n bytes: a field of another length is
+    forwarded without hashing its name (Date, Server, ETag, Cache-Control, Cookie...)."""
+    mask = 0
+    for name in kinds:
+        mask |= 1 << len(name)
+    return mask
+
+
+_REQUEST_LENGTHS: Final = _length_mask(_REQUEST_FIELDS)
+_RESPONSE_LENGTHS: Final = _length_mask(_RESPONSE_FIELDS)
+
 # The same classifications keyed by the name as it came, so the usual spellings skip a
 # `.lower()` per field; other spellings are learnt on first sight (bounded: a client sending
 # random names only costs the lower() it cost before).
@@ -505,6 +518,9 @@ class RequestParser:
         raw = _REQUEST_RAW
         for field in fields:
             name, value = field
+            if not (_REQUEST_LENGTHS >> len(name)) & 1:  # no field we handle is this long
+                headers.append(field)
+                continue
             try:
                 kind = raw[name]  # (a plain subscript is cheaper than .get(); misses are rare)
             except KeyError:
@@ -809,6 +825,9 @@ class ResponseParser:
         raw = _RESPONSE_RAW
         for field in fields:
             name, value = field
+            if not (_RESPONSE_LENGTHS >> len(name)) & 1:  # as in RequestParser
+                headers.append(field)
+                continue
             try:
                 kind = raw[name]
             except KeyError:
