@@ -85,6 +85,10 @@ from steelyard.net.upstream_tls import UpstreamTLSContexts
 
 log = logging.getLogger("steelyard.http")
 
+# bound once (compiled: a module attribute is a lookup per use, a Final a C constant)
+_perf_counter: Final = time.perf_counter
+_wall_time: Final = time.time
+
 INF: Final = float("inf")
 # Outcome members as module globals: on Python 3.11 `Outcome.OK` goes through EnumType's
 # __getattr__ hook (~0.1 us); a global load does not
@@ -338,6 +342,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         "peer_eof",
         "tkind",
         "deadline",
+        "now",
         "wheel",
         "timer_tick",
         "timer_at",
@@ -373,6 +378,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         self.peer_eof = False
         self.tkind = T_NONE
         self.deadline = 0.0
+        self.now = 0.0  # loop.time() at the last read (uvloop's clock moves once per iteration)
         self.wheel = listener.wheel
         self.timer_tick = 0  # the wheel's tick this waits for (0: none)
         self.timer_at = INF  # when that tick begins (INF: no timer)
@@ -408,19 +414,20 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        self.now = now = self.loop.time()
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.tunnel_from_downstream(data)
             return
         if self.lingering is not None:  # dropped: the answer went out already
-            self.lingering[0] = self.loop.time()
+            self.lingering[0] = now
             return
         if self.upgrading:
             self._stash(data)
             return
         if self.tkind == T_IDLE:  # the first bytes of the next request: its head timeout runs
             self.tkind = T_HEAD
-            self.deadline = deadline = self.loop.time() + self.settings.request_head_timeout
+            self.deadline = deadline = now + self.settings.request_head_timeout
             if deadline < self.timer_at:
                 self._schedule(deadline)
         try:
@@ -513,6 +520,8 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
     # -- requests ----------------------------------------------------------------------------
 
     def _start(self, head: RequestHead) -> None:
+        """A queued (pipelined) request's turn, in a later loop iteration than its read."""
+        self.now = self.loop.time()
         self.tkind = T_NONE
         self.settings = self.listener.settings  # a reload applies from the next request on
         self.requests += 1
@@ -856,10 +865,12 @@ class Exchange(RequestRecord, ResponseSink):
         self.out: list[bytes] | None = None  # downstream writes gathered during one read
         self.idle_timeout = 60.0
         self.response_timeout = 60.0
-        self.last_activity = self.loop.time()  # timers (uvloop's clock has 1 ms steps)
-        self.t0 = time.perf_counter()  # the logged duration, with sub-millisecond precision
+        # timers: the time of the read that completed the head (a head in the queue behind a
+        # pipelined request starts later: _start() sets it again)
+        self.last_activity = down.now
+        self.t0 = _perf_counter()  # the logged duration, with sub-millisecond precision
         # the RequestRecord fields (RequestRecord.__init__, inline)
-        self.time = time.time()
+        self.time = _wall_time()
         self.listener = down.settings.name
         self.client = down.client
         self.method: str | None = None
@@ -956,7 +967,7 @@ class Exchange(RequestRecord, ResponseSink):
         self.key = key = (server.host, server.port)
         conn = listener.pools.take(key, self.last_activity)  # (loop.time(), from __init__)
         if conn is not None:
-            self._attach(conn, True)
+            self._attach(conn, True, self.last_activity)  # (this loop iteration's time)
         else:
             self._connect()
 
@@ -1066,7 +1077,7 @@ class Exchange(RequestRecord, ResponseSink):
             self.key = key = (server.host, server.port, self.tls.ident)
         conn = self.down.listener.pools.take(key)
         if conn is not None:
-            self._attach(conn, reused=True)
+            self._attach(conn, True, self.loop.time())
         else:
             self._connect()
 
@@ -1123,11 +1134,12 @@ class Exchange(RequestRecord, ResponseSink):
                 self._connects_failed()
             return
         _, conn = task.result()
-        self._attach(conn, reused=False)
+        self._attach(conn, False, self.loop.time())
 
     # -- upstream_request --------------------------------------------------------------------
 
-    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+    def _attach(self, conn: UpstreamConnection, reused: bool, now: float) -> None:
+        """Send the head (and any body read so far) on `conn`; `now` is loop.time()."""
         down = self.down
         head = self.head
         route = self.route
@@ -1167,7 +1179,7 @@ class Exchange(RequestRecord, ResponseSink):
             down._resume(PAUSE_BUFFER)
         if down.write_paused:
             conn.pause_reading()
-        self.last_activity = now = self.loop.time()
+        self.last_activity = now
         if self.request_done:  # down._arm_at(X_RESPONSE, ...), inline
             down.tkind = X_RESPONSE
             down.deadline = deadline = now + self.response_timeout
@@ -1550,7 +1562,7 @@ class Exchange(RequestRecord, ResponseSink):
         bytes_out = down.bytes_out
         self.bytes_out = bytes_out - down.out_mark
         down.out_mark = bytes_out
-        self.duration = time.perf_counter() - self.t0
+        self.duration = _perf_counter() - self.t0
         for recorder in down.listener.recorders:  # Engine.record, inline (compiled)
             recorder(self)
         down.exchange_done(self, keep_alive)
