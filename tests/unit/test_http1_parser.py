@@ -573,3 +573,39 @@ def test_response_version_from_the_read_matches_the_wire(
             parser = ResponseParser(sink)
     heads = [v for k, v in sink.events if k == "head"]
     assert [h.version for h in heads] == [v for v, _, _ in responses]  # type: ignore[attr-defined]
+
+
+@given(
+    st.text(alphabet="0123456789", min_size=1, max_size=30),
+    st.text(alphabet=" \t", max_size=3),
+)
+def test_length_value_is_int(digits: str, ows: str) -> None:
+    """The digit loop for Content-Length gives int()'s answer, short or long, with trailing
+    whitespace or without."""
+    from steelyard.core.http1.parser import _length_value
+
+    raw = (digits + ows).encode()
+    assert _length_value(raw) == int(raw)
+
+
+@given(st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")))
+def test_rstrip_ows_is_rstrip(value: bytes) -> None:
+    from steelyard.core.http1.parser import _rstrip_ows
+
+    for tail in (b"", b" ", b"\t", b" \t ", b"x"):
+        assert _rstrip_ows(value + tail) == (value + tail).rstrip(b" \t")
+
+
+@pytest.mark.parametrize("reason", [b"OK", b"Fine", b""])
+def test_status_line_per_reason(reason: bytes) -> None:
+    """The status line cache keyed by status still sends each response's own reason."""
+    from steelyard.core.http1.headers import BODY_LENGTH, build_response_head
+    from steelyard.core.http1.parser import ResponseHead
+
+    for r in (reason, b"Other", reason):
+        resp = ResponseHead()
+        resp.status = 200
+        resp.reason = r
+        resp.content_length = 0
+        head = build_response_head(resp, [], BODY_LENGTH, True, False, b"id")
+        assert head.startswith(b"HTTP/1.1 200 " + (r or b"OK") + b"\r\n")

@@ -315,6 +315,7 @@ def response_mode(resp: ResponseHead, http10_client: bool) -> int:
 
 
 _STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}  # (status, reason) -> status line
+_LAST_STATUS_LINE: Final[dict[int, tuple[bytes, bytes]]] = {}  # status -> (reason as sent, line)
 
 
 def _status_line(status: int, reason_: bytes) -> bytes:
@@ -337,9 +338,15 @@ def build_response_head(
     """The head we send downstream. `mode` from response_mode(); a CLOSE mode never keeps alive.
     (Positional parameters: the proxy calls it once per response, keywords cost more.)"""
     status = resp.status
-    line = _STATUS_LINES.get((status, resp.reason))  # _status_line(), inline: a cache hit
-    if line is None:
+    # _status_line(), inline: the last line per status is checked first (an int key; the
+    # (status, reason) key would build a tuple and hash the reason's bytes every time)
+    last = _LAST_STATUS_LINE.get(status)
+    if last is not None and last[0] == resp.reason:
+        line = last[1]
+    else:
         line = _status_line(status, resp.reason or reason(status))
+        if len(_LAST_STATUS_LINE) < 512:
+            _LAST_STATUS_LINE[status] = (resp.reason, line)
     parts = [line]  # one flat join, as in build_request_head
     for name, value in headers:
         parts.append(name)
