@@ -53,7 +53,7 @@ from steelyard.core.balancing.base import (
 from steelyard.core.clock import Clock
 from steelyard.core.events import Event, EventBus
 from steelyard.core.health import MAX_EJECTION_TIME, HealthState, OutlierDetector
-from steelyard.core.load import Lease, Outcome
+from steelyard.core.load import Lease, LeaseOwner, Outcome
 
 RAMP_REBUILD_INTERVAL: Final = 1.0
 # hot-path aliases (an Enum member read off its class is ~10x slower than a global on 3.11)
@@ -118,7 +118,7 @@ class Waiter:
         return f"Waiter({'done' if self.done else 'waiting'}, exclude={sorted(self.ctx.exclude)})"
 
 
-class Backend:
+class Backend(LeaseOwner):
     def __init__(
         self,
         name: str,
