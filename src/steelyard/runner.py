@@ -83,7 +83,8 @@ async def serve(
     access = AccessLog(
         getattr(log_cfg, "access", None), getattr(log_cfg, "format", "json") or "json"
     )
-    engine.recorders.append(access)
+    if access.enabled:  # `access: off`: no call per request, and no record strings made
+        engine.recorders.append(access)
     try:
         await engine.start()
     except (StartError, OSError) as exc:

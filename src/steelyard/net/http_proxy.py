@@ -1550,10 +1550,6 @@ class Exchange(RequestRecord, ResponseSink):
         if self.lease is not None:
             self._release(Outcome.CANCELLED)
         # the record's fields (this exchange is the record)
-        head = self.head
-        self.method = head.method.decode("latin-1")
-        self.path = head.target.decode("latin-1")
-        self.request_id = self.rid.decode()
         bytes_in = down.bytes_in
         n = bytes_in - down.in_mark
         body = self.body_received
@@ -1562,9 +1558,15 @@ class Exchange(RequestRecord, ResponseSink):
         bytes_out = down.bytes_out
         self.bytes_out = bytes_out - down.out_mark
         down.out_mark = bytes_out
-        self.duration = _perf_counter() - self.t0
-        for recorder in down.listener.recorders:  # Engine.record, inline (compiled)
-            recorder(self)
+        recorders = down.listener.recorders
+        if recorders:  # the strings only for those who read them (access log, metrics)
+            head = self.head
+            self.method = head.method.decode("latin-1")
+            self.path = head.target.decode("latin-1")
+            self.request_id = self.rid.decode()
+            self.duration = _perf_counter() - self.t0
+            for recorder in recorders:  # Engine.record, inline (compiled)
+                recorder(self)
         down.exchange_done(self, keep_alive)
 
     # -- local replies -----------------------------------------------------------------------

@@ -107,6 +107,7 @@ def _length_mask(kinds: dict[bytes, int]) -> int:
     return mask
 
 
+_GET: Final = b"GET"
 _REQUEST_LENGTHS: Final = _length_mask(_REQUEST_FIELDS)
 _RESPONSE_LENGTHS: Final = _length_mask(_RESPONSE_FIELDS)
 
@@ -579,9 +580,13 @@ class RequestParser:
             elif kind == _PROXY_CONN:
                 pconn = True
             # _HOP, _XF_DROP, _PROXY_CONN: dropped
-        head.method = method = p.get_method()
-        version = ""
         start = self._start
+        if start is not None and start.startswith(b"GET "):  # llhttp accepted that line
+            method = _GET
+        else:
+            method = p.get_method()  # (a bytes object made by httptools per call)
+        head.method = method
+        version = ""
         if start is not None:
             self._start = None
             version = _request_version(start, len(method) + len(url) + 2)
