@@ -328,6 +328,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         "transport",
         "parser",
         "client_ip",
+        "client_port",
         "client",
         "proxied",
         "lingering",
@@ -364,12 +365,15 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = RequestParser(self, self.settings.limits)
         self.client_ip = b""
-        self.client = ""
+        self.client_port = -1  # -1: not known
+        self.client = ""  # "ip:port" for records, made by client_text() when first asked
         self.proxied: ProxyHeader | None = None  # set by net/proxy_preface.py
         self.lingering: list[float] | None = None  # [last read, give up at] while lingering
         self.unread = False  # a request body broke off: what follows it is never read
         self.exchange: Exchange | None = None
-        self.queue: deque[tuple[int, Any]] = deque()
+        # pipelined requests behind the current one: created at the first (most connections
+        # never pipeline; a deque per connection cost a Python-level call)
+        self.queue: deque[tuple[int, Any]] | None = None
         self.queueing = False
         self.paused = 0
         self.write_paused = False
@@ -400,13 +404,11 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         proxied = self.proxied  # accept_proxy_protocol: the header's source is the client
         if proxied is not None and proxied.client is not None:
             peer = proxied.client
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            ip = str(peer[0])
-            self.client_ip = ip.encode()
-            self.client = f"[{ip}]:{peer[1]}" if ":" in ip else f"{ip}:{peer[1]}"
+        if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int):
+            self.client_ip = str(peer[0]).encode()
+            self.client_port = peer[1]
         else:
             self.client_ip = b"unknown"
-            self.client = "unknown"
         listener = self.listener
         listener.connections.add(self)
         listener.accepted += 1
@@ -469,7 +471,8 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         ex = self.exchange
         if ex is not None:
             ex.downstream_lost()
-        self.queue.clear()
+        if self.queue is not None:
+            self.queue.clear()
         self.parser.close()  # the parser and httptools refer to each other: free them now
         self.listener.connection_closed(self)
 
@@ -490,7 +493,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
     def on_request_head(self, head: RequestHead) -> None:
         if self.exchange is not None or self.queue:
             self.queueing = True
-            self.queue.append((Q_HEAD, head))
+            self._enqueue((Q_HEAD, head))
             self._pause(PAUSE_PIPELINE)
             return
         self.queueing = False
@@ -501,9 +504,15 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         self.exchange = ex = Exchange(self, head)
         ex.begin()
 
+    def _enqueue(self, item: tuple[int, Any]) -> None:
+        q = self.queue
+        if q is None:
+            q = self.queue = deque()
+        q.append(item)
+
     def on_request_body(self, data: bytes) -> None:
         if self.queueing:
-            self.queue.append((Q_BODY, data))
+            self._enqueue((Q_BODY, data))
             return
         ex = self.exchange
         if ex is not None:
@@ -511,7 +520,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
 
     def on_request_end(self, trailers: Headers | None) -> None:
         if self.queueing:
-            self.queue.append((Q_END, trailers))
+            self._enqueue((Q_END, trailers))
             return
         ex = self.exchange
         if ex is not None and not ex.request_done:
@@ -563,6 +572,8 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
 
     def _process_queue(self) -> None:
         q = self.queue
+        if q is None:
+            return
         started = False
         while q and not self.closed:
             kind, item = q[0]
@@ -600,7 +611,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
                     q.pop()
                 if q:
                     q.pop()
-            self.queue.append((Q_ERROR, exc))
+            self._enqueue((Q_ERROR, exc))
             self._pause(PAUSE_PIPELINE)
             return
         ex = self.exchange
@@ -609,7 +620,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
             return
         if ex is not None or self.queue:  # a later request: answer in order
             self.queueing = True
-            self.queue.append((Q_ERROR, exc))
+            self._enqueue((Q_ERROR, exc))
             self._pause(PAUSE_PIPELINE)
             return
         self._reply_error(exc)
@@ -620,7 +631,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         rid = head.request_id
         if rid is None or not valid_request_id(rid):
             rid = self.listener.request_ids.next()
-        record = RequestRecord(self.settings.name, self.client, time.time())
+        record = RequestRecord(self.settings.name, self.client_text(), time.time())
         record.method = head.method.decode("latin-1") if head.method else None
         record.path = head.target.decode("latin-1") if head.target else None
         record.status = exc.status
@@ -741,7 +752,8 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         now = self.loop.time()
         self.lingering = [now, now + LINGER_MAX]
         self.tkind = T_NONE  # no request timeouts any more: the linger timer decides
-        self.queue.clear()
+        if self.queue is not None:
+            self.queue.clear()
         if self.paused:
             self.paused = 0
             transport.resume_reading()
@@ -764,11 +776,25 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         if self.transport is not None:
             self.transport.abort()
 
+    def client_text(self) -> str:
+        """The client as records name it: "ip:port" ("[ip]:port" for IPv6), or "unknown"."""
+        client = self.client
+        if not client:
+            ip = self.client_ip.decode("latin-1")
+            if self.client_port < 0:
+                client = ip
+            elif ":" in ip:
+                client = f"[{ip}]:{self.client_port}"
+            else:
+                client = f"{ip}:{self.client_port}"
+            self.client = client
+        return client
+
     def __repr__(self) -> str:
         state = "tunnel" if self.tunnel else ("busy" if self.exchange else "idle")
         return (
-            f"DownstreamConnection({self.client} {state} requests={self.requests} "
-            f"queued={len(self.queue)} paused={self.paused} write_paused={self.write_paused} "
+            f"DownstreamConnection({self.client_text()} {state} requests={self.requests} "
+            f"queued={len(self.queue or ())} paused={self.paused} write_paused={self.write_paused} "
             f"closing={self.closing} closed={self.closed})"
         )
 
@@ -872,7 +898,7 @@ class Exchange(RequestRecord, ResponseSink):
         # the RequestRecord fields (RequestRecord.__init__, inline)
         self.time = _wall_time()
         self.listener = down.settings.name
-        self.client = down.client
+        self.client = ""  # (set in _finish, for the recorders)
         self.method: str | None = None
         self.path: str | None = None
         self.status: int | None = None
@@ -1561,6 +1587,7 @@ class Exchange(RequestRecord, ResponseSink):
         recorders = down.listener.recorders
         if recorders:  # the strings only for those who read them (access log, metrics)
             head = self.head
+            self.client = down.client_text()
             self.method = head.method.decode("latin-1")
             self.path = head.target.decode("latin-1")
             self.request_id = self.rid.decode()
