@@ -56,6 +56,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from steelyard.core.backend import Backend
@@ -74,6 +75,10 @@ from steelyard.core.records import RequestRecord
 from steelyard.core.sni import HelloStatus, SniTable, parse_client_hello
 from steelyard.net.proxy_preface import warn_refused
 from steelyard.net.timers import TimerWheel, WheelTimer
+
+# bound once (compiled: a module attribute is a lookup per use, a Final a C constant)
+_perf_counter: Final = time.perf_counter
+_wall_time: Final = time.time
 
 log = logging.getLogger("steelyard")
 
@@ -415,17 +420,18 @@ class TcpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         # the logged duration: perf_counter, as uvloop's loop.time() moves in whole ms
-        self.started = time.perf_counter()
+        self.started = _perf_counter()
         self.last_activity = self.loop.time()  # timers stay on the loop's clock
         peer = transport.get_extra_info("peername")
         if type(peer) is tuple:  # (ip, port) or (ip, port, flow, scope); anything else: ""
             self.client_ip, self.client_port = peer[0], peer[1]
-        self.record = RequestRecord(listener.name, "", time.time())
+        self.record = RequestRecord(listener.name, "", _wall_time())
         listener.connections.add(self)
         if listener.closing:
             self.close()
             return
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)  # type: ignore[attr-defined]
+        # positional: (high, low); keywords cost a dictionary per call
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
         cfg = listener.config
         if self.proxied is not None:  # a TLS listener: the header came before the handshake
             self._use_proxy_header(self.proxied)
@@ -608,7 +614,9 @@ class TcpConnection(asyncio.Protocol):
         if len(self.buffer) >= CONNECT_BUFFER or self.listener.ssl_context is not None:
             self._pause_connecting()
         listener = self.listener
-        backend = listener.engine.backends.get(backend_name)
+        # typed: the engine is Any, and a method of an Any is a generic call
+        backends: dict[str, Backend] = listener.engine.backends
+        backend = backends.get(backend_name)
         if backend is None:
             log.warning("%s: unknown backend %s", listener.name, backend_name)
             self._connect_failed()
@@ -641,7 +649,7 @@ class TcpConnection(asyncio.Protocol):
         ctx = _ANY_SERVER if self.hash_key is None and not self.tried else None
         if ctx is None:
             ctx = PickContext(self.hash_key, self.tried)
-        backend = self.backend
+        backend: Backend = self.backend  # (typed: acquire() is then a native call)
         lease = backend.acquire(ctx)
         if lease is None:
             if backend.max_connections_per_server and self._wait_for_slot(ctx):
@@ -809,7 +817,7 @@ class TcpConnection(asyncio.Protocol):
         record = self.record
         assert record is not None
         record.server = lease.server.name
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         backend = self.backend
         profile = self.listener.profiles.get(self.backend_name or "")
         if profile is None or profile.backend is not backend:  # e.g. queued across a reload
@@ -977,10 +985,11 @@ class TcpConnection(asyncio.Protocol):
             self.lease.release(self.outcome)
         record = self.record
         self.record = None
-        record.client = _fmt(self.client_ip, self.client_port)
+        if self.listener.recorders:  # the client's text only for those who read it
+            record.client = _fmt(self.client_ip, self.client_port)
+            record.duration = _perf_counter() - self.started
         record.bytes_in = self.bytes_in
         record.bytes_out = self.bytes_out
-        record.duration = time.perf_counter() - self.started
         # break the protocol <-> transport cycles (uvloop keeps a closed transport's protocol):
         # reference counting frees the pair now, not the cyclic GC later
         self.transport = self.up_transport = None
@@ -1182,6 +1191,7 @@ class TcpListener:
     def __init__(self, engine: Any, listener_config: Any) -> None:
         self.engine = engine
         self.loop: asyncio.AbstractEventLoop = engine.loop
+        self.recorders: list[Callable[[RequestRecord], None]] = engine.recorders
         self.name: str = listener_config.name
         self.ssl_context: Any = None  # set by the engine when the listener terminates TLS
         self.connections: set[TcpConnection] = set()
@@ -1232,10 +1242,13 @@ class TcpListener:
 
     def finished(self, conn: TcpConnection, record: RequestRecord) -> None:
         self.connections.discard(conn)
-        try:
-            self.engine.record(record)
-        except Exception:  # a broken recorder must not break the data path
-            log.exception("recording a connection failed")
+        recorders = self.recorders
+        if recorders:
+            try:
+                for recorder in recorders:  # Engine.record, inline
+                    recorder(record)
+            except Exception:  # a broken recorder must not break the data path
+                log.exception("recording a connection failed")
         if not self.connections and self._empty is not None:
             self._empty.set()
 
