@@ -159,6 +159,17 @@ async def test_http_listener_takes_the_client_from_the_proxy_header(version: str
         assert [r.client for r in sy.records] == [f"{CLIENT[0]}:{CLIENT[1]}"] * 2
 
 
+async def test_http_record_names_an_ipv6_client_in_brackets() -> None:
+    """The record's client text is made when the request is recorded (client_text()):
+    an IPv6 address is written `[addr]:port`."""
+    async with http_backend("s1") as b, steelyard(http_config(b)) as sy:
+        proxy = encode_v1("2001:db8::7", 4242, "2001:db8::1", 443)
+        reply = await raw_exchange(sy.port, [proxy + REQUEST])
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert [r.header("x-forwarded-for") for r in b.requests] == ["2001:db8::7"]
+        assert [r.client for r in sy.records] == ["[2001:db8::7]:4242"]
+
+
 async def test_http_listener_refuses_a_connection_without_the_header() -> None:
     async with http_backend("s1") as b, steelyard(http_config(b)) as sy:
         assert await raw_exchange(sy.port, [REQUEST]) == b""  # closed, nothing answered
