@@ -75,10 +75,9 @@ class TimerWheel:
 
     def discard(self, tick: int, owner: DeadlineOwner) -> None:
         bucket = self._buckets.get(tick)
+        # (compiled: `in` and `del` are C calls, `pop(owner, None)` a generic method call)
         if bucket is not None and owner in bucket:
-            del bucket[
-                owner
-            ]  # (compiled: `in` and `del` are C calls, `pop(k, None)` a method call)
+            del bucket[owner]
 
     def pending(self) -> int:
         """Owners waiting, over all buckets."""
