@@ -512,7 +512,7 @@ class RequestParser:
         self._raw = self._chunk  # an upper bound of this message's bytes so far
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url = self._url + url  # (compiled: `+` on bytes is a C call, `+=` a generic one)
         n = len(self._url)
         if n > self._limits.max_uri:
             raise ProtocolError(414, "URI too long")
@@ -829,7 +829,7 @@ class ResponseParser:
         self.complete = False
 
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._reason = self._reason + reason  # (as in on_url)
         if len(self._reason) > self._limits.max_head:
             raise ProtocolError(502, "response head too large", source="upstream")
 
