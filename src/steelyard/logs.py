@@ -354,13 +354,18 @@ class AccessLog:
             if buffer:  # lines that came while writing, maybe without setting the event
                 wake.set()
 
-    def close(self) -> None:
-        """Stop taking lines, write what is buffered, close the file."""
-        if not self.enabled:
-            return
+    def detach(self) -> None:
+        """Take no more lines, now (a reload put another access log in its place); close()
+        then writes out what is buffered."""
         self.enabled = False
         if self.handler is not None:
             access_log.removeHandler(self.handler)
+
+    def close(self) -> None:
+        """Stop taking lines, write what is buffered, close the file."""
+        if self._dest is None or self._closing:  # off, or closed already
+            return
+        self.detach()
         self._closing = True
         self._wake.set()
         if self._writer_thread is not None:

@@ -70,21 +70,52 @@ def run(config_path: str) -> int:
     return run_loop(lambda: serve(config, config_path))
 
 
+def _access_log_key(config: Any) -> tuple[str | None, str]:
+    """(path, format) of the config's access log: None = stdout, "off" = none."""
+    log_cfg = getattr(config, "log", None)
+    return getattr(log_cfg, "access", None), getattr(log_cfg, "format", "json") or "json"
+
+
 async def serve(
     config: Any, config_path: str | None, on_started: Callable[[Any], None] | None = None
 ) -> int:
     from steelyard.config import ConfigError
+    from steelyard.core.events import Event
     from steelyard.engine import Engine, StartError
     from steelyard.logs import AccessLog
 
     loop = asyncio.get_running_loop()
     engine = Engine(config, config_path, loop=loop)
-    log_cfg = getattr(config, "log", None)
-    access = AccessLog(
-        getattr(log_cfg, "access", None), getattr(log_cfg, "format", "json") or "json"
-    )
+    access_key = _access_log_key(config)
+    access = AccessLog(*access_key)
     if access.enabled:  # `access: off`: no call per request, and no record strings made
         engine.recorders.append(access)
+
+    def reconfigure_access_log(event: Event) -> None:
+        """A reload (SIGHUP or the admin API) that changed `log.access` or `log.format`
+        switches the access log over: lines of requests that end after it go to the new one."""
+        nonlocal access, access_key
+        if event.type != "reload":
+            return
+        key = _access_log_key(engine.config)
+        if key == access_key:
+            return
+        try:
+            new = AccessLog(*key)
+        except OSError as exc:
+            log.error("access log %s cannot be opened, the old one stays: %s", key[0], exc)
+            return
+        old = access
+        old.detach()
+        if old in engine.recorders:
+            engine.recorders.remove(old)
+        if new.enabled:
+            engine.recorders.append(new)
+        access, access_key = new, key
+        loop.run_in_executor(None, old.close)  # writes out its buffer off the event loop
+        log.info("access log: %s (%s)", key[0] or "stdout", key[1])
+
+    engine.events.subscribe(reconfigure_access_log)
     try:
         await engine.start()
     except (StartError, OSError) as exc:

@@ -284,3 +284,64 @@ def test_durations_have_sub_millisecond_precision() -> None:
     durations = uvloop.run(main())  # the loop `steelyard run` uses
     assert len(durations) == 20
     assert any(abs(d - round(d)) > 1e-6 for d in durations), durations
+
+
+async def test_a_reload_switches_the_access_log(tmp_path: Path) -> None:
+    """SIGHUP with a changed `log:` section: off -> a JSON file -> a text file -> off. Each
+    request's line goes to the log in force when it ended; the old file is closed whole."""
+    from tests.helpers.http_backends import http_backend
+    from tests.helpers.steelyard_process import SteelyardProcess
+
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    path = tmp_path / "steelyard.yaml"
+    async with http_backend("one") as b:
+        base = CONFIG.format(port=b.port)
+
+        async def reload_with(log_section: str) -> None:
+            mark = len(sy.lines)
+            path.write_text(base + log_section)
+            sy.send(signal.SIGHUP)
+            await asyncio.to_thread(sy.wait_for, r"reloaded", 15.0, mark)
+
+        async def get(port: int, target: str) -> None:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://127.0.0.1:{port}{target}")
+                assert r.status_code == 200
+
+        path.write_text(base + "log: {access: off}\n")
+        with SteelyardProcess(path) as sy:
+            port = await asyncio.to_thread(sy.port, "web")
+            await get(port, "/while-off")
+            await reload_with(f"log: {{access: '{first}'}}\n")
+            await get(port, "/to-first")
+            await reload_with(f"log: {{access: '{second}', format: text}}\n")
+            await get(port, "/to-second")
+            await reload_with("log: {access: off}\n")
+            await get(port, "/off-again")
+            assert sy.proc.poll() is None, sy.lines[-20:]
+        assert [line["path"] for line in read_lines(first)] == ["/to-first"]
+        text = second.read_text().splitlines()
+        assert len(text) == 1 and "GET /to-second" in text[0] and not text[0].startswith("{")
+
+
+async def test_a_reload_to_an_access_log_that_cannot_be_opened_keeps_the_old(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers.http_backends import http_backend
+    from tests.helpers.steelyard_process import SteelyardProcess
+
+    first = tmp_path / "first.log"
+    path = tmp_path / "steelyard.yaml"
+    async with http_backend("one") as b:
+        base = CONFIG.format(port=b.port)
+        path.write_text(base + f"log: {{access: '{first}'}}\n")
+        with SteelyardProcess(path) as sy:
+            port = await asyncio.to_thread(sy.port, "web")
+            mark = len(sy.lines)
+            path.write_text(base + f"log: {{access: '{tmp_path / 'missing' / 'x.log'}'}}\n")
+            sy.send(signal.SIGHUP)
+            await asyncio.to_thread(sy.wait_for, r"access log .* cannot be opened", 15.0, mark)
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://127.0.0.1:{port}/still-first")
+                assert r.status_code == 200
+        assert [line["path"] for line in read_lines(first)] == ["/still-first"]
