@@ -87,7 +87,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     engine = Engine(config, config_path, loop=loop)
     access_key = _access_log_key(config)
-    access = AccessLog(*access_key)
+    try:  # (the config checked the path; this is for what changed since, e.g. a full disk)
+        access = AccessLog(*access_key)
+    except OSError as exc:
+        print(f"steelyard: cannot open the access log {access_key[0]}: {exc}", file=sys.stderr)
+        return 3
     if access.enabled:  # `access: off`: no call per request, and no record strings made
         engine.recorders.append(access)
 

@@ -324,9 +324,11 @@ async def test_a_reload_switches_the_access_log(tmp_path: Path) -> None:
         assert len(text) == 1 and "GET /to-second" in text[0] and not text[0].startswith("{")
 
 
-async def test_a_reload_to_an_access_log_that_cannot_be_opened_keeps_the_old(
+async def test_a_reload_to_an_access_log_that_cannot_be_opened_is_refused(
     tmp_path: Path,
 ) -> None:
+    """The whole reload is refused (a listener added in the same edit is not started), with
+    the file, line and column of `access:`, and the old log goes on."""
     from tests.helpers.http_backends import http_backend
     from tests.helpers.steelyard_process import SteelyardProcess
 
@@ -338,10 +340,38 @@ async def test_a_reload_to_an_access_log_that_cannot_be_opened_keeps_the_old(
         with SteelyardProcess(path) as sy:
             port = await asyncio.to_thread(sy.port, "web")
             mark = len(sy.lines)
-            path.write_text(base + f"log: {{access: '{tmp_path / 'missing' / 'x.log'}'}}\n")
+            added = "  - {name: extra, protocol: tcp, bind: 127.0.0.1:0, backend: app}\n"
+            bad = base.replace("backends:\n", added + "backends:\n")
+            bad += f"log: {{access: '{tmp_path / 'missing' / 'x.log'}'}}\n"
+            path.write_text(bad)
+            line = bad.splitlines().index(f"log: {{access: '{tmp_path / 'missing' / 'x.log'}'}}")
             sy.send(signal.SIGHUP)
-            await asyncio.to_thread(sy.wait_for, r"access log .* cannot be opened", 15.0, mark)
+            got = await asyncio.to_thread(sy.wait_for, r"reload refused", 15.0, mark)
+            assert f"{path}:{line + 1}:15: log.access: directory " in got, got
+            assert f"'{tmp_path / 'missing'}' does not exist" in got, got
             async with httpx.AsyncClient() as client:
                 r = await client.get(f"http://127.0.0.1:{port}/still-first")
                 assert r.status_code == 200
+            assert not any("listener extra" in line for line in sy.lines), sy.lines
+            assert sy.proc.poll() is None
         assert [line["path"] for line in read_lines(first)] == ["/still-first"]
+
+
+def test_start_with_an_access_log_that_cannot_be_opened_exits_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "steelyard.yaml"
+    text = CONFIG.format(port=9) + "log: {access: nowhere/access.log}\n"
+    path.write_text(text)
+    line = text.count("\n")  # the last line
+    done = subprocess.run(
+        [sys.executable, "-m", "steelyard", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert f"{path}:{line}:15: log.access: directory '{tmp_path}/nowhere' does not exist" in (
+        done.stderr
+    ), done.stderr
+    assert "Traceback" not in done.stderr

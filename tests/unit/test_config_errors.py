@@ -6,6 +6,8 @@ first occurrence of needle, or the n-th), so each test states *which token* is b
 
 from __future__ import annotations
 
+import os
+import pathlib
 import textwrap
 
 import pytest
@@ -700,3 +702,63 @@ def test_backend_names_must_fit_in_a_url() -> None:
         f"c.yaml:{at(text, 'my api')}: invalid backend name 'my api': no spaces or '/'",
         f"c.yaml:{at(text, 'a/b')}: invalid backend name 'a/b': no spaces or '/'",
     ]
+
+
+# ---------------------------------------------------------------- log.access
+
+
+def test_access_log_in_a_directory_that_does_not_exist(tmp_path: pathlib.Path) -> None:
+    text = "version: 1\nlog:\n  access: missing/access.log\n"
+    got = errors(text, base_dir=str(tmp_path))
+    assert got == [
+        f"c.yaml:{at(text, 'missing/')}: log.access: directory "
+        f"'{tmp_path}/missing' does not exist (for 'missing/access.log')"
+    ]
+
+
+def test_access_log_that_is_a_directory(tmp_path: pathlib.Path) -> None:
+    text = "version: 1\nlog: {access: '.', format: text}\n"
+    assert errors(text, base_dir=str(tmp_path)) == [
+        f"c.yaml:{atq(text, '.')}: log.access: '.' is a directory, not a file ({tmp_path})"
+    ]
+
+
+def _unwritable_dir(tmp_path: pathlib.Path) -> str:
+    """A directory this process cannot create files in: a mode-555 one, or (as root, who may
+    write anywhere else) a read-only mount."""
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        return str(tmp_path / "ro")
+    with open("/proc/mounts") as f:
+        mounts = [line.split()[1] for line in f if "ro" in line.split()[3].split(",")]
+    for path in ["/proc/sys", *mounts]:
+        if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+            return path
+    pytest.skip("no directory here that root cannot write to")
+
+
+def test_access_log_in_a_directory_that_is_not_writable(tmp_path: pathlib.Path) -> None:
+    directory = _unwritable_dir(tmp_path)
+    value = f"{directory}/a.log"
+    text = f"log: {{access: '{value}'}}\n"
+    assert errors(text) == [
+        f"c.yaml:{atq(text, value)}: log.access: cannot create '{value}': directory '{directory}' is not "
+        "writable"
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
+def test_access_log_file_not_writable(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "ro.log").write_text("")
+    (tmp_path / "ro.log").chmod(0o444)
+    assert errors("log: {access: ro.log}\n", base_dir=str(tmp_path)) == [
+        f"c.yaml:1:16: log.access: file 'ro.log' is not writable ({tmp_path}/ro.log)"
+    ]
+
+
+def test_access_log_paths_that_are_fine(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "old.log").write_text("kept\n")
+    for value in ("new.log", "old.log", "off", "stdout", "'-'", "/dev/null"):
+        assert errors(f"log: {{access: {value}}}\n", base_dir=str(tmp_path)) == [], value
+    assert (tmp_path / "old.log").read_text() == "kept\n"  # checking writes nothing
+    assert not (tmp_path / "new.log").exists()

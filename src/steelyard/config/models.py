@@ -75,7 +75,22 @@ def _file(value: str, info: ValidationInfo) -> str:
 
 
 def _output_file(value: str, info: ValidationInfo) -> str:
-    return _resolve(value, info)
+    """A file we append to: resolved as _file(); it must be writable, or creatable in a
+    directory that exists (checked when the config is loaded, so that `steelyard check`, a
+    start and a reload all refuse a path the process could not open)."""
+    path = _resolve(value, info)
+    if os.path.isdir(path):
+        raise ValueError(f"{value!r} is a directory, not a file ({path})")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"file {value!r} is not writable ({path})")
+        return path
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise ValueError(f"directory {parent!r} does not exist (for {value!r})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create {value!r}: directory {parent!r} is not writable")
+    return path
 
 
 def _resolve(value: str, info: ValidationInfo) -> str:
@@ -108,7 +123,6 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Name = Annotated[str, AfterValidator(_name)]
 FilePath = Annotated[str, AfterValidator(_file)]
-OutputPath = Annotated[str, AfterValidator(_output_file)]
 BindAddress = Annotated[str, AfterValidator(_bind)]  # HOST:PORT
 
 
@@ -157,7 +171,7 @@ class Admin(Model, HasBind):
 
 
 class Log(Model):
-    access: Literal["off"] | OutputPath | None = None  # None: stdout; "off": no access log
+    access: str | None = None  # None: stdout; "off": no access log; else a file
     format: Literal["json", "text"] = "json"
 
     @field_validator("access", mode="before")
@@ -168,6 +182,12 @@ class Log(Model):
         if v is False or v == "off":  # YAML reads a bare `off` as false
             return "off"
         return v
+
+    @field_validator("access")
+    @classmethod
+    def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # (one validator, not a Literal["off"] | path union: a bad path gets one message)
+        return v if v is None or v == "off" else _output_file(v, info)
 
 
 # ---------------------------------------------------------------- listeners
