@@ -1,6 +1,6 @@
 """`log: {access: off}` and no admin: nothing records requests, and the data path then skips
 the record's strings (method, path, request id, client text) and the access log's call
-(net/http_proxy.py Exchange._finish, net/tcp_proxy.py). The proxy must behave exactly as
+(net/http_proxy.py Exchange._finish, net/tcp_proxy.py, net/udp_proxy.py). The proxy must behave exactly as
 with a recorder: these tests drive a real `steelyard run` process over real sockets."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_access_log import CONFIG
 from tests.helpers.http_backends import HttpBackend, http_backend
+from tests.helpers.servers import start_udp_echo
 from tests.helpers.steelyard_process import SteelyardProcess
 
 RID = re.compile(rb"\r\nX-Request-Id: ([0-9a-f]{20})\r\n", re.IGNORECASE)
@@ -103,3 +104,31 @@ async def test_tcp_without_recorders(backend: HttpBackend, tmp_path: Path) -> No
             assert b"X-Request-Id" not in resp  # (no HTTP handling on a tcp listener)
         assert len(backend.requests) == 4
         assert sy.proc.poll() is None, sy.lines[-20:]
+
+
+async def test_udp_without_recorders(tmp_path: Path) -> None:
+    """Sessions open, answer and close (idle timeout, then a new session for the same
+    client) with nothing recording them."""
+    echo = start_udp_echo(tag="u:")
+    try:
+        path = tmp_path / "steelyard.yaml"
+        path.write_text(
+            "log: {access: off}\n"
+            "listeners:\n"
+            "  - {name: dns, protocol: udp, bind: 127.0.0.1:0, backend: u,"
+            " session_idle_timeout: 0.3s}\n"
+            "backends:\n"
+            f"  u: {{servers: [{{address: 127.0.0.1:{echo.port}}}]}}\n"
+        )
+        with SteelyardProcess(path) as sy:
+            port = await asyncio.to_thread(sy.port, "dns")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                for i in range(3):
+                    s.sendto(b"q%d" % i, ("127.0.0.1", port))
+                    assert s.recv(100) == b"u:q%d" % i
+                    await asyncio.sleep(0.6)  # past the idle timeout: the session closes
+            assert sy.proc.poll() is None, sy.lines[-20:]
+            assert not any("Traceback" in line or "failed" in line for line in sy.lines), sy.lines
+    finally:
+        echo.stop()

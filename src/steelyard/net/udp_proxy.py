@@ -164,7 +164,9 @@ class UdpSession:
         record = self.record
         record.bytes_in = self.bytes_in
         record.bytes_out = self.bytes_out
-        record.duration = time.perf_counter() - self.started
+        if listener.engine.recorders:  # the client's text only for those who read it
+            record.client = _fmt(self.client)
+            record.duration = time.perf_counter() - self.started
         listener.session_closed(self, record)
 
     def __repr__(self) -> str:
@@ -245,7 +247,7 @@ class UdpListener(asyncio.DatagramProtocol):
             _, oldest = next(iter(self.sessions.items()))
             oldest.close(Outcome.OK)  # LRU eviction
         key = str(addr[0]).encode("ascii") if backend.settings.algorithm in HASHING else None
-        record = RequestRecord(self.name, _fmt(addr), time.time())
+        record = RequestRecord(self.name, "", time.time())  # (client: in UdpSession.close)
         record.backend = backend_name
         tried: set[str] = set()
         retries = int(getattr(backend.config, "retries", 0) or 0)
@@ -289,10 +291,11 @@ class UdpListener(asyncio.DatagramProtocol):
     def session_closed(self, session: UdpSession, record: RequestRecord) -> None:
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
-        try:
-            self.engine.record(record)
-        except Exception:
-            log.exception("recording a session failed")
+        if self.engine.recorders:  # (none with `access: off` and no admin API)
+            try:
+                self.engine.record(record)
+            except Exception:
+                log.exception("recording a session failed")
         if not self.sessions and self._empty is not None:
             self._empty.set()
 
