@@ -1,7 +1,8 @@
 """CPU per keep-alive request and per new connection through Steelyard's L4 listener, A/B.
 
     .venv/bin/python bench/l4_ab.py [--base-src DIR] [--tree NAME=DIR ...] [--rounds 8]
-        [--duration 2] [--modes keep-alive,close] [--targets steelyard,base,haproxy,bare] [--strace]
+        [--duration 2] [--modes keep-alive,close] [--targets steelyard,base,haproxy,bare,bare-raw,bare-epoll]
+        [--strace]
 
 How this works: the nginx backends of the load benchmark (bench/benchlib.py) on core 0, and on
 core 1 a Steelyard `protocol: tcp` listener from this tree ("steelyard"), optionally the same
@@ -12,7 +13,9 @@ ending in "-log" writes one to /dev/null, to show what it costs),
 HAProxy `mode tcp`, and "bare": the floor of the approach,
 a ~40-line uvloop Protocol relay (accept, create_connection, write what each side sends to
 the other, close when either side closes; no balancing, no timers, no records or access
-log; see `serve_bare`). wrk
+log; see `serve_bare`). Two more floors without uvloop's transports: "bare-raw" (plain
+descriptors, each watched with loop.add_reader/add_writer) and "bare-epoll" (the sockets in
+one epoll set of our own, whose descriptor alone the loop watches). wrk
 (core 0) drives each one in turn, round after round, so that all of them see the same noise;
 we report each run's balancer CPU (utime+stime from /proc) per request and the median and
 minimum per target. On a shared machine CPU per request is the figure to compare; req/s is
@@ -121,9 +124,224 @@ def serve_bare(port: int, backends: list[int]) -> None:
     uvloop.run(serve())
 
 
+def serve_bare_raw(port: int, backends: list[int]) -> None:
+    """The raw-socket floor (`l4_ab.py --serve-bare-raw PORT BACKEND...`): the bare relay
+    without uvloop transports. Sockets are plain descriptors watched with loop.add_reader /
+    add_writer, accepted and connected by hand; each readable side is read once and what came
+    is written to the other side (a short write is finished before reading again). No
+    balancing, no timers, no records."""
+    import _socket
+    import asyncio
+    import itertools
+    import os
+    import socket
+
+    import uvloop
+
+    servers = itertools.cycle(backends)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind(("127.0.0.1", port))
+        lsock.listen(1024)
+        lsock.setblocking(False)
+        accept = lsock._accept  # type: ignore[attr-defined]
+        flags = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def close(down: int, up: int) -> None:
+            for fd in (down, up):
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
+                os.close(fd)
+
+        def pump(src: int, dst: int, down: int, up: int) -> None:
+            try:
+                data = os.read(src, 262144)
+            except BlockingIOError:
+                return
+            except OSError:
+                close(down, up)
+                return
+            if not data:
+                close(down, up)
+                return
+            try:
+                n = os.write(dst, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                close(down, up)
+                return
+            if n < len(data):  # finish it before reading more from src
+                rest = [memoryview(data)[n:]]
+                loop.remove_reader(src)
+
+                def flush() -> None:
+                    try:
+                        m = os.write(dst, rest[0])
+                    except BlockingIOError:
+                        return
+                    except OSError:
+                        close(down, up)
+                        return
+                    rest[0] = rest[0][m:]
+                    if not rest[0]:
+                        loop.remove_writer(dst)
+                        loop.add_reader(src, pump, src, dst, down, up)
+
+                loop.add_writer(dst, flush)
+
+        def connected(down: int, usock: Any) -> None:
+            up = usock.fileno()
+            loop.remove_writer(up)
+            if usock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                os.close(down)
+                usock.close()
+                return
+            usock.detach()
+            loop.add_reader(down, pump, down, up, down, up)
+            loop.add_reader(up, pump, up, down, down, up)
+
+        def on_accept() -> None:
+            for _ in range(64):
+                try:
+                    fd, _addr = accept()
+                except BlockingIOError:
+                    return
+                sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+                sock.setblocking(False)
+                sock.setsockopt(*nodelay)
+                sock.detach()
+                usock = _socket.socket(socket.AF_INET, flags)
+                usock.setsockopt(*nodelay)
+                usock.connect_ex(("127.0.0.1", next(servers)))
+                loop.add_writer(usock.fileno(), connected, fd, usock)
+
+        loop.add_reader(lsock.fileno(), on_accept)
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())
+
+
+def serve_bare_epoll(port: int, backends: list[int]) -> None:
+    """A raw-socket floor with a private epoll (`l4_ab.py --serve-bare-epoll PORT BACKEND...`):
+    like bare-raw, but the sockets sit in one epoll set of our own (each registered once;
+    close() takes it out), and only that set's descriptor is watched by the loop
+    (add_reader once), so uvloop never adds or removes a watcher per connection."""
+    import _socket
+    import asyncio
+    import itertools
+    import select
+    import socket
+
+    import uvloop
+
+    servers = itertools.cycle(backends)
+    IN, OUT, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLRDHUP
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        ep = select.epoll()
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind(("127.0.0.1", port))
+        lsock.listen(1024)
+        lsock.setblocking(False)
+        lfd = lsock.fileno()
+        accept = lsock._accept  # type: ignore[attr-defined]
+        flags = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conns: dict[int, Any] = {}
+
+        class Pair:
+            __slots__ = ("down", "up", "dfd", "ufd", "early", "connected", "closed")
+
+            def __init__(self, down: Any, up: Any) -> None:
+                self.down, self.up = down, up
+                self.dfd, self.ufd = down.fileno(), up.fileno()
+                self.early = b""
+                self.connected = False
+                self.closed = False
+
+            def event(self, fd: int, ev: int) -> None:
+                if self.closed:
+                    return
+                if fd == self.ufd and not self.connected:
+                    if ev & OUT:
+                        self.connected = True
+                        ep.modify(fd, IN | HUP)
+                        if self.early:
+                            self.up.send(self.early)
+                            self.early = b""
+                    if not ev & IN:
+                        return
+                src, dst = (self.down, self.up) if fd == self.dfd else (self.up, self.down)
+                try:
+                    data = src.recv(262144)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self.close()
+                    return
+                if not data:
+                    self.close()
+                    return
+                if dst is self.up and not self.connected:
+                    self.early += data
+                    return
+                try:
+                    dst.send(data)  # (a floor: a short write is not handled)
+                except OSError:
+                    self.close()
+
+            def close(self) -> None:
+                self.closed = True
+                del conns[self.dfd], conns[self.ufd]
+                self.down.close()  # (closing a descriptor takes it out of the epoll set)
+                self.up.close()
+
+        def on_events() -> None:
+            for fd, ev in ep.poll(0, 256):
+                if fd == lfd:
+                    for _ in range(64):
+                        try:
+                            dfd, _addr = accept()
+                        except BlockingIOError:
+                            break
+                        down = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, dfd)
+                        down.setblocking(False)
+                        down.setsockopt(*nodelay)
+                        up = _socket.socket(socket.AF_INET, flags)
+                        up.setsockopt(*nodelay)
+                        up.connect_ex(("127.0.0.1", next(servers)))
+                        pair = Pair(down, up)
+                        conns[dfd] = conns[pair.ufd] = pair
+                        ep.register(dfd, IN | HUP)
+                        ep.register(pair.ufd, IN | OUT | HUP)
+                    continue
+                pair = conns.get(fd)
+                if pair is not None:
+                    pair.event(fd, ev)
+
+        ep.register(lfd, IN)
+        loop.add_reader(ep.fileno(), on_events)
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())
+
+
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--serve-bare":
         serve_bare(int(sys.argv[2]), [int(p) for p in sys.argv[3:]])
+        return 0
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-bare-epoll":
+        serve_bare_epoll(int(sys.argv[2]), [int(p) for p in sys.argv[3:]])
+        return 0
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-bare-raw":
+        serve_bare_raw(int(sys.argv[2]), [int(p) for p in sys.argv[3:]])
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-src", type=Path, help="another tree's src/ for the 'base' target")
@@ -155,8 +373,8 @@ def main() -> int:
         targets = {}
         for name in names:
             port = free_port()
-            if name == "bare":
-                argv = [sys.executable, __file__, "--serve-bare", str(port), *map(str, ports)]
+            if name in ("bare", "bare-raw", "bare-epoll"):
+                argv = [sys.executable, __file__, f"--serve-{name}", str(port), *map(str, ports)]
                 proc = sup.start(name, argv, LB_CPU)
             elif name == "haproxy":
                 cfg = haproxy_tcp_conf(workdir, port, free_port(), ports, ports[0])
