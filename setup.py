@@ -38,6 +38,7 @@ COMPILED = [
     "src/steelyard/core/balancing/maglev.py",
     "src/steelyard/net/pool.py",
     "src/steelyard/net/timers.py",
+    "src/steelyard/net/rawsock.py",
     "src/steelyard/net/http_proxy.py",
     "src/steelyard/net/http_sticky.py",
     "src/steelyard/net/https_redirect.py",

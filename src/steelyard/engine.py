@@ -253,9 +253,12 @@ class Engine:
                     # it, then starts TLS itself (a plain tcp listener reads it on its own)
                     factory = self._proxy_preface(runtime, lcfg, ssl_ctx)
                     ssl_ctx = None
-                server = await self.loop.create_server(
-                    factory, sock=sock, ssl=ssl_ctx, backlog=1024
-                )
+                serve_raw = getattr(runtime, "serve_raw", None)  # tcp: net/rawsock.py
+                server = serve_raw(sock) if serve_raw is not None and ssl_ctx is None else None
+                if server is None:
+                    server = await self.loop.create_server(
+                        factory, sock=sock, ssl=ssl_ctx, backlog=1024
+                    )
                 sockname = sock.getsockname()
         except OSError as exc:
             raise StartError(

@@ -19,18 +19,23 @@ from steelyard.config import load_config_text
 from steelyard.core.proxy_protocol import ParseStatus, encode_v1, encode_v2, parse_header
 from steelyard.core.records import RequestRecord
 from steelyard.engine import Engine
-from steelyard.net import proxy_preface, tcp_proxy
+from steelyard.net import proxy_preface, rawsock, tcp_proxy
 
 # production runs on uvloop; the stdlib loop must work too (see tests/integration/conftest.py)
 LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
-@pytest.fixture(autouse=True, params=["splice", "protocol"])
+@pytest.fixture(autouse=True, params=["splice", "protocol", "loop-transports"])
 def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on the splice fast path (where the OS has it) and on the Protocol relay."""
+    """Every test runs on the splice fast path (where the OS has it), on the Protocol relay
+    over the listener's own epoll set (net/rawsock.py, the default on Linux) and on the
+    Protocol relay over the event loop's transports (STEELYARD_RAW_TCP=0, and elsewhere)."""
     if request.param == "splice" and not tcp_proxy.SPLICE_SUPPORTED:
         pytest.skip("no splice(2) here")
+    if request.param != "loop-transports" and not tcp_proxy.RAW_SUPPORTED:
+        pytest.skip("no epoll here")
     monkeypatch.setattr(tcp_proxy, "SPLICE_DEFAULT", request.param == "splice")
+    monkeypatch.setattr(tcp_proxy, "RAW_DEFAULT", request.param != "loop-transports")
     # switch to splice at the first byte relayed, so that every behaviour below is checked
     # on the splice path (by default only connections past SPLICE_AFTER bytes switch)
     monkeypatch.setattr(tcp_proxy, "SPLICE_AFTER", 0)
@@ -446,7 +451,8 @@ async def test_finished_connections_leave_no_cyclic_garbage(tagged: Any, relay_m
         assert len(records) == 5
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        left = [o for o in gc.garbage if type(o).__module__ == tcp_proxy.__name__]
+        ours = (tcp_proxy.__name__, rawsock.__name__)
+        left = [o for o in gc.garbage if type(o).__module__ in ours]
         assert left == []
     finally:
         gc.set_debug(0)
@@ -721,7 +727,7 @@ async def test_back_pressure_pauses_the_fast_side(relay_mode: str) -> None:
         await asyncio.wait_for(paused, 10)  # the server had to stop: nobody drains it
         await asyncio.sleep(0.2)
         (conn,) = engine.listeners["l4"].runtime.connections
-        if relay_mode == "protocol":
+        if relay_mode != "splice":
             buffered = conn.transport.get_write_buffer_size()
             assert buffered <= tcp_proxy.HIGH_WATER + 1024 * 1024, buffered
         else:

@@ -74,6 +74,8 @@ from steelyard.core.proxy_protocol import (
 from steelyard.core.records import RequestRecord
 from steelyard.core.sni import HelloStatus, SniTable, parse_client_hello
 from steelyard.net.proxy_preface import warn_refused
+from steelyard.net.rawsock import SUPPORTED as RAW_SUPPORTED
+from steelyard.net.rawsock import RawConnect, RawServer, RawTransport, Reactor, ip_family
 from steelyard.net.timers import TimerWheel, WheelTimer
 
 # bound once (compiled: a module attribute is a lookup per use, a Final a C constant)
@@ -106,6 +108,8 @@ SPLICE_MIN_READ = 64 * 1024
 _NEVER: Final = 1 << 62  # splice() rounds per wakeup before yielding to other connections
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE_DEFAULT = os.environ.get("STEELYARD_SPLICE", "1") != "0"
+# plain (not TLS) listeners accept and connect on an epoll set of their own (net/rawsock.py)
+RAW_DEFAULT = os.environ.get("STEELYARD_RAW_TCP", "1") != "0"
 _NO_SERVERS: Final[frozenset[str]] = frozenset()
 # the pick of a first attempt without a hash key: nothing to carry, so one shared context
 # (balancers only read it)
@@ -218,13 +222,24 @@ class _ConnectAttempt:
     CancelledError at its await and cleans up its half-made transport itself.
     """
 
-    __slots__ = ("conn", "lease", "coro", "waiting", "deadline", "cancelled", "timed_out", "done")
+    __slots__ = (
+        "conn",
+        "lease",
+        "coro",
+        "waiting",
+        "raw",
+        "deadline",
+        "cancelled",
+        "timed_out",
+        "done",
+    )
 
     def __init__(self, conn: TcpConnection, lease: Lease) -> None:
         self.conn = conn
         self.lease = lease
         self.coro: Any = None
         self.waiting: Any = None  # the future the coroutine awaits
+        self.raw: RawConnect | None = None  # instead of the coroutine, on a raw listener
         self.deadline = 0.0  # loop time; 0: no connect timeout
         self.cancelled = False
         self.timed_out = False
@@ -233,6 +248,19 @@ class _ConnectAttempt:
     def start(self) -> None:
         conn = self.conn
         server = self.lease.server.server
+        listener = conn.listener
+        reactor = listener.reactor
+        if reactor is not None:
+            host: str = server.host
+            family = listener.families.get(host)
+            if family is None:
+                family = listener.families[host] = ip_family(host)
+            if family:  # an IP address: connect in the listener's epoll set
+                raw = self.raw = RawConnect(reactor, conn.new_upstream(), self._raw_done)
+                raw.start(family, host, server.port)
+                return
+            # a host name: the loop resolves it (create_connection), and its transport
+            # relays beside the raw one of the client
         loop = conn.loop
         try:
             self.coro = loop.create_connection(conn.new_upstream, server.host, server.port)
@@ -266,6 +294,15 @@ class _ConnectAttempt:
         if self.cancelled:
             fut.cancel()
 
+    def _raw_done(self, transport: RawTransport | None, exc: BaseException | None) -> None:
+        self.raw = None  # (it holds this method: no cycle left behind)
+        if self.done:
+            return
+        if transport is not None:
+            self._finish((transport, transport.protocol), None)
+        else:
+            self._finish(None, exc)
+
     def time_out(self) -> None:
         self.timed_out = True
         self._interrupt()
@@ -275,6 +312,10 @@ class _ConnectAttempt:
         self._interrupt()
 
     def _interrupt(self) -> None:
+        raw = self.raw
+        if raw is not None:
+            raw.cancel()  # done() follows on a later iteration, with CancelledError
+            return
         fut = self.waiting
         if fut is not None and not self.done:
             fut.cancel()  # its done-callback steps the coroutine into CancelledError
@@ -1207,6 +1248,9 @@ class TcpListener:
         self.profiles: dict[str, _BackendProfile] = {}
         # the splice fast path: plain TCP on both legs (TLS termination needs the bytes)
         self.use_splice = SPLICE_SUPPORTED and SPLICE_DEFAULT
+        # the epoll set of a plain listener (serve_raw); None: the loop's own transports
+        self.reactor: Reactor | None = None
+        self.families: dict[str, int] = {}  # server host -> address family (0: a name)
         self.wheel = TimerWheel(self.loop)  # the connections' timers (net/timers.py)
         self.update(listener_config)
 
@@ -1230,6 +1274,15 @@ class TcpListener:
         self.sni = SniTable((r.server_name, r.backend) for r in routes) if routes else None
         timeouts = getattr(cfg, "timeouts", None)
         self.preface_timeout = getattr(timeouts, "request_head", 10.0) or 10.0
+
+    def serve_raw(self, sock: socket.socket) -> RawServer | None:
+        """Accept on `sock` in an epoll set of this listener's own (net/rawsock.py), when
+        the listener is plain TCP on Linux; None: the engine uses loop.create_server()."""
+        if not (RAW_SUPPORTED and RAW_DEFAULT) or self.ssl_context is not None:
+            return None
+        if self.reactor is None:
+            self.reactor = Reactor(self.loop)
+        return RawServer(self.reactor, sock, self.protocol_factory)
 
     @property
     def connections_active(self) -> int:
@@ -1273,6 +1326,8 @@ class TcpListener:
             if not self.connections:
                 break
             await asyncio.sleep(0)
+        if self.reactor is not None and self.closing:
+            self.reactor.close()  # every socket in it is closed by now
 
     def close_server(self, backend_name: str, state: Any) -> None:
         """A server's drain timed out: cut what still runs on it."""

@@ -1,0 +1,364 @@
+"""net/rawsock.py on its own: RawServer, RawTransport and RawConnect against real sockets,
+checked for what asyncio's transports promise (the TCP listener's tests run the whole proxy
+over them: test_tcp_proxy.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from steelyard.net import rawsock
+from steelyard.net.rawsock import RawConnect, RawServer, RawTransport, Reactor
+
+pytestmark = pytest.mark.skipif(not rawsock.SUPPORTED, reason="no epoll here")
+
+LOOP_FACTORIES = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+
+
+class Recorder(asyncio.Protocol):
+    """Keeps every callback; `keep_open` is what eof_received returns."""
+
+    def __init__(self, keep_open: bool = False) -> None:
+        self.keep_open = keep_open
+        self.events: list[Any] = []
+        self.data = bytearray()
+        self.transport: Any = None
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.eof = asyncio.Event()
+        self.paused = asyncio.Event()
+        self.resumed = asyncio.Event()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.events.append("eof")
+        self.eof.set()
+        return self.keep_open
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+        self.paused.set()
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+        self.resumed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class Served:
+    def __init__(self, reactor: Reactor, server: RawServer, port: int) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.port = port
+        self.protocols: list[Recorder] = []
+        self.made = asyncio.Event()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    """A RawServer on a free port whose connections get Recorder protocols."""
+    loop = asyncio.get_running_loop()
+    reactor = Reactor(loop)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    box: list[Served] = []
+
+    def factory() -> Recorder:
+        proto = Recorder(keep_open=True)
+        box[0].protocols.append(proto)
+        box[0].made.set()
+        return proto
+
+    server = RawServer(reactor, sock, factory)
+    box.append(Served(reactor, server, sock.getsockname()[1]))
+    yield box[0]
+    server.close()
+    for proto in box[0].protocols:
+        if proto.transport is not None:
+            proto.transport.abort()
+    await asyncio.sleep(0)
+    reactor.close()
+
+
+async def client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_accept_read_write_eof_and_close(served: Served) -> None:
+    reader, writer = await client(served.port)
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    t = proto.transport
+    assert isinstance(t, RawTransport)
+    assert t.get_extra_info("peername") == writer.get_extra_info("sockname")
+    assert t.get_extra_info("sockname") == writer.get_extra_info("peername")
+    assert t.get_extra_info("nonsense", 7) == 7
+    nodelay = t.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert nodelay, "accepted sockets get TCP_NODELAY"
+    writer.write(b"hello")
+    await writer.drain()
+    for _ in range(100):
+        if proto.data == b"hello":
+            break
+        await asyncio.sleep(0.01)
+    assert proto.data == b"hello"
+    t.write(b"back")
+    assert await reader.readexactly(4) == b"back"
+    writer.write_eof()  # half-close: eof_received returns True, the other way stays open
+    await asyncio.wait_for(proto.eof.wait(), 5)
+    assert not t.is_closing()
+    t.write(b"after-eof")
+    assert await reader.readexactly(9) == b"after-eof"
+    t.close()
+    assert t.is_closing()
+    assert not proto.lost.done()  # connection_lost comes on a later loop iteration
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    assert await reader.read() == b""
+    assert proto.events == ["made", "eof", ("lost", None)]
+    t.close()  # twice: nothing more happens
+    t.abort()
+    await asyncio.sleep(0.01)
+    assert proto.events.count(("lost", None)) == 1
+    writer.close()
+
+
+async def test_eof_received_false_closes(served: Served) -> None:
+    served.protocols.clear()
+    reader, writer = await client(served.port)
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    proto.keep_open = False
+    writer.write_eof()
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    assert await reader.read() == b""
+    writer.close()
+
+
+async def test_back_pressure_then_everything_arrives_then_eof(served: Served) -> None:
+    """8 MiB to a client that does not read: the transport buffers past its high-water mark
+    and pauses the protocol; once the client reads, resume_writing, every byte in order, then
+    the EOF written while bytes were still buffered."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    t = proto.transport
+    t.set_write_buffer_limits(256 * 1024, 64 * 1024)
+    assert t.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
+    payload = bytes(range(256)) * (8 * 4096)  # 8 MiB
+    for i in range(0, len(payload), 1 << 20):
+        t.write(payload[i : i + (1 << 20)])
+    assert proto.paused.is_set()
+    assert t.get_write_buffer_size() > 256 * 1024
+    t.write_eof()
+    with pytest.raises(RuntimeError):
+        t.write(b"x")
+    got = bytearray()
+    while True:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        if not data:
+            break
+        got += data
+    assert bytes(got) == payload
+    assert proto.resumed.is_set() and t.get_write_buffer_size() == 0
+    sock.close()
+
+
+async def test_abort_drops_the_buffer_and_resets_nothing(served: Served) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    t = proto.transport
+    t.write(b"x" * (8 << 20))
+    assert t.get_write_buffer_size() > 0
+    t.abort()
+    assert t.get_write_buffer_size() == 0 and t.is_closing()
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    sock.close()
+
+
+async def test_a_reset_peer_is_a_connection_error(served: Served) -> None:
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    exc = await asyncio.wait_for(proto.lost, 5)
+    assert isinstance(exc, ConnectionResetError)
+
+
+async def test_a_hang_up_while_paused_does_not_spin(served: Served) -> None:
+    """The peer closes while reading is paused: epoll reports the hang-up whatever the
+    interest, so the socket leaves the set (no busy loop) until reading resumes, which then
+    sees the data and the EOF."""
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    t = proto.transport
+    t.pause_reading()
+    assert not t.is_reading()
+    t.write_eof()  # both directions shut: the socket hangs up
+    sock.sendall(b"last words")
+    sock.shutdown(socket.SHUT_WR)
+    await asyncio.sleep(0.3)
+    # reported, then out of the set: nothing left to report, so nothing spins
+    assert t.parked and t.fd not in served.reactor.handlers
+    assert served.reactor.ep.poll(0) == []
+    assert proto.data == b"" and not proto.eof.is_set()
+    t.resume_reading()
+    await asyncio.wait_for(proto.eof.wait(), 5)
+    assert proto.data == b"last words"
+    sock.close()
+
+
+async def test_handing_out_the_socket_takes_it_out_of_the_set(served: Served) -> None:
+    """get_extra_info("socket") may be duplicated (the splice path does): closing then
+    removes the descriptor from the epoll set explicitly, else the duplicate would keep
+    reporting events under a number a new socket may get."""
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    t = proto.transport
+    dup = socket.socket(fileno=os.dup(t.get_extra_info("socket").fileno()))
+    t.abort()
+    sock.sendall(b"for the duplicate")
+    ready = served.reactor.ep.poll(0.2)
+    assert ready == [], ready
+    assert dup.recv(100) == b"for the duplicate"
+    dup.close()
+    sock.close()
+
+
+async def test_accept_out_of_descriptors_waits_then_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reactor = Reactor(loop)
+    monkeypatch.setattr(rawsock, "ACCEPT_RETRY", 0.2)
+
+    class Exhausted(socket.socket):
+        failures = 1
+
+        def _accept(self) -> Any:  # type: ignore[override]
+            if Exhausted.failures:
+                Exhausted.failures -= 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super()._accept()  # type: ignore[misc]
+
+    lsock = Exhausted()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    made: list[Recorder] = []
+    server = RawServer(reactor, lsock, lambda: made.append(Recorder()) or made[-1])
+    try:
+        reader, writer = await client(lsock.getsockname()[1])
+        await asyncio.sleep(0.1)
+        assert made == []  # refused to accept for ACCEPT_RETRY
+        for _ in range(100):
+            if made:
+                break
+            await asyncio.sleep(0.02)
+        assert len(made) == 1  # then the pending connection was accepted
+        writer.close()
+    finally:
+        server.close()
+        for proto in made:
+            proto.transport.abort()
+        await asyncio.sleep(0)
+        reactor.close()
+
+
+async def test_connect_ok_refused_and_cancelled() -> None:
+    loop = asyncio.get_running_loop()
+    reactor = Reactor(loop)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    results: list[Any] = []
+
+    def done(transport: RawTransport | None, exc: BaseException | None) -> None:
+        results.append((transport, exc))
+
+    try:
+        proto = Recorder()
+        c = RawConnect(reactor, proto, done)
+        c.start(socket.AF_INET, "127.0.0.1", port)
+        assert results == []
+        for _ in range(100):
+            if results:
+                break
+            await asyncio.sleep(0.01)
+        ((transport, exc),) = results
+        assert exc is None and isinstance(transport, RawTransport)
+        assert proto.events == ["made"] and proto.transport is transport
+        assert transport.get_extra_info("peername") == ("127.0.0.1", port)
+        peer, _ = listener.accept()
+        transport.write(b"ping")
+        assert peer.recv(4) == b"ping"
+        transport.close()
+        peer.close()
+
+        results.clear()
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        closed_port = free.getsockname()[1]
+        free.close()  # nothing listens there
+        c = RawConnect(reactor, Recorder(), done)
+        c.start(socket.AF_INET, "127.0.0.1", closed_port)
+        for _ in range(100):
+            if results:
+                break
+            await asyncio.sleep(0.01)
+        ((transport, exc),) = results
+        assert transport is None and isinstance(exc, ConnectionRefusedError)
+
+        results.clear()
+        c = RawConnect(reactor, Recorder(), done)
+        c.start(socket.AF_INET, "127.0.0.1", port)
+        c.cancel()  # before the loop saw it connect
+        assert results == []  # reported later, not from cancel()
+        await asyncio.sleep(0.05)
+        ((transport, exc),) = results
+        assert transport is None and isinstance(exc, asyncio.CancelledError)
+        c.cancel()
+        await asyncio.sleep(0.01)
+        assert len(results) == 1
+        assert reactor.handlers == {}  # nothing left behind
+    finally:
+        listener.close()
+        reactor.close()
+
+
+def test_ip_family() -> None:
+    assert rawsock.ip_family("127.0.0.1") == socket.AF_INET
+    assert rawsock.ip_family("::1") == socket.AF_INET6
+    assert rawsock.ip_family("localhost") == 0
+    assert rawsock.ip_family("10.0.0.256") == 0
+    assert rawsock.ip_family("") == 0
