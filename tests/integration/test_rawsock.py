@@ -362,3 +362,33 @@ def test_ip_family() -> None:
     assert rawsock.ip_family("localhost") == 0
     assert rawsock.ip_family("10.0.0.256") == 0
     assert rawsock.ip_family("") == 0
+
+
+async def test_reads_grow_for_a_bulk_stream_and_shrink_back(served: Served) -> None:
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    t = proto.transport
+    assert t.read_size == rawsock.READ_SIZE
+    t.pause_reading()
+    payload = os.urandom(4 << 20)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    sender = loop.create_task(loop.sock_sendall(sock, payload))
+    await asyncio.sleep(0.1)  # the socket's receive buffer fills: full reads follow
+    t.resume_reading()
+    await asyncio.wait_for(sender, 10)
+    for _ in range(200):
+        if len(proto.data) == len(payload):
+            break
+        await asyncio.sleep(0.01)
+    assert bytes(proto.data) == payload
+    assert t.read_size == rawsock.BULK_READ_SIZE
+    await loop.sock_sendall(sock, b"short")
+    for _ in range(200):
+        if proto.data.endswith(b"short"):
+            break
+        await asyncio.sleep(0.01)
+    assert t.read_size == rawsock.READ_SIZE
+    sock.close()
