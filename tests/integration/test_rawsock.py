@@ -392,3 +392,27 @@ async def test_reads_grow_for_a_bulk_stream_and_shrink_back(served: Served) -> N
         await asyncio.sleep(0.01)
     assert t.read_size == rawsock.READ_SIZE
     sock.close()
+
+
+async def test_a_buffered_bytearray_is_copied(served: Served) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    t = proto.transport
+    t.write(b"a" * (8 << 20))  # fills the socket: what follows is buffered
+    tail = bytearray(b"tail")
+    t.writelines([tail, memoryview(b"!")])
+    tail[:] = b"XXXX"  # changed after write(): the copy goes out
+    t.write_eof()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while True:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        if not data:
+            break
+        got += data
+    assert len(got) == (8 << 20) + 5 and got.endswith(b"tail!")
+    sock.close()

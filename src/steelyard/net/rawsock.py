@@ -37,6 +37,7 @@ import _socket
 import asyncio
 import collections
 import errno
+import itertools
 import logging
 import os
 import select
@@ -288,11 +289,13 @@ class RawTransport(EventHandler):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data or self.lost or self.closing:
             return
         if self.eof_pending:
             raise RuntimeError("write() after write_eof()")
+        if type(data) is not bytes:
+            data = bytes(data)  # what is buffered must not change under us (as asyncio does)
         if not self.buffer:
             try:
                 n = self.sock.send(data)
@@ -317,7 +320,7 @@ class RawTransport(EventHandler):
             except Exception:
                 log.exception("error in pause_writing")
 
-    def writelines(self, chunks: list[bytes]) -> None:
+    def writelines(self, chunks: list[bytes | bytearray | memoryview]) -> None:
         for chunk in chunks:
             self.write(chunk)
 
@@ -326,8 +329,8 @@ class RawTransport(EventHandler):
         sock = self.sock
         while buffer:
             try:
-                if len(buffer) > 1:
-                    n = sock.sendmsg(list(buffer)[:64])  # one writev for many small pieces
+                if len(buffer) > 1:  # one writev for many pieces
+                    n = sock.sendmsg(list(itertools.islice(buffer, 64)))
                 else:
                     n = sock.send(buffer[0])
             except (BlockingIOError, InterruptedError):
