@@ -175,6 +175,9 @@ class RawTransport(EventHandler):
         "low",
         "writing_paused",
         "read_size",
+        "recv",
+        "send",
+        "on_data",
     )
 
     def __init__(
@@ -201,6 +204,10 @@ class RawTransport(EventHandler):
         self.low = 16 * 1024
         self.writing_paused = False
         self.read_size = READ_SIZE
+        # bound once: a call through them skips the method lookup by name (per event)
+        self.recv: Callable[[int], bytes] = sock.recv
+        self.send: Callable[[bytes | memoryview], int] = sock.send
+        self.on_data: Callable[[bytes], object] = protocol.data_received
 
     def start(self) -> None:
         """Into the epoll set, after the protocol's connection_made (which may have paused
@@ -258,7 +265,7 @@ class RawTransport(EventHandler):
     def _read(self) -> None:
         size = self.read_size
         try:
-            data = self.sock.recv(size)
+            data = self.recv(size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -271,7 +278,7 @@ class RawTransport(EventHandler):
             elif n < READ_SIZE and size != READ_SIZE:
                 self.read_size = READ_SIZE
             try:
-                self.protocol.data_received(data)
+                self.on_data(data)
             except Exception as exc:
                 log.exception("error in data_received")
                 self._fatal(exc)
@@ -298,7 +305,7 @@ class RawTransport(EventHandler):
             data = bytes(data)  # what is buffered must not change under us (as asyncio does)
         if not self.buffer:
             try:
-                n = self.sock.send(data)
+                n = self.send(data)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
@@ -503,6 +510,7 @@ class RawTransport(EventHandler):
 
     def set_protocol(self, protocol: asyncio.Protocol) -> None:
         self.protocol = protocol
+        self.on_data = protocol.data_received
 
     def get_protocol(self) -> asyncio.Protocol:
         return self.protocol
