@@ -124,13 +124,40 @@ def serve_bare(port: int, backends: list[int]) -> None:
     uvloop.run(serve())
 
 
+def _raw_listener(port: int) -> Any:
+    """The raw floors' listening socket (non-blocking, on 127.0.0.1:port)."""
+    import socket
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", port))
+    lsock.listen(1024)
+    lsock.setblocking(False)
+    return lsock
+
+
+def _raw_pair(fd: int, port: int) -> tuple[Any, Any]:
+    """An accepted descriptor as a non-blocking socket, and a socket connecting to the
+    backend on `port` (both with TCP_NODELAY): the raw floors' two legs."""
+    import _socket
+    import socket
+
+    nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    down = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    down.setblocking(False)
+    down.setsockopt(*nodelay)
+    up = _socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    up.setsockopt(*nodelay)
+    up.connect_ex(("127.0.0.1", port))
+    return down, up
+
+
 def serve_bare_raw(port: int, backends: list[int]) -> None:
     """The raw-socket floor (`l4_ab.py --serve-bare-raw PORT BACKEND...`): the bare relay
     without uvloop transports. Sockets are plain descriptors watched with loop.add_reader /
     add_writer, accepted and connected by hand; each readable side is read once and what came
     is written to the other side (a short write is finished before reading again). No
     balancing, no timers, no records."""
-    import _socket
     import asyncio
     import itertools
     import os
@@ -142,14 +169,8 @@ def serve_bare_raw(port: int, backends: list[int]) -> None:
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lsock.bind(("127.0.0.1", port))
-        lsock.listen(1024)
-        lsock.setblocking(False)
-        accept = lsock._accept  # type: ignore[attr-defined]
-        flags = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lsock = _raw_listener(port)
+        accept = lsock._accept
 
         def close(down: int, up: int) -> None:
             for fd in (down, up):
@@ -211,13 +232,8 @@ def serve_bare_raw(port: int, backends: list[int]) -> None:
                     fd, _addr = accept()
                 except BlockingIOError:
                     return
-                sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
-                sock.setblocking(False)
-                sock.setsockopt(*nodelay)
-                sock.detach()
-                usock = _socket.socket(socket.AF_INET, flags)
-                usock.setsockopt(*nodelay)
-                usock.connect_ex(("127.0.0.1", next(servers)))
+                down, usock = _raw_pair(fd, next(servers))
+                down.detach()  # (the relay works on the descriptor)
                 loop.add_writer(usock.fileno(), connected, fd, usock)
 
         loop.add_reader(lsock.fileno(), on_accept)
@@ -231,11 +247,9 @@ def serve_bare_epoll(port: int, backends: list[int]) -> None:
     like bare-raw, but the sockets sit in one epoll set of our own (each registered once;
     close() takes it out), and only that set's descriptor is watched by the loop
     (add_reader once), so uvloop never adds or removes a watcher per connection."""
-    import _socket
     import asyncio
     import itertools
     import select
-    import socket
 
     import uvloop
 
@@ -245,15 +259,9 @@ def serve_bare_epoll(port: int, backends: list[int]) -> None:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         ep = select.epoll()
-        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lsock.bind(("127.0.0.1", port))
-        lsock.listen(1024)
-        lsock.setblocking(False)
+        lsock = _raw_listener(port)
         lfd = lsock.fileno()
-        accept = lsock._accept  # type: ignore[attr-defined]
-        flags = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        accept = lsock._accept
         conns: dict[int, Any] = {}
 
         class Pair:
@@ -311,13 +319,7 @@ def serve_bare_epoll(port: int, backends: list[int]) -> None:
                             dfd, _addr = accept()
                         except BlockingIOError:
                             break
-                        down = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, dfd)
-                        down.setblocking(False)
-                        down.setsockopt(*nodelay)
-                        up = _socket.socket(socket.AF_INET, flags)
-                        up.setsockopt(*nodelay)
-                        up.connect_ex(("127.0.0.1", next(servers)))
-                        pair = Pair(down, up)
+                        pair = Pair(*_raw_pair(dfd, next(servers)))
                         conns[dfd] = conns[pair.ufd] = pair
                         ep.register(dfd, IN | HUP)
                         ep.register(pair.ufd, IN | OUT | HUP)

@@ -102,6 +102,31 @@ async def client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]
     return await asyncio.open_connection("127.0.0.1", port)
 
 
+async def accepted(
+    served: Served, small_buffer: bool = False
+) -> tuple[socket.socket, Recorder, RawTransport]:
+    """A blocking client socket connected to `served`, and the server side's protocol and
+    transport. `small_buffer`: a 64 KiB receive buffer, so that the server's writes fill it."""
+    sock = socket.socket()
+    if small_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", served.port))
+    await asyncio.wait_for(served.made.wait(), 5)
+    (proto,) = served.protocols
+    return sock, proto, proto.transport
+
+
+async def read_to_eof(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while True:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        if not data:
+            return bytes(got)
+        got += data
+
+
 async def test_accept_read_write_eof_and_close(served: Served) -> None:
     reader, writer = await client(served.port)
     await asyncio.wait_for(served.made.wait(), 5)
@@ -156,14 +181,7 @@ async def test_back_pressure_then_everything_arrives_then_eof(served: Served) ->
     """8 MiB to a client that does not read: the transport buffers past its high-water mark
     and pauses the protocol; once the client reads, resume_writing, every byte in order, then
     the EOF written while bytes were still buffered."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", served.port))
-    await asyncio.wait_for(served.made.wait(), 5)
-    (proto,) = served.protocols
-    t = proto.transport
+    sock, proto, t = await accepted(served, small_buffer=True)
     t.set_write_buffer_limits(256 * 1024, 64 * 1024)
     assert t.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
     payload = bytes(range(256)) * (8 * 4096)  # 8 MiB
@@ -174,24 +192,13 @@ async def test_back_pressure_then_everything_arrives_then_eof(served: Served) ->
     t.write_eof()
     with pytest.raises(RuntimeError):
         t.write(b"x")
-    got = bytearray()
-    while True:
-        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
-        if not data:
-            break
-        got += data
-    assert bytes(got) == payload
+    assert await read_to_eof(sock) == payload
     assert proto.resumed.is_set() and t.get_write_buffer_size() == 0
     sock.close()
 
 
-async def test_abort_drops_the_buffer_and_resets_nothing(served: Served) -> None:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.connect(("127.0.0.1", served.port))
-    await asyncio.wait_for(served.made.wait(), 5)
-    (proto,) = served.protocols
-    t = proto.transport
+async def test_abort_drops_the_buffer(served: Served) -> None:
+    sock, proto, t = await accepted(served, small_buffer=True)
     t.write(b"x" * (8 << 20))
     assert t.get_write_buffer_size() > 0
     t.abort()
@@ -201,10 +208,7 @@ async def test_abort_drops_the_buffer_and_resets_nothing(served: Served) -> None
 
 
 async def test_a_reset_peer_is_a_connection_error(served: Served) -> None:
-    sock = socket.socket()
-    sock.connect(("127.0.0.1", served.port))
-    await asyncio.wait_for(served.made.wait(), 5)
-    (proto,) = served.protocols
+    sock, proto, _t = await accepted(served)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
     exc = await asyncio.wait_for(proto.lost, 5)
@@ -215,11 +219,7 @@ async def test_a_hang_up_while_paused_does_not_spin(served: Served) -> None:
     """The peer closes while reading is paused: epoll reports the hang-up whatever the
     interest, so the socket leaves the set (no busy loop) until reading resumes, which then
     sees the data and the EOF."""
-    sock = socket.socket()
-    sock.connect(("127.0.0.1", served.port))
-    await asyncio.wait_for(served.made.wait(), 5)
-    (proto,) = served.protocols
-    t = proto.transport
+    sock, proto, t = await accepted(served)
     t.pause_reading()
     assert not t.is_reading()
     t.write_eof()  # both directions shut: the socket hangs up
@@ -240,11 +240,7 @@ async def test_handing_out_the_socket_takes_it_out_of_the_set(served: Served) ->
     """get_extra_info("socket") may be duplicated (the splice path does): closing then
     removes the descriptor from the epoll set explicitly, else the duplicate would keep
     reporting events under a number a new socket may get."""
-    sock = socket.socket()
-    sock.connect(("127.0.0.1", served.port))
-    await asyncio.wait_for(served.made.wait(), 5)
-    (proto,) = served.protocols
-    t = proto.transport
+    sock, proto, t = await accepted(served)
     dup = socket.socket(fileno=os.dup(t.get_extra_info("socket").fileno()))
     t.abort()
     sock.sendall(b"for the duplicate")
@@ -265,7 +261,7 @@ async def test_accept_out_of_descriptors_waits_then_goes_on(
     class Exhausted(socket.socket):
         failures = 1
 
-        def _accept(self) -> Any:  # type: ignore[override]
+        def _accept(self) -> Any:
             if Exhausted.failures:
                 Exhausted.failures -= 1
                 raise OSError(errno.EMFILE, "Too many open files")
@@ -275,7 +271,12 @@ async def test_accept_out_of_descriptors_waits_then_goes_on(
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(8)
     made: list[Recorder] = []
-    server = RawServer(reactor, lsock, lambda: made.append(Recorder()) or made[-1])
+
+    def factory() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    server = RawServer(reactor, lsock, factory)
     try:
         reader, writer = await client(lsock.getsockname()[1])
         await asyncio.sleep(0.1)
@@ -365,11 +366,7 @@ def test_ip_family() -> None:
 
 
 async def test_reads_grow_for_a_bulk_stream_and_shrink_back(served: Served) -> None:
-    sock = socket.socket()
-    sock.connect(("127.0.0.1", served.port))
-    await asyncio.wait_for(served.made.wait(), 5)
-    (proto,) = served.protocols
-    t = proto.transport
+    sock, proto, t = await accepted(served)
     assert t.read_size == rawsock.READ_SIZE
     t.pause_reading()
     payload = os.urandom(4 << 20)
@@ -395,24 +392,12 @@ async def test_reads_grow_for_a_bulk_stream_and_shrink_back(served: Served) -> N
 
 
 async def test_a_buffered_bytearray_is_copied(served: Served) -> None:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.connect(("127.0.0.1", served.port))
-    await asyncio.wait_for(served.made.wait(), 5)
-    (proto,) = served.protocols
-    t = proto.transport
+    sock, proto, t = await accepted(served, small_buffer=True)
     t.write(b"a" * (8 << 20))  # fills the socket: what follows is buffered
     tail = bytearray(b"tail")
     t.writelines([tail, memoryview(b"!")])
     tail[:] = b"XXXX"  # changed after write(): the copy goes out
     t.write_eof()
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    got = bytearray()
-    while True:
-        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
-        if not data:
-            break
-        got += data
+    got = await read_to_eof(sock)
     assert len(got) == (8 << 20) + 5 and got.endswith(b"tail!")
     sock.close()
