@@ -401,3 +401,58 @@ async def test_a_buffered_bytearray_is_copied(served: Served) -> None:
     got = await read_to_eof(sock)
     assert len(got) == (8 << 20) + 5 and got.endswith(b"tail!")
     sock.close()
+
+
+async def test_an_event_for_a_closed_socket_does_not_reach_its_successor() -> None:
+    """Within one batch of events: handling the first closes socket A, and a connect started
+    there gets A's descriptor number; A's event, later in the same batch, must not reach the
+    connect (it would look connected while its SYN still hangs)."""
+    from tests.helpers.http_backends import BlackholeServer
+
+    loop = asyncio.get_running_loop()
+    reactor = Reactor(loop)
+    hole = BlackholeServer("hole")
+    results: list[Any] = []
+    connects: list[RawConnect] = []
+    a_in, a_out = socket.socketpair()
+    h_in, h_out = socket.socketpair()
+    a = RawTransport(reactor, a_in, Recorder(), None)
+
+    class Closer(Recorder):
+        def data_received(self, data: bytes) -> None:
+            a.abort()  # A's descriptor number is free now...
+            c = RawConnect(reactor, Recorder(), lambda t, exc: results.append((t, exc)))
+            c.start(socket.AF_INET, hole.host, hole.port)  # ...and the connect takes it
+            connects.append(c)
+
+    h = RawTransport(reactor, h_in, Closer(), None)
+    held: list[int] = []
+    try:
+        h.start()
+        a.start()
+        while True:  # hold every free number below A's, so that A's is the next one given
+            fd = os.dup(0)
+            if fd > a.fd:
+                os.close(fd)
+                break
+            held.append(fd)
+        x = a.fd
+        h_out.send(b"go")  # ready first: handled first in the batch
+        a_out.send(b"stale")  # ready second: its event follows in the same batch
+        await asyncio.sleep(0.3)
+        (c,) = connects
+        if c.fd != x:
+            pytest.skip("the connect did not get the closed socket's number")
+        assert results == [], results  # the SYN still hangs: nothing may say connected
+        c.cancel()
+        await asyncio.sleep(0.01)
+        assert isinstance(results[0][1], asyncio.CancelledError)
+    finally:
+        for fd in held:
+            os.close(fd)
+        h.abort()
+        for s in (a_out, h_out):
+            s.close()
+        hole.close()
+        await asyncio.sleep(0)
+        reactor.close()

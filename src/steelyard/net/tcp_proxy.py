@@ -43,6 +43,10 @@ How this works. One `TcpConnection` per accepted connection is the downstream Pr
 Outcomes given to the Lease: OK for a normal end (and for an idle timeout: a quiet client is
 no fault of the server), RESET when the server reset the connection, CANCELLED when the
 client did, CONNECT_FAILED / TIMEOUT for connect attempts.
+
+Transports: on Linux a plain listener's sockets live on an epoll set of the listener's own
+(net/rawsock.py: RawServer accepts, RawConnect connects, RawTransport is what the protocols
+see); TLS listeners, and connects to servers given by host name, use the loop's transports.
 """
 
 from __future__ import annotations
@@ -220,6 +224,11 @@ class _ConnectAttempt:
     is the connection's one timer (TcpConnection._on_timer, which compares the loop's time with
     `deadline`); timing out or cancelling cancels the awaited future, so the coroutine sees
     CancelledError at its await and cleans up its half-made transport itself.
+
+    On a listener with its own epoll set (net/rawsock.py) a server given by IP address is
+    connected by a RawConnect instead, which reports through `_raw_done` on a later loop
+    iteration; cancelling or timing out closes its socket and reports CancelledError the same
+    way.
     """
 
     __slots__ = (
