@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import socket
@@ -1226,3 +1227,56 @@ async def test_client_data_while_connecting_is_bounded_then_relayed_intact() -> 
     finally:
         await engine.shutdown(1)
         stuck.close()
+
+
+async def test_many_clients_with_mixed_endings_leave_nothing_behind(
+    tagged: Any, relay_mode: str
+) -> None:
+    """120 concurrent clients through one listener, each ending its own way: a normal
+    exchange then close, a half-close that still gets the server's answer, a reset in the
+    middle, a client that leaves before reading. Every client that waits for its bytes gets
+    them intact, and afterwards the listener has no connection, no lease and (on the raw
+    relay) no socket left in its epoll set."""
+    port, _ = await tagged(b"s0")
+    engine = await start_engine(config(tcp_listener(), backend_block("b", [port])))
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    host, lport = engine.bound["l4"]
+
+    async def one(i: int) -> None:
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await read_until(reader, b"\n") == b"s0\n"
+        payload = (b"%d:" % i) * (1 + i * 37 % 3000)
+        kind = i % 4
+        writer.write(payload)
+        if kind == 0:  # normal
+            assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
+            writer.close()
+        elif kind == 1:  # half-close: the echo and the server's own EOF still arrive
+            writer.write_eof()
+            rest = await asyncio.wait_for(reader.read(), 10)
+            assert rest == payload + b"<after-eof>"
+            writer.close()
+        elif kind == 2:  # reset in the middle
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:  # leaves without reading
+            writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(120))), 30)
+        runtime = engine.listeners["l4"].runtime
+        for _ in range(200):
+            if len(records) == 120 and not runtime.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert len(records) == 120 and not runtime.connections
+        state = engine.backends["b"].servers["s0"]
+        assert state.active == 0 and state.requests_total == 120
+        if runtime.reactor is not None:  # only the listening socket is left in the set
+            assert len(runtime.reactor.handlers) == 1, runtime.reactor.handlers
+    finally:
+        await engine.shutdown(1)
