@@ -1280,3 +1280,49 @@ async def test_many_clients_with_mixed_endings_leave_nothing_behind(
             assert len(runtime.reactor.handlers) == 1, runtime.reactor.handlers
     finally:
         await engine.shutdown(1)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 here")
+async def test_ipv6_listener_and_server(relay_mode: str) -> None:
+    """An IPv6 listener in front of an IPv6 server: accepted, connected and relayed (the raw
+    relay picks the address family from the server's address), with the client's address
+    recorded in brackets."""
+    loop = asyncio.get_running_loop()
+    log: list[Any] = []
+    server = await loop.create_server(lambda: TaggedEcho(b"v6", log), "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    engine = await start_engine(
+        config(
+            "  - {name: l4, protocol: tcp, bind: '[::1]:0', backend: b}\n",
+            f"  b:\n    servers: [{{address: '[::1]:{port}', name: s0}}]\n",
+        )
+    )
+    records: list[RequestRecord] = []
+    engine.recorders.append(records.append)
+    try:
+        host, lport = engine.bound["l4"]
+        reader, writer = await asyncio.open_connection(host, lport)
+        assert await read_until(reader, b"\n") == b"v6\n"
+        writer.write(b"over six")
+        assert await asyncio.wait_for(reader.readexactly(8), 5) == b"over six"
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        (rec,) = records
+        assert rec.client.startswith("[::1]:") and rec.server == "s0"
+        assert log[0][0] == "open" and log[0][1][0] == "::1"
+    finally:
+        await engine.shutdown(1)
+        server.close()
