@@ -30,6 +30,7 @@ class Recorder(asyncio.Protocol):
         self.keep_open = keep_open
         self.events: list[Any] = []
         self.data = bytearray()
+        self.sizes: list[int] = []  # of each data_received
         self.transport: Any = None
         self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self.eof = asyncio.Event()
@@ -42,6 +43,7 @@ class Recorder(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.data += data
+        self.sizes.append(len(data))
 
     def eof_received(self) -> bool:
         self.events.append("eof")
@@ -256,7 +258,7 @@ async def test_accept_out_of_descriptors_waits_then_goes_on(
 ) -> None:
     loop = asyncio.get_running_loop()
     reactor = Reactor(loop)
-    monkeypatch.setattr(rawsock, "ACCEPT_RETRY", 0.2)
+    monkeypatch.setattr(rawsock, "ACCEPT_RETRY", 0.6)
 
     class Exhausted(socket.socket):
         failures = 1
@@ -281,7 +283,7 @@ async def test_accept_out_of_descriptors_waits_then_goes_on(
         reader, writer = await client(lsock.getsockname()[1])
         await asyncio.sleep(0.1)
         assert made == []  # refused to accept for ACCEPT_RETRY
-        for _ in range(100):
+        for _ in range(300):
             if made:
                 break
             await asyncio.sleep(0.02)
@@ -366,28 +368,40 @@ def test_ip_family() -> None:
 
 
 async def test_reads_grow_for_a_bulk_stream_and_shrink_back(served: Served) -> None:
+    """Chunks handed to data_received: at most READ_SIZE until a read fills its buffer, then
+    up to BULK_READ_SIZE; a short read brings the size back down."""
     sock, proto, t = await accepted(served)
-    assert t.read_size == rawsock.READ_SIZE
-    t.pause_reading()
-    payload = os.urandom(4 << 20)
+    # room for a whole burst in the server's receive queue: its reads then find it all there
+    t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
-    sender = loop.create_task(loop.sock_sendall(sock, payload))
-    await asyncio.sleep(0.1)  # the socket's receive buffer fills: full reads follow
-    t.resume_reading()
-    await asyncio.wait_for(sender, 10)
-    for _ in range(200):
-        if len(proto.data) == len(payload):
-            break
-        await asyncio.sleep(0.01)
-    assert bytes(proto.data) == payload
-    assert t.read_size == rawsock.BULK_READ_SIZE
-    await loop.sock_sendall(sock, b"short")
+
+    async def burst(n: int) -> None:
+        """n bytes queued in the kernel while the transport does not read, then read."""
+        t.pause_reading()
+        proto.sizes.clear()
+        before = len(proto.data)
+        await loop.sock_sendall(sock, os.urandom(n))
+        await asyncio.sleep(0.05)
+        t.resume_reading()
+        for _ in range(500):
+            if len(proto.data) == before + n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{len(proto.data) - before} of {n} bytes arrived")
+
+    await burst(1 << 20)
+    # the first read: the small size, filled; then the bulk size, filled
+    assert proto.sizes[:2] == [rawsock.READ_SIZE, rawsock.BULK_READ_SIZE], proto.sizes
+    assert max(proto.sizes) <= rawsock.BULK_READ_SIZE
+    await loop.sock_sendall(sock, b"short")  # a short read: back to the small size
     for _ in range(200):
         if proto.data.endswith(b"short"):
             break
         await asyncio.sleep(0.01)
-    assert t.read_size == rawsock.READ_SIZE
+    await burst(512 * 1024)
+    assert proto.sizes[0] == rawsock.READ_SIZE, proto.sizes[:4]
     sock.close()
 
 
