@@ -101,6 +101,23 @@ async def read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float
     return await asyncio.wait_for(reader.readuntil(marker), timeout)
 
 
+async def greet_echo_close(host: str, port: int, greeting: bytes, payload: bytes) -> None:
+    """One client through a TaggedEcho server: its greeting, the payload echoed, then close."""
+    reader, writer = await asyncio.open_connection(host, port)
+    assert await read_until(reader, b"\n") == greeting + b"\n"
+    writer.write(payload)
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+    writer.close()
+    await writer.wait_closed()
+
+
+async def wait_records(records: list[RequestRecord], n: int) -> None:
+    for _ in range(100):
+        if len(records) >= n:
+            return
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 def tagged() -> Iterator[Callable[..., Any]]:
     """A factory for TaggedEcho servers; they are created on the test's own loop."""
@@ -146,16 +163,8 @@ async def test_relay_and_record(tagged: Any, relay_mode: str) -> None:
     engine.recorders.append(records.append)
     try:
         host, lport = engine.bound["l4"]
-        reader, writer = await asyncio.open_connection(host, lport)
-        assert await read_until(reader, b"\n") == b"s0\n"
-        writer.write(b"hello")
-        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
-        writer.close()
-        await writer.wait_closed()
-        for _ in range(100):
-            if records:
-                break
-            await asyncio.sleep(0.02)
+        await greet_echo_close(host, lport, b"s0", b"hello")
+        await wait_records(records, 1)
         assert len(records) == 1
         rec = records[0]
         assert (rec.listener, rec.backend, rec.server) == ("l4", "b", "s0")
@@ -1310,16 +1319,8 @@ async def test_ipv6_listener_and_server(relay_mode: str) -> None:
     engine.recorders.append(records.append)
     try:
         host, lport = engine.bound["l4"]
-        reader, writer = await asyncio.open_connection(host, lport)
-        assert await read_until(reader, b"\n") == b"v6\n"
-        writer.write(b"over six")
-        assert await asyncio.wait_for(reader.readexactly(8), 5) == b"over six"
-        writer.close()
-        await writer.wait_closed()
-        for _ in range(100):
-            if records:
-                break
-            await asyncio.sleep(0.02)
+        await greet_echo_close(host, lport, b"v6", b"over six")
+        await wait_records(records, 1)
         (rec,) = records
         assert rec.client.startswith("[::1]:") and rec.server == "s0"
         assert log[0][0] == "open" and log[0][1][0] == "::1"
