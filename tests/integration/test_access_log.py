@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 from test_admin_support import close_servers, record, running, start_named_servers
 
 from steelyard.logs import AccessLog, format_text
@@ -374,4 +376,23 @@ def test_start_with_an_access_log_that_cannot_be_opened_exits_with_the_reason(
     assert f"{path}:{line}:15: log.access: directory '{tmp_path}/nowhere' does not exist" in (
         done.stderr
     ), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_start_when_the_checked_access_log_still_fails_to_open(tmp_path: Path) -> None:
+    """A path the config check passes but open() refuses (as root, /proc/self/status looks
+    writable to access(2) and gives EINVAL): the start exits with code 3 and the reason."""
+    target = "/proc/self/status"
+    if not os.access(target, os.W_OK):
+        pytest.skip("the config check already refuses it here (not root)")
+    path = tmp_path / "steelyard.yaml"
+    path.write_text(CONFIG.format(port=9) + f"log: {{access: '{target}'}}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "steelyard", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 3, done.stderr
+    assert f"steelyard: cannot open the access log {target}:" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
