@@ -37,6 +37,7 @@ COMPILED = [
     "src/steelyard/core/balancing/ring.py",
     "src/steelyard/core/balancing/maglev.py",
     "src/steelyard/net/pool.py",
+    "src/steelyard/net/writes.py",
     "src/steelyard/net/timers.py",
     "src/steelyard/net/rawsock.py",
     "src/steelyard/net/http_proxy.py",

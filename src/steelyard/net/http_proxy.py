@@ -345,6 +345,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         "deadline",
         "now",
         "wheel",
+        "batch",
         "timer_tick",
         "timer_at",
         "tunnel",
@@ -384,6 +385,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         self.deadline = 0.0
         self.now = 0.0  # loop.time() at the last read (uvloop's clock moves once per iteration)
         self.wheel = listener.wheel
+        self.batch = listener.pools.batch  # every write goes through it (net/writes.py)
         self.timer_tick = 0  # the wheel's tick this waits for (0: none)
         self.timer_at = INF  # when that tick begins (INF: no timer)
         self.tunnel: Exchange | None = None
@@ -448,6 +450,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
 
     def eof_received(self) -> bool | None:
         self.peer_eof = True
+        self.batch.flush()  # returning None closes the transport: batched bytes go first
         if self.lingering is not None:
             return None  # the client is done sending: close
         ex = self.exchange
@@ -718,7 +721,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
 
     def write(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.transport.write(data)
+        self.batch.write(self.transport, data)
 
     def _pause(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -734,6 +737,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.batch.flush()
             self.transport.close()
 
     def linger_close(self) -> None:
@@ -758,6 +762,7 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
             self.paused = 0
             transport.resume_reading()
         if transport.can_write_eof():
+            self.batch.flush()
             transport.write_eof()
         self.loop.call_later(LINGER_IDLE, self._linger_check)
 
@@ -768,12 +773,14 @@ class DownstreamConnection(asyncio.Protocol, RequestSink):
         now = self.loop.time()
         quiet_until = lingering[0] + LINGER_IDLE
         if now >= quiet_until or now >= lingering[1]:
+            self.batch.flush()
             self.transport.close()
             return
         self.loop.call_at(min(quiet_until, lingering[1]), self._linger_check)
 
     def abort(self) -> None:
         if self.transport is not None:
+            self.batch.flush()  # what was written before a cut goes out, as without the batch
             self.transport.abort()
 
     def client_text(self) -> str:
@@ -1200,7 +1207,7 @@ class Exchange(RequestRecord, ResponseSink):
             self.pending_size = 0
         if self.request_done and head.chunked:
             data += last_chunk(self.trailers)
-        conn.transport.write(data)  # type: ignore[union-attr]
+        down.batch.write(conn.transport, data)
         if down.paused:
             down._resume(PAUSE_BUFFER)
         if down.write_paused:
@@ -1222,7 +1229,7 @@ class Exchange(RequestRecord, ResponseSink):
         conn = self.upstream
         if conn is not None and not self.tunnel:
             self.last_activity = self.loop.time()
-            conn.transport.write(chunk(data) if self.head.chunked else data)  # type: ignore[union-attr]
+            conn.write(chunk(data) if self.head.chunked else data)
             replay = self.replay
             if replay is not None:
                 self.replay_size += len(data)
@@ -1252,7 +1259,7 @@ class Exchange(RequestRecord, ResponseSink):
         conn = self.upstream
         if conn is not None:
             if self.head.chunked:
-                conn.transport.write(last_chunk(trailers))  # type: ignore[union-attr]
+                conn.write(last_chunk(trailers))
             if not self.response_started:
                 self.down._arm_at(X_RESPONSE, self.loop.time() + self.response_timeout)
 
@@ -1387,7 +1394,7 @@ class Exchange(RequestRecord, ResponseSink):
             down = self.down
             data = out[0] if len(out) == 1 else b"".join(out)
             down.bytes_out += len(data)  # down.write(data), inline
-            down.transport.write(data)
+            down.batch.write(down.transport, data)
         if self.done:
             return
         if self.response_done:
@@ -1661,7 +1668,7 @@ class Exchange(RequestRecord, ResponseSink):
             down.write(leftover if ws is None else ws.from_server(leftover))
         if down.stash:
             stashed = b"".join(down.stash)
-            conn.transport.write(stashed if ws is None else ws.from_client(stashed))  # type: ignore[union-attr]
+            conn.write(stashed if ws is None else ws.from_client(stashed))
             down.stash = []
             down.stash_size = 0
         down._resume(PAUSE_BUFFER)
@@ -1676,12 +1683,12 @@ class Exchange(RequestRecord, ResponseSink):
         if ws is not None:
             data = ws.from_client(data)
         if conn is not None and data:
-            conn.transport.write(data)  # type: ignore[union-attr]
+            conn.write(data)
 
     def tunnel_write_upstream(self, data: bytes) -> None:
         conn = self.upstream
         if conn is not None and conn.transport is not None:
-            conn.transport.write(data)
+            conn.write(data)
 
     def tunnel_write_downstream(self, data: bytes) -> None:
         if not self.down.closed:

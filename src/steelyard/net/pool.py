@@ -17,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
 from steelyard.core.http1.parser import ResponseParser
+from steelyard.net.writes import WriteBatch
 
 if TYPE_CHECKING:
     from steelyard.net.http_proxy import Exchange
@@ -87,6 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.upstream_eof()
         else:
             self.closed = True
+        self.pools.batch.flush()  # (writes batched for it go out before the transport closes)
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -126,14 +128,20 @@ class UpstreamConnection(asyncio.Protocol):
         t = self.transport
         return not self.closed and t is not None and not t.is_closing()
 
+    def write(self, data: bytes) -> None:
+        """(Through the engine's write batch: net/writes.py.)"""
+        self.pools.batch.write(self.transport, data)
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
+            self.pools.batch.flush()
             self.transport.close()
 
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:
+            self.pools.batch.flush()
             self.transport.abort()
 
     def __repr__(self) -> str:
@@ -152,6 +160,8 @@ class UpstreamPools:
         max_idle_per_server: int = 64,
     ) -> None:
         self.loop = loop
+        # every write on the engine's HTTP transports, up and down (net/writes.py)
+        self.batch = WriteBatch(loop)
         self.idle_timeout = idle_timeout
         self.max_idle_per_server = max_idle_per_server
         self._idle: dict[Key, list[UpstreamConnection]] = {}
