@@ -54,6 +54,7 @@ from benchlib import (  # noqa: E402
     nginx_backends_conf,
     run_wrk,
     start_nginx,
+    tree_src,
     wait_http,
     write_wrk_script,
 )
@@ -101,7 +102,7 @@ def main(argv: list[str]) -> int:
             name, _, src = spec.partition("=")
             port = free_port()
             cfg = steelyard_conf(workdir, port, ports, args.access_log, name)
-            env_src = str(Path(src).resolve() / "src")
+            env_src = str(tree_src(src))
             argv_ = [str(VENV_BIN / "python"), "-m", "steelyard", "run", "-c", str(cfg)]
             old = os.environ.get("PYTHONPATH")
             os.environ["PYTHONPATH"] = env_src
@@ -217,7 +218,7 @@ def callgrind_runs(args: argparse.Namespace, workdir: Path, ports: list[int]) ->
                 argv_ += ["haproxy", "-db", "-f", str(haproxy_conf(workdir, port, ports))]
             else:
                 cfg = steelyard_conf(workdir, port, ports, args.access_log, name)
-                env["PYTHONPATH"] = str(Path(src).resolve() / "src")
+                env["PYTHONPATH"] = str(tree_src(src))
                 argv_ += [str(VENV_BIN / "python"), "-m", "steelyard", "run", "-c", str(cfg)]
             proc = subprocess.Popen(
                 argv_, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -57,6 +57,17 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def tree_src(path: str) -> Path:
+    """What goes first on PYTHONPATH to run Steelyard from another source tree: DIR/src for a
+    checkout (or a `git archive` of one), DIR itself when it is such a src/ directory. Anything
+    else is refused: a wrong path would silently run the installed tree instead."""
+    root = Path(path).resolve()
+    for src in (root / "src", root):
+        if (src / "steelyard" / "__init__.py").is_file():
+            return src
+    raise SystemExit(f"{path}: not a Steelyard tree (no src/steelyard/ or steelyard/ in it)")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -60,6 +60,7 @@ from benchlib import (  # noqa: E402
     run_wrk,
     start_nginx,
     steelyard_cmd,
+    tree_src,
     versions,
     wait_http,
     wait_quiet,
@@ -686,8 +687,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="also measure Steelyard from another tree's src/ (put first on PYTHONPATH, e.g. "
-        "a `git archive` of another commit, built in place) as target steelyard@NAME",
+        help="also measure Steelyard from another source tree (DIR or DIR/src first on "
+        "PYTHONPATH; e.g. a `git archive` of another commit, built in place) as target "
+        "steelyard@NAME",
     )
     ap.add_argument(
         "--max-others",
@@ -750,9 +752,9 @@ def main(argv: list[str]) -> int:
         trees: dict[str, Path] = {}
         for spec in args.tree:
             name, sep, src = spec.partition("=")
-            if not sep or not name or not Path(src).is_dir():
-                raise SystemExit(f"--tree wants NAME=DIR with an existing DIR, not {spec!r}")
-            trees[name] = Path(src)
+            if not sep or not name:
+                raise SystemExit(f"--tree wants NAME=DIR, not {spec!r}")
+            trees[name] = tree_src(src)
         targets = start_balancers(sup, workdir, wanted, backend_ports, trees)
         script = write_wrk_script(workdir)
         live = [t for t in targets if not t.pending]
