@@ -485,6 +485,22 @@ def _first_line(argv: Sequence[str]) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
+def steelyard_build(src: Path | None = None) -> str:
+    """ "compiled" or "python": what Steelyard runs (from `src` first on PYTHONPATH, if given).
+    "python" where compiled modules exist means they are older than a source file: the whole
+    data path then runs interpreted (src/steelyard/_native.py), about a third slower."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    argv = [str(VENV_BIN / "python"), "-c", "import steelyard; print(steelyard.BUILD)"]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    lines = p.stdout.strip().splitlines()
+    return lines[-1] if lines else "unknown"
+
+
 def versions() -> dict[str, str]:
     py = str(VENV_BIN / "python")
     out = {
@@ -493,7 +509,7 @@ def versions() -> dict[str, str]:
         "httptools": _first_line([py, "-c", "import httptools; print(httptools.__version__)"]),
         "steelyard": _first_line([py, "-c", "import steelyard; print(steelyard.__version__)"]),
         # "compiled" (mypyc) or "python" (docs/build.md): the two differ by about a third
-        "steelyard_build": _first_line([py, "-c", "import steelyard; print(steelyard.BUILD)"]),
+        "steelyard_build": steelyard_build(),
         "haproxy": _first_line(["haproxy", "-v"]),
         "nginx": _first_line(["nginx", "-v"]),
         "wrk": _first_line(["wrk", "-v"]),

@@ -59,6 +59,7 @@ from benchlib import (  # noqa: E402
     ratio,
     run_wrk,
     start_nginx,
+    steelyard_build,
     steelyard_cmd,
     tree_src,
     versions,
@@ -755,6 +756,17 @@ def main(argv: list[str]) -> int:
             if not sep or not name:
                 raise SystemExit(f"--tree wants NAME=DIR, not {spec!r}")
             trees[name] = tree_src(src)
+        checks: dict[str, Path | None] = {f"steelyard@{n}": src for n, src in trees.items()}
+        if "steelyard" in wanted:
+            checks["steelyard"] = None
+        for name, src in checks.items():
+            build = steelyard_build(src)
+            if build != "compiled":
+                log(
+                    f"WARNING: {name} runs its Python sources ({build}), not the compiled "
+                    "data path: compiled modules missing or older than a source file "
+                    "(`make build`)"
+                )
         targets = start_balancers(sup, workdir, wanted, backend_ports, trees)
         script = write_wrk_script(workdir)
         live = [t for t in targets if not t.pending]
