@@ -377,6 +377,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--max-others", type=float, default=0.25)
+    ap.add_argument("--max-steal", type=float, default=0.02)  # (http_bench.measure_quiet)
     ap.add_argument("--retry-budget", type=int, default=4)
     # accepted so that run.sh can pass the HTTP benchmark's flags through
     ap.add_argument("--modes", default=",".join(MODES))
