@@ -359,6 +359,39 @@ async def test_a_reload_to_an_access_log_that_cannot_be_opened_is_refused(
         assert [line["path"] for line in read_lines(first)] == ["/still-first"]
 
 
+async def test_a_reload_whose_checked_access_log_fails_to_open_keeps_the_old_one(
+    tmp_path: Path,
+) -> None:
+    """The config check passes the new path but open() refuses it (as root, /proc/self/status
+    looks writable to access(2) and gives EINVAL): the rest of the reload applies, the error
+    is logged, and request lines go on into the old file."""
+    from tests.helpers.http_backends import http_backend
+    from tests.helpers.steelyard_process import SteelyardProcess
+
+    target = "/proc/self/status"
+    if not os.access(target, os.W_OK):
+        pytest.skip("the config check already refuses it here (not root)")
+    first = tmp_path / "first.log"
+    path = tmp_path / "steelyard.yaml"
+    async with http_backend("one") as b:
+        base = CONFIG.format(port=b.port)
+        path.write_text(base + f"log: {{access: '{first}'}}\n")
+        with SteelyardProcess(path) as sy:
+            port = await asyncio.to_thread(sy.port, "web")
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"http://127.0.0.1:{port}/before")).status_code == 200
+            mark = len(sy.lines)
+            path.write_text(base + f"log: {{access: '{target}'}}\n")
+            sy.send(signal.SIGHUP)
+            stays = re.escape(f"access log {target} cannot be opened, the old one stays")
+            await asyncio.to_thread(sy.wait_for, stays, 15.0, mark)
+            await asyncio.to_thread(sy.wait_for, re.escape(f"reloaded {path}"), 15.0, mark)
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"http://127.0.0.1:{port}/after")).status_code == 200
+            assert sy.proc.poll() is None
+        assert [line["path"] for line in read_lines(first)] == ["/before", "/after"]
+
+
 def test_start_with_an_access_log_that_cannot_be_opened_exits_with_the_reason(
     tmp_path: Path,
 ) -> None:
