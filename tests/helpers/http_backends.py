@@ -521,6 +521,16 @@ class RawClient:
         await asyncio.wait_for(run(), timeout)
         return bytes(out)
 
+    async def read_exactly(self, n: int, timeout: float = 5.0) -> bytes:
+        """The next n bytes (fewer only if the connection ends first)."""
+        got = b""
+        while len(got) < n:
+            data = await asyncio.wait_for(self.reader.read(max(n - len(got), 65536)), timeout)
+            if not data:
+                break
+            got += data
+        return got
+
     async def read_response(self, timeout: float = 10.0) -> Reply:
         """One response parsed with h11 (leaves following bytes in the reader's buffer)."""
         conn = h11.Connection(h11.CLIENT)
@@ -535,6 +545,19 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+ECHO_UPGRADE = b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+
+
+async def open_echo_tunnel(port: int, early: bytes = b"") -> tuple[RawClient, bytes]:
+    """A connection upgraded to the test backends' `echo` protocol (bytes come back
+    upper-cased), `early` sent right behind the request; returns it and the 101 head."""
+    raw = await RawClient.connect(port)
+    await raw.send(ECHO_UPGRADE + early)
+    head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return raw, head
 
 
 def parse_responses(data: bytes, methods: Iterable[str] | None = None) -> list[Reply]:

@@ -9,6 +9,7 @@ from tests.helpers.http_backends import (
     H11Client,
     RawClient,
     http_backend,
+    open_echo_tunnel,
     parse_responses,
     proxy_config,
     request,
@@ -235,22 +236,11 @@ async def test_expect_100_continue_relayed() -> None:
 
 async def test_upgrade_becomes_a_tunnel() -> None:
     async with http_backend("s1") as s1, steelyard(proxy_config({"api": [s1]})) as sy:
-        raw = await RawClient.connect(sy.port)
-        await raw.send(
-            b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly"
-        )
-        head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 101 ")
+        raw, head = await open_echo_tunnel(sy.port, b"early")
         assert b"upgrade: echo" in head.lower()
-        got = b""
-        while len(got) < 5:
-            got += await asyncio.wait_for(raw.reader.read(100), 5)
-        assert got == b"EARLY"
+        assert await raw.read_exactly(5) == b"EARLY"
         await raw.send(b"hello")
-        got = b""
-        while len(got) < 5:
-            got += await asyncio.wait_for(raw.reader.read(100), 5)
-        assert got == b"HELLO"
+        assert await raw.read_exactly(5) == b"HELLO"
         await raw.close()
         for _ in range(100):
             if not sy.listener().connections:

@@ -17,6 +17,7 @@ import uvloop
 from tests.helpers.http_backends import (
     RawClient,
     http_backend,
+    open_echo_tunnel,
     parse_responses,
     proxy_config,
     steelyard,
@@ -216,12 +217,7 @@ async def test_streamed_upload_arrives_whole() -> None:
 
 async def test_tunnel_bytes_keep_their_order() -> None:
     async with http_backend("s1") as s1, steelyard(proxy_config({"api": [s1]})) as sy:
-        raw = await RawClient.connect(sy.port)
-        await raw.send(
-            b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nab"
-        )
-        head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 101 ")
+        raw, _ = await open_echo_tunnel(sy.port, b"ab")
         sent = b"ab"
         for i in range(200):
             part = b"x%dy" % i
@@ -230,10 +226,7 @@ async def test_tunnel_bytes_keep_their_order() -> None:
             if i % 7 == 0:
                 await raw.writer.drain()
         await raw.writer.drain()
-        got = b""
-        while len(got) < len(sent):
-            got += await asyncio.wait_for(raw.reader.read(65536), 5)
-        assert got == sent.upper()
+        assert await raw.read_exactly(len(sent)) == sent.upper()
         await raw.close()
 
 
