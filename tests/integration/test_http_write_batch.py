@@ -1,7 +1,9 @@
 """Write batching (net/writes.py): the writes of a loop pass go out together at its end, each
 connection's bytes in order, and nothing batched is lost when a connection ends in the same
-pass. On uvloop (what `steelyard run` uses; it reads a socket's data and its EOF in one go,
-which is what makes the end-of-connection cases bite) and on the stdlib loop."""
+pass. On uvloop (what `steelyard run` uses) and on the stdlib loop. The end-of-connection
+cases are arranged so that the bytes and the end meet in one pass (two sockets that become
+readable together, or one read that holds an answer and its framing error): a socket's data
+and its EOF alone never do, as both loops stop reading a socket after a short read."""
 
 from __future__ import annotations
 
