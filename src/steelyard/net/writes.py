@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 log = logging.getLogger("steelyard.http")
@@ -42,13 +43,14 @@ FLUSH_AT: Final = 64 * 1024
 class WriteBatch:
     """The writes of one loop pass, for every HTTP transport of an engine (module docstring)."""
 
-    __slots__ = ("loop", "items", "size", "scheduled", "flushes", "writes")
+    __slots__ = ("loop", "items", "size", "scheduled", "run", "flushes", "writes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.items: list[Any] = []  # transport, data, transport, data, ...
         self.size = 0  # bytes in items
         self.scheduled = False
+        self.run: Callable[[], None] = self._run  # one bound method, not one per pass
         self.flushes = 0  # (tests and debugging)
         self.writes = 0
 
@@ -61,7 +63,7 @@ class WriteBatch:
             self.flush()
         elif not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self._run)
+            self.loop.call_soon(self.run)
 
     def _run(self) -> None:
         self.scheduled = False
