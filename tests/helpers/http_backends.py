@@ -525,7 +525,7 @@ class RawClient:
         """The next n bytes (fewer only if the connection ends first)."""
         got = b""
         while len(got) < n:
-            data = await asyncio.wait_for(self.reader.read(max(n - len(got), 65536)), timeout)
+            data = await asyncio.wait_for(self.reader.read(n - len(got)), timeout)
             if not data:
                 break
             got += data
