@@ -41,14 +41,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench setup.py
 	$(BIN)/mypy src/steelyard
 
-# the whole suite twice: against the compiled build, then against the Python sources
+# the whole suite twice: against the compiled build, then against the Python sources (with an
+# eager cyclic GC: tests/integration/conftest.py)
 test: lint browsers test-compiled test-python
 
 test-compiled: $(BUILT)
 	STEELYARD_EXPECT_BUILD=compiled $(BIN)/pytest -n 2 -q
 
 test-python: $(STAMP)
-	STEELYARD_PURE_PYTHON=1 STEELYARD_EXPECT_BUILD=python $(BIN)/pytest -n 2 -q
+	STEELYARD_PURE_PYTHON=1 STEELYARD_EXPECT_BUILD=python STEELYARD_TEST_EAGER_GC=1 $(BIN)/pytest -n 2 -q
 
 # the dashboard tests drive Debian's chromium through Playwright (no `playwright install`)
 browsers:

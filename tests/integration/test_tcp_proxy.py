@@ -48,7 +48,13 @@ def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
 
 class TaggedEcho(asyncio.Protocol):
-    """Greets with its tag, then echoes; passes EOF on (half-close aware)."""
+    """Greets with its tag, then echoes; at the client's EOF it writes a last word, then closes
+    (a FIN after the flush), so the answer to a half-closed client is what it checks.
+
+    It closes rather than write_eof(): the transport stops reading at an EOF, and nothing but
+    the protocol <-> transport cycle would hold it. If the cyclic GC frees a uvloop (0.23)
+    transport whose shutdown(2) request is still pending, the request's callback runs on
+    freed memory (a segfault or an abort in uv__stream_destroy): see docs/l4.md."""
 
     def __init__(self, tag: bytes, log: list[Any]) -> None:
         self.tag = tag
@@ -66,15 +72,7 @@ class TaggedEcho(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.log.append(("eof",))
         self.transport.write(b"<after-eof>")
-        loop = asyncio.get_running_loop()
-        if isinstance(loop, uvloop.Loop):
-            # not write_eof() inside eof_received on uvloop 0.23: it can corrupt its heap (a
-            # segfault in uv__stream_destroy, seen when this test server ran); the proxy
-            # defers it the same way (net/tcp_proxy.py, write_eof_soon)
-            tcp_proxy.write_eof_soon(loop, self.transport)  # type: ignore[arg-type]
-        else:
-            self.transport.write_eof()
-        return True
+        return False  # close once the buffer is out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.log.append(("lost", type(exc).__name__ if exc else None))

@@ -159,8 +159,11 @@ def _write_eof(transport: asyncio.Transport) -> None:
 def write_eof_soon(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
     """Pass an EOF on, one loop iteration later.
 
-    uvloop 0.23 can corrupt its heap (double free, abort) when write_eof() is called on a
-    transport from within an eof_received() callback; deferring the call avoids it."""
+    The deferral was added for a uvloop 0.23 crash once blamed on write_eof() inside
+    eof_received(); the crash was later traced to the cyclic GC freeing a transport whose
+    shutdown request was pending (docs/l4.md, "A uvloop hazard the relay avoids"), which the
+    relay rules out by keeping every connection referenced until both transports are lost.
+    The deferral stays: it is tested on every relay path and costs one callback per EOF."""
     loop.call_soon(_write_eof, transport)
 
 
