@@ -12,10 +12,12 @@ Usage: .venv/bin/python bench/ab_cpu.py --variant old=/tmp/old --variant new=. [
        [--duration 3] [--modes keep-alive,close] [--no-bare]
        [--callgrind [--requests N] [--keep DIR]]
 
+`--variant NAME=@haproxy` runs HAProxy as http_bench does (one thread), for its user and
+system time next to Steelyard's.
+
 `--callgrind` measures instead the balancer's user-space machine instructions per request
-(`--variant NAME=@bare` for bench/bare_relay.py, `NAME=@haproxy` for HAProxy as http_bench
-runs it; Steelyard here writes its access log to /dev/null unless `--access-log off`,
-HAProxy logs nothing),
+(`--variant NAME=@bare` for bench/bare_relay.py, `NAME=@haproxy` for HAProxy; Steelyard here
+writes its access log to /dev/null unless `--access-log off`, HAProxy logs nothing),
 which the other sessions on this shared VM do not disturb: each variant runs under valgrind
 (callgrind), gets 200 warm-up requests, its counters are zeroed (`callgrind_control -z`),
 then a plain client sends N requests one at a time over one connection (or one connection
@@ -101,6 +103,11 @@ def main(argv: list[str]) -> int:
         for spec in args.variant:
             name, _, src = spec.partition("=")
             port = free_port()
+            if src == "@haproxy":  # http_bench's HAProxy, one thread: its user/system split
+                conf = haproxy_conf(workdir, port, ports)
+                proc = sup.start(name, ["haproxy", "-db", "-f", str(conf)], LB_CPU)
+                targets.append((name, port, proc.pid))
+                continue
             cfg = steelyard_conf(workdir, port, ports, args.access_log, name)
             env_src = str(tree_src(src))
             argv_ = [str(VENV_BIN / "python"), "-m", "steelyard", "run", "-c", str(cfg)]
