@@ -110,6 +110,35 @@ async def test_echo_through_one_session(echoes: list[ServerProcess]) -> None:
         await engine.shutdown(1)
 
 
+async def test_replies_are_dropped_while_the_listening_socket_is_full(
+    echoes: list[ServerProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the listening transport has paused writing (its socket's send buffer is full and
+    it holds more than its high-water mark), datagrams from servers are dropped and counted,
+    not queued without bound; once it resumes they flow again. Loopback never fills a UDP
+    send buffer, so the test makes the transport's calls itself."""
+    engine = Engine(udp_config([echoes[0].port]))
+    await engine.start()
+    try:
+        client = Client(engine.bound["dns"])
+        assert await client.ask(b"before") == b"s0:before"
+        runtime = engine.listeners["dns"].runtime
+        with caplog.at_level("INFO", logger="steelyard"):
+            runtime.pause_writing()
+            for i in range(3):
+                with pytest.raises(TimeoutError):
+                    await client.ask(b"lost %d" % i, timeout=0.3)
+            assert runtime.replies_dropped == 3
+            runtime.resume_writing()
+        assert "dropping datagrams to clients until it drains" in caplog.text
+        assert "3 datagrams to clients were dropped" in caplog.text
+        assert await client.ask(b"after") == b"s0:after"
+        assert runtime.replies_dropped == 3
+        client.close()
+    finally:
+        await engine.shutdown(1)
+
+
 def test_durations_have_sub_millisecond_precision(echoes: list[ServerProcess]) -> None:
     """uvloop's loop.time() moves in whole milliseconds: a session's logged duration is
     measured with time.perf_counter() instead (timers stay on the loop's clock)."""

@@ -144,7 +144,9 @@ class UdpSession:
                 return
             self.bytes_out += len(data)
             self.last_activity = listener.loop.time()
-            if transport is not None and not transport.is_closing():
+            if listener.writing_paused:
+                listener.replies_dropped += 1  # the listening socket is full: see pause_writing
+            elif transport is not None and not transport.is_closing():
                 transport.sendto(data, self.client)
 
     def close(self, outcome: Outcome) -> None:
@@ -187,7 +189,10 @@ class UdpListener(asyncio.DatagramProtocol):
         self.sessions: OrderedDict[Address, UdpSession] = OrderedDict()
         self.closing = False
         self.sessions_total = 0
-        self.dropped = 0
+        self.dropped = 0  # client datagrams: no session could be opened, or shutting down
+        self.writing_paused = False
+        self.replies_dropped = 0  # server datagrams not sent on while writing was paused
+        self._dropped_before = 0  # replies_dropped when the pause began
         self._empty: asyncio.Event | None = None
         self.config: Any = listener_config
         self.idle_timeout = 30.0
@@ -232,6 +237,26 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("%s: %s", self.name, exc)
+
+    def pause_writing(self) -> None:
+        """The listening socket's send buffer is full and the transport holds more than its
+        high-water mark: datagrams from servers to clients are dropped until it drains, as a
+        full socket would drop them (nginx and HAProxy do not queue them either), rather than
+        queued without bound."""
+        self.writing_paused = True
+        self._dropped_before = self.replies_dropped
+        log.warning(
+            "%s: the listening socket is full: dropping datagrams to clients until it drains",
+            self.name,
+        )
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        log.info(
+            "%s: the listening socket drained; %d datagrams to clients were dropped",
+            self.name,
+            self.replies_dropped - self._dropped_before,
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -331,5 +356,6 @@ class UdpListener(asyncio.DatagramProtocol):
     def __repr__(self) -> str:
         return (
             f"UdpListener({self.name} sessions={len(self.sessions)}/{self.max_sessions} "
-            f"total={self.sessions_total} dropped={self.dropped} closing={self.closing})"
+            f"total={self.sessions_total} dropped={self.dropped} "
+            f"replies_dropped={self.replies_dropped} closing={self.closing})"
         )
