@@ -92,14 +92,15 @@ def _dumps(rec: RequestRecord) -> str:
 
 
 def _millis(duration: float) -> str:
-    """`repr(round(duration * 1000, 3))`, twice as fast: ":.3f" rounds the same way (correctly,
+    """`repr(round(duration * 1000, 3))`, twice as fast: "%.3f" rounds the same way (correctly,
     from the exact binary value), and below 1e12 the shortest repr of the rounded float is that
     decimal without its trailing zeros (at most 12 + 3 = 15 significant digits round-trip
-    exactly; from 1e12 on, ".3f" can print 16 or 17 that repr would not).
+    exactly; from 1e12 on, "%.3f" can print 16 or 17 that repr would not). `%`, not an f-string
+    with ":.3f": compiled, the f-string is a str.format call (~650 instructions more per line).
     Byte-identical: hypothesis-tested against round() in tests/unit/test_access_log_fast.py."""
     ms = duration * 1000
     if -1e12 < ms < 1e12:  # also False for inf and nan; 1e12 ms is 31 years
-        text = f"{ms:.3f}"
+        text = "%.3f" % ms  # noqa: UP031 - see the docstring
         if text[-1] == "0":
             text = text.rstrip("0")
             if text[-1] == ".":
@@ -152,8 +153,8 @@ def format_json(rec: RequestRecord) -> str:
     when = _second_cache[1]
     millis = _MILLIS[t - second * 1000]
     ms = duration * 1000  # _millis(duration), inline
-    if -1e15 < ms < 1e15:
-        dur = f"{ms:.3f}"
+    if -1e12 < ms < 1e12:  # as in _millis: beyond, ".3f" can print digits repr would not
+        dur = "%.3f" % ms  # noqa: UP031 - cheaper compiled (see _millis)
         if dur[-1] == "0":
             dur = dur.rstrip("0")
             if dur[-1] == ".":

@@ -45,7 +45,7 @@ def make(
     server=st.none() | texts,
     bytes_in=ints,
     bytes_out=ints,
-    duration=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    duration=st.floats(min_value=0, max_value=1e13, allow_nan=False),
     retries=st.integers(min_value=0, max_value=100),
     rid=st.none() | texts,
     when=st.floats(min_value=0, max_value=4e9, allow_nan=False),
@@ -83,6 +83,17 @@ def test_millis_edges() -> None:
     for d in (0.0, -0.0, 1e-20, 5e-7, 1.5e-6, 2.5e-6, 0.001, 1.0, 1e12, 1e13, -1.5e-3, 1e300,
               35184372089.30469, 999999999.9999, 1e9, -35184372089.30469):  # fmt: skip
         assert _millis(d) == repr(round(d * 1000, 3)), d
+
+
+def test_format_json_duration_edges() -> None:
+    """Durations past 1e12 ms (31 years) leave the fast ".3f" path, as _millis does: there it
+    can print digits that json.dumps (the float's repr) would not, e.g. 90111230084361.281
+    against 90111230084361.28."""
+    for d in (0.0, 5e-7, 1.5e-6, 2.5e-6, 999999999.9999, 1e9, 1e12 / 1000, 90111230084.36128,
+              195579736613.40272, 348578992891.8542, 1e13, 1e300):  # fmt: skip
+        rec = make()
+        rec.duration = d
+        assert format_json(rec) == json.dumps(record_fields(rec), separators=(",", ":")), d
 
 
 def test_repeated_strings_cache_stays_bounded_and_exact() -> None:
