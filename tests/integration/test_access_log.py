@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -288,42 +291,58 @@ def test_durations_have_sub_millisecond_precision() -> None:
     assert any(abs(d - round(d)) > 1e-6 for d in durations), durations
 
 
-async def test_a_reload_switches_the_access_log(tmp_path: Path) -> None:
-    """SIGHUP with a changed `log:` section: off -> a JSON file -> a text file -> off. Each
-    request's line goes to the log in force when it ended; the old file is closed whole."""
+@contextlib.asynccontextmanager
+async def running_with_log(tmp_path: Path, log_section: str) -> AsyncIterator[Running]:
+    """`steelyard run` as a process over one backend, with `log_section` appended to CONFIG."""
     from tests.helpers.http_backends import http_backend
     from tests.helpers.steelyard_process import SteelyardProcess
 
-    first, second = tmp_path / "first.log", tmp_path / "second.log"
     path = tmp_path / "steelyard.yaml"
     async with http_backend("one") as b:
         base = CONFIG.format(port=b.port)
-
-        async def reload_with(log_section: str) -> None:
-            mark = len(sy.lines)
-            path.write_text(base + log_section)
-            sy.send(signal.SIGHUP)
-            await asyncio.to_thread(sy.wait_for, r"reloaded", 15.0, mark)
-
-        async def get(port: int, target: str) -> None:
-            async with httpx.AsyncClient() as client:
-                r = await client.get(f"http://127.0.0.1:{port}{target}")
-                assert r.status_code == 200
-
-        path.write_text(base + "log: {access: off}\n")
+        path.write_text(base + log_section)
         with SteelyardProcess(path) as sy:
-            port = await asyncio.to_thread(sy.port, "web")
-            await get(port, "/while-off")
-            await reload_with(f"log: {{access: '{first}'}}\n")
-            await get(port, "/to-first")
-            await reload_with(f"log: {{access: '{second}', format: text}}\n")
-            await get(port, "/to-second")
-            await reload_with("log: {access: off}\n")
-            await get(port, "/off-again")
-            assert sy.proc.poll() is None, sy.lines[-20:]
-        assert [line["path"] for line in read_lines(first)] == ["/to-first"]
-        text = second.read_text().splitlines()
-        assert len(text) == 1 and "GET /to-second" in text[0] and not text[0].startswith("{")
+            yield Running(sy, await asyncio.to_thread(sy.port, "web"), base, path)
+
+
+class Running:
+    """What running_with_log gives: the process, its HTTP port, the config without its log
+    section, and the config file."""
+
+    def __init__(self, sy: Any, port: int, base: str, path: Path) -> None:
+        self.sy, self.port, self.base, self.path = sy, port, base, path
+
+    async def get_ok(self, target: str) -> None:
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{self.port}{target}")
+            assert r.status_code == 200
+
+    async def reload(self, text: str, *expect: str) -> str:
+        """Write `text` as the config, send SIGHUP, and wait for a line matching each of the
+        `expect` patterns; the line that matched the first."""
+        mark = len(self.sy.lines)
+        self.path.write_text(text)
+        self.sy.send(signal.SIGHUP)
+        lines = [await asyncio.to_thread(self.sy.wait_for, rx, 15.0, mark) for rx in expect]
+        return str(lines[0])
+
+
+async def test_a_reload_switches_the_access_log(tmp_path: Path) -> None:
+    """SIGHUP with a changed `log:` section: off -> a JSON file -> a text file -> off. Each
+    request's line goes to the log in force when it ended; the old file is closed whole."""
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    async with running_with_log(tmp_path, "log: {access: off}\n") as run:
+        await run.get_ok("/while-off")
+        await run.reload(run.base + f"log: {{access: '{first}'}}\n", "reloaded")
+        await run.get_ok("/to-first")
+        await run.reload(run.base + f"log: {{access: '{second}', format: text}}\n", "reloaded")
+        await run.get_ok("/to-second")
+        await run.reload(run.base + "log: {access: off}\n", "reloaded")
+        await run.get_ok("/off-again")
+        assert run.sy.proc.poll() is None, run.sy.lines[-20:]
+    assert [line["path"] for line in read_lines(first)] == ["/to-first"]
+    text = second.read_text().splitlines()
+    assert len(text) == 1 and "GET /to-second" in text[0] and not text[0].startswith("{")
 
 
 async def test_a_reload_to_an_access_log_that_cannot_be_opened_is_refused(
@@ -331,32 +350,19 @@ async def test_a_reload_to_an_access_log_that_cannot_be_opened_is_refused(
 ) -> None:
     """The whole reload is refused (a listener added in the same edit is not started), with
     the file, line and column of `access:`, and the old log goes on."""
-    from tests.helpers.http_backends import http_backend
-    from tests.helpers.steelyard_process import SteelyardProcess
-
     first = tmp_path / "first.log"
-    path = tmp_path / "steelyard.yaml"
-    async with http_backend("one") as b:
-        base = CONFIG.format(port=b.port)
-        path.write_text(base + f"log: {{access: '{first}'}}\n")
-        with SteelyardProcess(path) as sy:
-            port = await asyncio.to_thread(sy.port, "web")
-            mark = len(sy.lines)
-            added = "  - {name: extra, protocol: tcp, bind: 127.0.0.1:0, backend: app}\n"
-            bad = base.replace("backends:\n", added + "backends:\n")
-            bad += f"log: {{access: '{tmp_path / 'missing' / 'x.log'}'}}\n"
-            path.write_text(bad)
-            line = bad.splitlines().index(f"log: {{access: '{tmp_path / 'missing' / 'x.log'}'}}")
-            sy.send(signal.SIGHUP)
-            got = await asyncio.to_thread(sy.wait_for, r"reload refused", 15.0, mark)
-            assert f"{path}:{line + 1}:15: log.access: directory " in got, got
-            assert f"'{tmp_path / 'missing'}' does not exist" in got, got
-            async with httpx.AsyncClient() as client:
-                r = await client.get(f"http://127.0.0.1:{port}/still-first")
-                assert r.status_code == 200
-            assert not any("listener extra" in line for line in sy.lines), sy.lines
-            assert sy.proc.poll() is None
-        assert [line["path"] for line in read_lines(first)] == ["/still-first"]
+    async with running_with_log(tmp_path, f"log: {{access: '{first}'}}\n") as run:
+        added = "  - {name: extra, protocol: tcp, bind: 127.0.0.1:0, backend: app}\n"
+        bad_line = f"log: {{access: '{tmp_path / 'missing' / 'x.log'}'}}"
+        bad = run.base.replace("backends:\n", added + "backends:\n") + bad_line + "\n"
+        line = bad.splitlines().index(bad_line)
+        got = await run.reload(bad, r"reload refused")
+        assert f"{run.path}:{line + 1}:15: log.access: directory " in got, got
+        assert f"'{tmp_path / 'missing'}' does not exist" in got, got
+        await run.get_ok("/still-first")
+        assert not any("listener extra" in line for line in run.sy.lines), run.sy.lines
+        assert run.sy.proc.poll() is None
+    assert [line["path"] for line in read_lines(first)] == ["/still-first"]
 
 
 async def test_a_reload_whose_checked_access_log_fails_to_open_keeps_the_old_one(
@@ -365,31 +371,19 @@ async def test_a_reload_whose_checked_access_log_fails_to_open_keeps_the_old_one
     """The config check passes the new path but open() refuses it (as root, /proc/self/status
     looks writable to access(2) and gives EINVAL): the rest of the reload applies, the error
     is logged, and request lines go on into the old file."""
-    from tests.helpers.http_backends import http_backend
-    from tests.helpers.steelyard_process import SteelyardProcess
-
     target = "/proc/self/status"
     if not os.access(target, os.W_OK):
         pytest.skip("the config check already refuses it here (not root)")
     first = tmp_path / "first.log"
-    path = tmp_path / "steelyard.yaml"
-    async with http_backend("one") as b:
-        base = CONFIG.format(port=b.port)
-        path.write_text(base + f"log: {{access: '{first}'}}\n")
-        with SteelyardProcess(path) as sy:
-            port = await asyncio.to_thread(sy.port, "web")
-            async with httpx.AsyncClient() as client:
-                assert (await client.get(f"http://127.0.0.1:{port}/before")).status_code == 200
-            mark = len(sy.lines)
-            path.write_text(base + f"log: {{access: '{target}'}}\n")
-            sy.send(signal.SIGHUP)
-            stays = re.escape(f"access log {target} cannot be opened, the old one stays")
-            await asyncio.to_thread(sy.wait_for, stays, 15.0, mark)
-            await asyncio.to_thread(sy.wait_for, re.escape(f"reloaded {path}"), 15.0, mark)
-            async with httpx.AsyncClient() as client:
-                assert (await client.get(f"http://127.0.0.1:{port}/after")).status_code == 200
-            assert sy.proc.poll() is None
-        assert [line["path"] for line in read_lines(first)] == ["/before", "/after"]
+    async with running_with_log(tmp_path, f"log: {{access: '{first}'}}\n") as run:
+        await run.get_ok("/before")
+        stays = re.escape(f"access log {target} cannot be opened, the old one stays")
+        await run.reload(
+            run.base + f"log: {{access: '{target}'}}\n", stays, re.escape(f"reloaded {run.path}")
+        )
+        await run.get_ok("/after")
+        assert run.sy.proc.poll() is None
+    assert [line["path"] for line in read_lines(first)] == ["/before", "/after"]
 
 
 def test_start_with_an_access_log_that_cannot_be_opened_exits_with_the_reason(
