@@ -523,13 +523,10 @@ class RawClient:
 
     async def read_exactly(self, n: int, timeout: float = 5.0) -> bytes:
         """The next n bytes (fewer only if the connection ends first)."""
-        got = b""
-        while len(got) < n:
-            data = await asyncio.wait_for(self.reader.read(n - len(got)), timeout)
-            if not data:
-                break
-            got += data
-        return got
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(n), timeout)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
 
     async def read_response(self, timeout: float = 10.0) -> Reply:
         """One response parsed with h11 (leaves following bytes in the reader's buffer)."""
