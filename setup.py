@@ -40,6 +40,7 @@ COMPILED = [
     "src/steelyard/net/writes.py",
     "src/steelyard/net/timers.py",
     "src/steelyard/net/rawsock.py",
+    "src/steelyard/net/transport_table.py",  # uvloop's table of transports, per connection
     "src/steelyard/net/http_proxy.py",
     "src/steelyard/net/http_sticky.py",
     "src/steelyard/net/https_redirect.py",

@@ -31,11 +31,14 @@ def print_problems(exc: Any) -> None:
 
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    from steelyard.net.transport_table import import_uvloop
+
     try:
-        import uvloop
+        uvloop = import_uvloop()
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
         return asyncio.run(main())
-    return uvloop.run(main())
+    rc: int = uvloop.run(main())
+    return rc
 
 
 def run(config_path: str) -> int:
