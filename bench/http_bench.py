@@ -79,6 +79,9 @@ MODES: dict[str, tuple[str, ...]] = {
 # issue 2's targets, Steelyard / HAProxy in the same run
 TARGETS_RPS = 0.75
 TARGET_P99 = 1.5
+# a mode's verdict is void when the median run of HAProxy or Steelyard lost more than this much
+# of a core to the hypervisor (steal): the ratios then measure the neighbours, not the code
+VOID_STEAL = 0.10
 
 
 # ----------------------------------------------------------------------------- configs
@@ -239,6 +242,7 @@ class Summary:
     client_core_busy: float
     errors: int
     pending: str | None = None
+    steal: float = 0.0  # median over the runs, in cores
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -338,6 +342,7 @@ def summarise(target: Target, mode: str, samples: list[Sample]) -> Summary:
         client_core_busy=median([s.client_core_busy for s in samples]),
         errors=sum(s.errors for s in samples),
         pending=pending,
+        steal=median([s.steal for s in samples]),
         samples=samples,
     )
 
@@ -511,7 +516,8 @@ LEGEND = (
     "does not depend on how busy the client core was; *LB core busy* = that CPU time / wall time; *others* = CPU used during the run by "
     "programs outside the benchmark (this machine is shared), in % of one core; *client core "
     "busy* = core 0 (wrk + backends): near 100% means the client side, not the balancer, "
-    "set the req/s."
+    "set the req/s. A verdict reads *void* when the median run of HAProxy or Steelyard lost "
+    f"more than {VOID_STEAL:.0%} of a core to the hypervisor (steal, shown in the log)."
 )
 
 
@@ -590,6 +596,7 @@ def markdown(
             ("req/s per LB core", inv(sy.cpu_us_per_req), inv(ha.cpu_us_per_req),
              inv(ng.cpu_us_per_req) if ngx_ok else 0, "≥", TARGETS_RPS),
         ]  # fmt: skip
+        steal = max(sy.steal, ha.steal)
         for name, a, b, c, op, goal in rows:
             r = ratio(a, b)
             if goal is None:
@@ -597,6 +604,8 @@ def markdown(
             else:
                 ok = r >= goal if op == "≥" else r <= goal
                 verdict, goal_s = ("meets" if ok else "misses"), f"{op} {goal}"
+                if steal > VOID_STEAL:
+                    verdict = f"void: steal {steal:.0%} of a core (would be: {verdict})"
             out.append(
                 f"| {name} | {mode} | {fmt_num(r, 2)} | {fmt_num(ratio(a, c), 2)} | "
                 f"{goal_s} | {verdict} |"

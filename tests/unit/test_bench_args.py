@@ -25,3 +25,39 @@ def test_tcp_bench_defines_every_option_the_shared_helpers_read() -> None:
     http_args = vars(http_bench.parse_args([]))
     assert read <= set(http_args)
     assert read <= set(tcp_args), sorted(read - set(tcp_args))
+
+
+def _summary(http_bench: object, target: str, mode: str, rps: float, steal: float) -> object:
+    return http_bench.Summary(  # type: ignore[attr-defined]
+        target=target, mode=mode, runs=5, rps_median=rps, rps_min=rps, rps_max=rps,
+        p50_ms=1.0, p99_ms=2.0, cpu_us_per_req=1e6 / rps, lb_core_busy=1.0, others=0.0,
+        client_core_busy=0.5, errors=0, steal=steal,
+    )  # fmt: skip
+
+
+def test_a_verdict_under_heavy_steal_is_void() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import http_bench
+    finally:
+        sys.path.remove(str(BENCH))
+    args = http_bench.parse_args([])
+
+    def verdicts(steal_sy: float, steal_ha: float) -> list[str]:
+        rows = [
+            _summary(http_bench, "haproxy", "close", 10_000, steal_ha),
+            _summary(http_bench, "nginx", "close", 10_000, 0.0),
+            _summary(http_bench, "steelyard", "close", 8_000, steal_sy),
+        ]
+        text = http_bench.markdown(rows, {}, args, [])
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith(("| req/s | close", "| p99 latency | close"))
+        ]
+
+    quiet = verdicts(0.01, 0.02)
+    assert quiet and all(line.endswith("| meets |") for line in quiet), quiet
+    for noisy in (verdicts(0.30, 0.0), verdicts(0.0, 0.95)):
+        assert noisy and all("| void: steal" in line for line in noisy), noisy
+        assert "(would be: meets)" in noisy[0]
