@@ -271,38 +271,37 @@ def build_request_head(
     request_id: bytes,
 ) -> bytes:
     """The head we send upstream: always HTTP/1.1, persistent unless an upgrade."""
-    # one join of a flat list of pieces, each added with parts.append() (compiled: a direct
-    # PyList_Append): cheaper than `b"\r\n".join(map(b": ".join, headers))` (a bound method and
-    # a join per field) and than `parts += (a, b)` (a tuple each)
-    parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
+    # Built from few pieces, each one `bytes % (...)` of bytes and ints: compiled, that is a
+    # single allocation and copy (mypyc's CPyBytes_Build, no format parsing). One piece per
+    # field, joined once: b"".join costs ~125 instructions per item and list.append ~85, so
+    # four items per field (name, ": ", value, CRLF) cost ~3.5k more per request (callgrind).
+    parts = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
     for name, value in headers:
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(b"\r\n")
+        parts.append(b"%s: %s\r\n" % (name, value))
+    content_length = head.content_length
     if head.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif head.content_length is not None:
-        parts.append(b"Content-Length: %d\r\n" % head.content_length)
+    elif content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
     if head.expect_continue:
         parts.append(b"Expect: 100-continue\r\n")
-    if head.upgrade is not None:
-        parts.append(b"Connection: upgrade\r\nUpgrade: ")
-        parts.append(head.upgrade)
-        parts.append(b"\r\n")
-    parts.append(b"X-Forwarded-For: ")
-    if head.forwarded_for:
-        parts.append(head.forwarded_for)
-        parts.append(b", ")
-    parts.append(client_ip)
-    parts.append(b"\r\nX-Forwarded-Proto: ")
-    parts.append(proto)
-    if head.host is not None:
-        parts.append(b"\r\nX-Forwarded-Host: ")
-        parts.append(head.host)
-    parts.append(b"\r\nX-Request-Id: ")
-    parts.append(request_id)
-    parts.append(b"\r\n\r\n")
+    upgrade = head.upgrade
+    if upgrade is not None:
+        parts.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
+    forwarded_for = head.forwarded_for
+    if forwarded_for:
+        client_ip = b"%s, %s" % (forwarded_for, client_ip)
+    host = head.host
+    if host is not None:
+        parts.append(
+            b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+            b"X-Request-Id: %s\r\n\r\n" % (client_ip, proto, host, request_id)
+        )
+    else:
+        parts.append(
+            b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Request-Id: %s\r\n\r\n"
+            % (client_ip, proto, request_id)
+        )
     return b"".join(parts)
 
 
@@ -347,32 +346,29 @@ def build_response_head(
         line = _status_line(status, resp.reason or reason(status))
         if len(_LAST_STATUS_LINE) < 512:
             _LAST_STATUS_LINE[status] = (resp.reason, line)
-    parts = [line]  # one flat join, as in build_request_head
+    parts = [line]  # few pieces, one join: as in build_request_head
     for name, value in headers:
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(b"\r\n")
+        parts.append(b"%s: %s\r\n" % (name, value))
     if mode == BODY_LENGTH:
         parts.append(b"Content-Length: %d\r\n" % (resp.content_length or 0))
     elif mode == BODY_CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif resp.content_length is not None and status != 204 and status >= 200:
-        # HEAD / 304: as the server said
-        parts.append(b"Content-Length: %d\r\n" % resp.content_length)
+    else:
+        content_length = resp.content_length
+        if content_length is not None and status != 204 and status >= 200:
+            # HEAD / 304: as the server said
+            parts.append(b"Content-Length: %d\r\n" % content_length)
     if status == 101:
-        parts.append(b"Connection: upgrade\r\n")
-        if resp.upgrade is not None:
-            parts.append(b"Upgrade: ")
-            parts.append(resp.upgrade)
-            parts.append(b"\r\n")
+        upgrade = resp.upgrade
+        if upgrade is not None:
+            parts.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
+        else:
+            parts.append(b"Connection: upgrade\r\n")
     elif not keep_alive or mode == BODY_CLOSE:
         parts.append(b"Connection: close\r\n")
     elif http10_client:
         parts.append(b"Connection: keep-alive\r\n")
-    parts.append(b"X-Request-Id: ")
-    parts.append(request_id)
-    parts.append(b"\r\n\r\n")
+    parts.append(b"X-Request-Id: %s\r\n\r\n" % request_id)
     return b"".join(parts)
 
 
