@@ -609,3 +609,68 @@ def test_status_line_per_reason(reason: bytes) -> None:
         resp.content_length = 0
         head = build_response_head(resp, [], BODY_LENGTH, True, False, b"id")
         assert head.startswith(b"HTTP/1.1 200 " + (r or b"OK") + b"\r\n")
+
+
+# -- field names: the usual spellings are compared before any dictionary lookup ---------------
+
+
+def test_the_spelling_tables_agree_with_the_field_kinds() -> None:
+    from steelyard.core.http1 import parser
+
+    for table, kinds in (
+        (parser._REQUEST_SPELLINGS, parser._REQUEST_FIELDS),
+        (parser._RESPONSE_SPELLINGS, parser._RESPONSE_FIELDS),
+    ):
+        assert sum(map(len, table)) > len(kinds)
+        for n, row in enumerate(table):
+            for spelling, kind in row:
+                assert len(spelling) == n
+                assert kind == kinds.get(spelling.lower(), 0), spelling
+        for name in kinds:  # every handled field has its lower and Title-Case spellings
+            assert (name, kinds[name]) in table[len(name)]
+            assert any(s != name and s.lower() == name for s, _ in table[len(name)])
+
+
+def _request_with(names: dict[str, bytes]) -> RequestHead:
+    head = (
+        b"POST /x HTTP/1.1\r\n"
+        + b"".join(names[k].encode() + b": " + v + b"\r\n" for k, v in _FIELDS.items())
+        + b"\r\nabc"
+    )
+    events = feed_request([head]).events
+    assert events[0][0] == "head", events
+    return events[0][1]  # type: ignore[return-value]
+
+
+_FIELDS = {
+    "host": b"example.test",
+    "content-length": b"3",
+    "connection": b"close",
+    "x-request-id": b"rid-1",
+    "x-forwarded-for": b"192.0.2.7",
+    "content-type": b"text/plain",
+    "user-agent": b"probe",
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=17, max_size=17))
+def test_a_field_is_classified_the_same_in_every_spelling(upper: list[bool]) -> None:
+    def spell(name: str) -> str:
+        return "".join(c.upper() if u else c for c, u in zip(name, upper * 2, strict=False))
+
+    plain = _request_with({k: k for k in _FIELDS})
+    for spelled in (
+        {k: spell(k) for k in _FIELDS},
+        {k: "-".join(p.capitalize() for p in k.split("-")) for k in _FIELDS},
+        {k: k.upper() for k in _FIELDS},
+    ):
+        head = _request_with(spelled)
+        assert head.host == plain.host == b"example.test"
+        assert head.content_length == plain.content_length == 3
+        assert head.keep_alive is plain.keep_alive is False
+        assert head.request_id == plain.request_id == b"rid-1"
+        assert head.forwarded_for == plain.forwarded_for == b"192.0.2.7"
+        forwarded = sorted(n.lower() for n, _ in head.headers)
+        assert forwarded == sorted(n.lower() for n, _ in plain.headers)
+        assert b"content-type" in forwarded and b"connection" not in forwarded

@@ -119,6 +119,58 @@ _REQUEST_RAW: Final[dict[bytes, int]] = {}
 _RESPONSE_RAW: Final[dict[bytes, int]] = {}
 
 
+# The usual spellings, compared byte for byte before any hashing: httptools hands each name
+# over as a new bytes object, so a dictionary lookup hashes it (siphash) and then compares it,
+# ~440 instructions; a comparison costs ~30. Per name length: (spelling, kind) for the fields
+# we handle and for common fields that only share a length with one of them (kind 0:
+# forwarded as it is). Any other spelling takes the dictionaries below.
+_COMMON_FIELDS: Final = (
+    b"content-type",
+    b"user-agent",
+    b"set-cookie",
+    b"accept",
+    b"cookie",
+    b"origin",
+    b"pragma",
+    b"referer",
+    b"accept-encoding",
+    b"accept-language",
+    b"x-frame-options",
+    b"x-powered-by",
+    b"content-encoding",
+    b"content-language",
+    b"sec-fetch-site",
+    b"sec-fetch-mode",
+    b"sec-fetch-dest",
+    b"sec-fetch-user",
+)
+
+
+def _title(name: bytes) -> bytes:
+    return b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+
+
+def _spellings(kinds: dict[bytes, int]) -> list[list[tuple[bytes, int]]]:
+    """Per name length, the spellings tried in turn: Title-Case first, then lower case."""
+    lengths = _length_mask(kinds)
+    names = [n for n in [*kinds, *_COMMON_FIELDS] if (lengths >> len(n)) & 1]
+    spelled = [_title(n) for n in names]
+    spelled += [n.upper() for n in names if len(n) == 2]  # TE
+    spelled += [b"X-Request-ID" for n in names if n == b"x-request-id"]
+    spelled += names
+    table: list[list[tuple[bytes, int]]] = [[] for _ in range(max(map(len, kinds)) + 1)]
+    for spelling in spelled:
+        row = table[len(spelling)]
+        pair = (spelling, kinds.get(spelling.lower(), 0))
+        if pair not in row:
+            row.append(pair)
+    return table
+
+
+_REQUEST_SPELLINGS: Final = _spellings(_REQUEST_FIELDS)
+_RESPONSE_SPELLINGS: Final = _spellings(_RESPONSE_FIELDS)
+
+
 def _learn(cache: dict[bytes, int], kinds: dict[bytes, int], name: bytes) -> int:
     """The kind of a field name not yet in `cache` (0: forwarded as it is)."""
     kind = kinds.get(name.lower(), 0)
@@ -543,13 +595,20 @@ class RequestParser:
         raw = _REQUEST_RAW
         for field in fields:
             name, value = field
-            if not (_REQUEST_LENGTHS >> len(name)) & 1:  # no field we handle is this long
+            n = len(name)
+            if not (_REQUEST_LENGTHS >> n) & 1:  # no field we handle is this long
                 headers.append(field)
                 continue
-            try:
-                kind = raw[name]  # (a plain subscript is cheaper than .get(); misses are rare)
-            except KeyError:
-                kind = _learn(raw, _REQUEST_FIELDS, name)
+            kind = -1
+            for spelling, known in _REQUEST_SPELLINGS[n]:
+                if name == spelling:
+                    kind = known
+                    break
+            if kind < 0:
+                try:
+                    kind = raw[name]  # (a plain subscript is cheaper than .get(); misses are rare)
+                except KeyError:
+                    kind = _learn(raw, _REQUEST_FIELDS, name)
             if not kind:
                 headers.append(field)
             elif kind == _HOST:
@@ -854,13 +913,20 @@ class ResponseParser:
         raw = _RESPONSE_RAW
         for field in fields:
             name, value = field
-            if not (_RESPONSE_LENGTHS >> len(name)) & 1:  # as in RequestParser
+            n = len(name)
+            if not (_RESPONSE_LENGTHS >> n) & 1:  # as in RequestParser
                 headers.append(field)
                 continue
-            try:
-                kind = raw[name]
-            except KeyError:
-                kind = _learn(raw, _RESPONSE_FIELDS, name)
+            kind = -1
+            for spelling, known in _RESPONSE_SPELLINGS[n]:
+                if name == spelling:
+                    kind = known
+                    break
+            if kind < 0:
+                try:
+                    kind = raw[name]
+                except KeyError:
+                    kind = _learn(raw, _RESPONSE_FIELDS, name)
             if not kind:
                 headers.append(field)
             elif kind == _CL:
