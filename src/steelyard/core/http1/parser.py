@@ -171,6 +171,23 @@ _REQUEST_SPELLINGS: Final = _spellings(_REQUEST_FIELDS)
 _RESPONSE_SPELLINGS: Final = _spellings(_RESPONSE_FIELDS)
 
 
+def _field_kind(
+    name: bytes,
+    spellings: list[tuple[bytes, int]],
+    cache: dict[bytes, int],
+    kinds: dict[bytes, int],
+) -> int:
+    """The kind of a field name of a handled length: its usual spellings first, then the
+    spellings seen before (`cache`), then `kinds` by the lower-case name."""
+    for spelling, known in spellings:
+        if name == spelling:
+            return known
+    try:
+        return cache[name]  # (a plain subscript is cheaper than .get(); misses are rare)
+    except KeyError:
+        return _learn(cache, kinds, name)
+
+
 def _learn(cache: dict[bytes, int], kinds: dict[bytes, int], name: bytes) -> int:
     """The kind of a field name not yet in `cache` (0: forwarded as it is)."""
     kind = kinds.get(name.lower(), 0)
@@ -599,16 +616,7 @@ class RequestParser:
             if not (_REQUEST_LENGTHS >> n) & 1:  # no field we handle is this long
                 headers.append(field)
                 continue
-            kind = -1
-            for spelling, known in _REQUEST_SPELLINGS[n]:
-                if name == spelling:
-                    kind = known
-                    break
-            if kind < 0:
-                try:
-                    kind = raw[name]  # (a plain subscript is cheaper than .get(); misses are rare)
-                except KeyError:
-                    kind = _learn(raw, _REQUEST_FIELDS, name)
+            kind = _field_kind(name, _REQUEST_SPELLINGS[n], raw, _REQUEST_FIELDS)
             if not kind:
                 headers.append(field)
             elif kind == _HOST:
@@ -917,16 +925,7 @@ class ResponseParser:
             if not (_RESPONSE_LENGTHS >> n) & 1:  # as in RequestParser
                 headers.append(field)
                 continue
-            kind = -1
-            for spelling, known in _RESPONSE_SPELLINGS[n]:
-                if name == spelling:
-                    kind = known
-                    break
-            if kind < 0:
-                try:
-                    kind = raw[name]
-                except KeyError:
-                    kind = _learn(raw, _RESPONSE_FIELDS, name)
+            kind = _field_kind(name, _RESPONSE_SPELLINGS[n], raw, _RESPONSE_FIELDS)
             if not kind:
                 headers.append(field)
             elif kind == _CL:
