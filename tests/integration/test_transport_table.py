@@ -33,6 +33,8 @@ from steelyard.net.transport_table import import_uvloop
 original = weakref.WeakValueDictionary
 uvloop = import_uvloop()
 assert weakref.WeakValueDictionary is original, "the swap outlived the import"
+# nothing imported while the name was swapped made a table of its own (logging would)
+print("made at import:", transport_table.installed)
 assert weakref.WeakValueDictionary() is not None
 
 
@@ -74,6 +76,7 @@ def test_a_descriptor_owned_by_a_live_transport_is_refused_and_a_freed_one_is_no
     assert "refused: True" in out
     assert "free fd accepted: True" in out
     assert "installed: True" in out
+    assert "made at import: False" in out
 
 
 def test_uvloop_imported_earlier_keeps_its_own_table() -> None:

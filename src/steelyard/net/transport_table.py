@@ -15,11 +15,21 @@ table never holds more entries than the process has had descriptors open at once
 
 uvloop reads `weakref.WeakValueDictionary` once, into a C variable, when `uvloop.loop` is
 first imported. `import_uvloop()` swaps the name for that one import and puts it back; if
-uvloop was imported earlier, the table stays uvloop's own and nothing else changes.
+uvloop was imported earlier, the table stays uvloop's own and nothing else changes. The
+standard modules uvloop imports are imported first, so that none of them is first imported
+while the name is swapped.
 """
 
 from __future__ import annotations
 
+# What uvloop imports, imported before the swap: a module first imported while it lasts and
+# making a WeakValueDictionary at import time (logging does) would get an FdTransports
+import asyncio  # noqa: F401
+import concurrent.futures.thread  # noqa: F401
+import logging  # noqa: F401
+import queue  # noqa: F401
+import ssl  # noqa: F401
+import subprocess  # noqa: F401
 import sys
 import weakref
 from types import ModuleType
