@@ -3,21 +3,28 @@ that calls them must define (make bench's L4 part once failed on a missing --max
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def test_tcp_bench_defines_every_option_the_shared_helpers_read() -> None:
+def bench_module(name: str) -> ModuleType:
+    """A script of bench/ as a module (bench/ is not a package)."""
     sys.path.insert(0, str(BENCH))
     try:
-        import http_bench
-        import tcp_bench
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+def test_tcp_bench_defines_every_option_the_shared_helpers_read() -> None:
+    http_bench = bench_module("http_bench")
+    tcp_bench = bench_module("tcp_bench")
     shared = [http_bench.measure_quiet, http_bench.disturbed]
     read = {name for fn in shared for name in re.findall(r"\bargs\.(\w+)", inspect.getsource(fn))}
     assert {"max_others", "max_steal", "duration"} <= read  # (the scan finds them)
@@ -36,11 +43,7 @@ def _summary(http_bench: object, target: str, mode: str, rps: float, steal: floa
 
 
 def test_a_verdict_under_heavy_steal_is_void() -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import http_bench
-    finally:
-        sys.path.remove(str(BENCH))
+    http_bench = bench_module("http_bench")
     args = http_bench.parse_args([])
 
     def verdicts(steal_sy: float, steal_ha: float) -> list[str]:
