@@ -26,6 +26,7 @@ from steelyard.core.clock import monotonic
 from steelyard.core.events import Event, EventBus
 from steelyard.core.records import RequestRecord
 from steelyard.files import FileLimitWatch
+from steelyard.net.listen import BACKLOG, ServerGroup, bind_sockets
 
 log = logging.getLogger("steelyard")
 
@@ -230,7 +231,7 @@ class Engine:
 
         return factory
 
-    async def _start_listener(self, lcfg: Any, sock: socket.socket | None = None) -> None:
+    async def _start_listener(self, lcfg: Any, socks: list[socket.socket] | None = None) -> None:
         runtime = self._make_runtime(lcfg)
         host, port = parse_address(lcfg.bind)
         try:
@@ -241,7 +242,8 @@ class Engine:
                 server: Any = transport
                 sockname = transport.get_extra_info("sockname")
             else:
-                sock = sock or _listening_socket(host, port)
+                socks = socks or bind_sockets(host, port)
+                sock = socks[0]
                 # TLS is terminated by the server for http and tcp listeners alike; a tcp
                 # runtime is told (runtime.ssl_context) so that it skips the splice fast path
                 ssl_ctx = self._ssl_context(lcfg)
@@ -254,11 +256,19 @@ class Engine:
                     factory = self._proxy_preface(runtime, lcfg, ssl_ctx)
                     ssl_ctx = None
                 serve_raw = getattr(runtime, "serve_raw", None)  # tcp: net/rawsock.py
-                server = serve_raw(sock) if serve_raw is not None and ssl_ctx is None else None
-                if server is None:
-                    server = await self.loop.create_server(
-                        factory, sock=sock, ssl=ssl_ctx, backlog=1024
-                    )
+                sock.listen(BACKLOG)
+                server = None
+                if serve_raw is not None and ssl_ctx is None:
+                    server = serve_raw(sock)  # (it accepts in a loop: one socket is enough)
+                if server is not None or len(socks) == 1:
+                    for extra in socks[1:]:
+                        extra.close()  # bound, never listening: nothing queued on it
+                    if server is None:
+                        server = await self.loop.create_server(
+                            factory, sock=sock, ssl=ssl_ctx, backlog=BACKLOG
+                        )
+                else:  # several accept queues (net/listen.py)
+                    server = await self._serve_group(factory, socks, ssl_ctx)
                 sockname = sock.getsockname()
         except OSError as exc:
             raise StartError(
@@ -268,6 +278,22 @@ class Engine:
         self.listeners[lcfg.name] = ListenerHandle(
             lcfg.name, lcfg.protocol, lcfg.bind, runtime, server, lcfg
         )
+
+    async def _serve_group(self, factory: Any, socks: list[socket.socket], ssl_ctx: Any) -> Any:
+        servers: list[Any] = []
+        try:
+            for s in socks:
+                s.listen(BACKLOG)
+                servers.append(
+                    await self.loop.create_server(factory, sock=s, ssl=ssl_ctx, backlog=BACKLOG)
+                )
+        except BaseException:
+            for server in servers:
+                server.close()
+            for s in socks:
+                s.close()
+            raise
+        return ServerGroup(servers)
 
     def _tick(self) -> None:
         self._tick_handle = None
@@ -340,18 +366,19 @@ class Engine:
         for name, lcfg in new_listeners.items():
             if name not in self.listeners:
                 await self._start_listener(lcfg, prebound.pop(name, None))
-        for sock in prebound.values():
-            sock.close()
+        for socks in prebound.values():
+            for sock in socks:
+                sock.close()
         self._start_health_checks()
         self.reloads += 1
         self.events.publish(Event(type="reload", time=time.time(), reason="config reloaded"))
 
-    def _prebind(self, config: Any) -> dict[str, socket.socket]:
+    def _prebind(self, config: Any) -> dict[str, list[socket.socket]]:
         """Bind the sockets of new and moved stream listeners before anything changes, so
         that a reload whose bind fails keeps the old configuration whole. (A bind that an
         existing listener holds is left to the usual stop-then-start.)"""
         held = {self.bound.get(name) for name, h in self.listeners.items() if h.protocol != "udp"}
-        prebound: dict[str, socket.socket] = {}
+        prebound: dict[str, list[socket.socket]] = {}
         for lcfg in config.listeners:
             handle = self.listeners.get(lcfg.name)
             if handle is not None and (handle.bind, handle.protocol) == (lcfg.bind, lcfg.protocol):
@@ -360,10 +387,11 @@ class Engine:
             if lcfg.protocol == "udp" or (port and (host, port) in held):
                 continue
             try:
-                prebound[lcfg.name] = _listening_socket(host, port)
+                prebound[lcfg.name] = bind_sockets(host, port)
             except OSError as exc:
-                for sock in prebound.values():
-                    sock.close()
+                for socks in prebound.values():
+                    for sock in socks:
+                        sock.close()
                 raise StartError(
                     f"listener {lcfg.name}: cannot bind {lcfg.bind}: {exc.strerror or exc}"
                 ) from exc
@@ -426,20 +454,3 @@ def _uses_preface(lcfg: Any) -> bool:
     return bool(getattr(lcfg, "accept_proxy_protocol", False)) and (
         lcfg.protocol == "http" or getattr(lcfg, "tls", None) is not None
     )
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock

@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from steelyard.core.balancing import (
@@ -29,6 +29,7 @@ from steelyard.core.balancing import (
     SmoothWeightedRoundRobin,
     WeightedRandom,
 )
+from steelyard.core.balancing.hashing import maglev_offset_skip
 from steelyard.core.balancing.least_load import in_flight_factor
 from steelyard.core.balancing.round_robin import GROUPS_LIMIT, _Groups, _Webster
 
@@ -361,6 +362,10 @@ def test_maglev_removal_moves_about_one_nth(names: list[str], seed: int) -> None
     n = len(group)
     gone = random.Random(seed).randrange(n)
     size = 4093
+    # The bound is for independent permutations. Two names whose skips collide (a 1 in 4092
+    # chance per pair) walk the table in step, and removing one can move more: hypothesis
+    # found ['1', '5gf', 'uz:', '0'] (skip 3909 twice) with 1032 extra slots of 4093.
+    assume(len({maglev_offset_skip(name, size)[1] for name in names}) == n)
     full = Maglev(group, [1.0] * n, BalancerSettings(table_size=size))
     rest = Maglev(
         group[:gone] + group[gone + 1 :], [1.0] * (n - 1), BalancerSettings(table_size=size)
