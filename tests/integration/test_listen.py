@@ -92,7 +92,7 @@ def test_one_socket_is_a_plain_one() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "count"), [(None, 16), ("4", 4), ("1", 1), ("0", 1), ("500", 64), ("many", 16)]
+    ("value", "count"), [(None, 64), ("4", 4), ("1", 1), ("0", 1), ("500", 64), ("many", 64)]
 )
 def test_the_count_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, value: str | None, count: int
@@ -102,6 +102,15 @@ def test_the_count_from_the_environment(
     else:
         monkeypatch.setenv("STEELYARD_ACCEPT_SOCKETS", value)
     assert listen._env_count() == count
+
+
+def test_a_count_that_is_not_a_number_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("STEELYARD_ACCEPT_SOCKETS", "lots")
+    with caplog.at_level("WARNING", logger="steelyard"):
+        assert listen._env_count() == 64
+    assert "STEELYARD_ACCEPT_SOCKETS='lots' is not a number" in caplog.text
 
 
 def _connections_per_pass(count: int, clients: int = 32) -> list[int]:

@@ -9,7 +9,7 @@ per pass: the rest wait in the kernel's accept queue, each pass carries about on
 and every request pays a whole pass (the poll, the epoll_ctl batch, the loop's idle and
 check phases, a write batch of one). Measured under `wrk -c50` with `Connection: close`
 (bench/PROFILE.md, "accept queues"): one `accept4` and one `epoll_pwait` per request.
-HAProxy accepts up to 64 connections per wake-up (`tune.maxaccept`), nginx all pending ones
+HAProxy accepts several connections per wake-up (`tune.maxaccept`), nginx all pending ones
 (`multi_accept on`).
 
 How. A stream listener served by the loop binds `count` sockets to its address with
@@ -25,24 +25,28 @@ in use"). So the address is first bound by a plain socket, without SO_REUSEPORT:
 as it always did when anything holds the address, and it resolves port 0 to the port all the
 sockets then share. Our sockets in turn refuse any later plain bind, as a single one did.
 
-`STEELYARD_ACCEPT_SOCKETS` (default 16; 1 = one socket, as before) sets the count. Platforms
+`STEELYARD_ACCEPT_SOCKETS` (default 64; 1 = one socket, as before) sets the count. Platforms
 without SO_REUSEPORT's load balancing (anything but Linux) get one socket.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 from typing import Any, Final
 
+log = logging.getLogger("steelyard")
+
 
 def _env_count() -> int:
-    raw = os.environ.get("STEELYARD_ACCEPT_SOCKETS", "16")
+    raw = os.environ.get("STEELYARD_ACCEPT_SOCKETS", "64")
     try:
         n = int(raw)
     except ValueError:
-        return 16
+        log.warning("STEELYARD_ACCEPT_SOCKETS=%r is not a number: using 64", raw)
+        return 64
     return max(1, min(n, 64))
 
 
