@@ -53,6 +53,24 @@ version: 1
 """
 
 
+def tcp_config(backends: Sequence[Any], extra: str = "") -> str:
+    """YAML: tcp listener `l4` forwarding to backend `api` (servers = `backends`); extra: YAML
+    lines for backend `api` (indented by 4)."""
+    servers = "\n".join(f"      - {{address: '{b.address}', name: {b.name}}}" for b in backends)
+    return f"""
+version: 1
+listeners:
+  - name: l4
+    protocol: tcp
+    bind: 127.0.0.1:0
+    backend: api
+backends:
+  api:
+{extra}    servers:
+{servers}
+"""
+
+
 async def until(cond: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
     """Poll cond() every 20 ms until it is truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -7,27 +7,11 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from tests.helpers.engine_setup import state_of, until
-from tests.helpers.flaky_backend import FlakyBackend, flaky_backend
+from tests.helpers.engine_setup import state_of, tcp_config, until
+from tests.helpers.flaky_backend import flaky_backend
 
 from steelyard.config import load_config_text
 from steelyard.engine import Engine
-
-
-def config(backends: list[FlakyBackend], extra: str = "") -> str:
-    servers = "\n".join(f"      - {{address: '{b.address}', name: {b.name}}}" for b in backends)
-    return f"""
-version: 1
-listeners:
-  - name: l4
-    protocol: tcp
-    bind: 127.0.0.1:0
-    backend: api
-backends:
-  api:
-{extra}    servers:
-{servers}
-"""
 
 
 async def get_once(port: int) -> bytes:
@@ -47,7 +31,9 @@ CHECK = (
 
 async def test_l4_connections_avoid_an_unhealthy_server() -> None:
     async with flaky_backend("s1") as s1, flaky_backend("s2") as s2:
-        engine = Engine(load_config_text(config([s1, s2], CHECK)), loop=asyncio.get_running_loop())
+        engine = Engine(
+            load_config_text(tcp_config([s1, s2], CHECK)), loop=asyncio.get_running_loop()
+        )
         await engine.start()
         try:
             port = engine.bound["l4"][1]
@@ -73,7 +59,7 @@ async def test_l4_connections_avoid_an_unhealthy_server() -> None:
 
 async def test_l4_drain_cuts_long_lived_connection_after_drain_timeout() -> None:
     async with flaky_backend("s1") as s1, flaky_backend("s2") as s2:
-        text = config([s1, s2], "    drain_timeout: 300ms\n")
+        text = tcp_config([s1, s2], "    drain_timeout: 300ms\n")
         engine = Engine(load_config_text(text), loop=asyncio.get_running_loop())
         await engine.start()
         try:

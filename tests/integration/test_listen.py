@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from tests.helpers.engine_setup import api_config
+from tests.helpers.engine_setup import api_config, tcp_config
 from tests.helpers.flaky_backend import flaky_backend
 from tests.helpers.http_backends import request
 from tests.helpers.steelyard_process import SteelyardProcess
@@ -191,7 +191,8 @@ async def test_steelyard_listens_on_every_socket_and_lets_go_of_all(
             assert _listening(port) == 6
             assert await _burst(port, 60) == [200] * 60
             # a second instance on the same address is refused, not let in to share it
-            second = _config(tmp_path / "..", api_config([s1], bind=f"127.0.0.1:{port}"))
+            (tmp_path / "second").mkdir()
+            second = _config(tmp_path / "second", api_config([s1], bind=f"127.0.0.1:{port}"))
             result = await asyncio.to_thread(
                 subprocess.run,
                 [sys.executable, "-m", "steelyard", "run", "-c", str(second)],
@@ -225,18 +226,7 @@ async def test_a_tcp_listener_on_its_own_epoll_set_keeps_one_socket(
     monkeypatch.setenv("STEELYARD_ACCEPT_SOCKETS", "6")
     monkeypatch.delenv("STEELYARD_RAW_TCP", raising=False)
     async with flaky_backend("s1") as s1:
-        text = f"""version: 1
-listeners:
-  - name: l4
-    protocol: tcp
-    bind: 127.0.0.1:0
-    backend: api
-backends:
-  api:
-    servers:
-      - {{address: '{s1.address}', name: s1}}
-"""
-        with SteelyardProcess(_config(tmp_path, text)) as sy:
+        with SteelyardProcess(_config(tmp_path, tcp_config([s1]))) as sy:
             port = await asyncio.to_thread(sy.port, "l4")
             assert _listening(port) == 1
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
