@@ -2,7 +2,7 @@
 several connections.
 
 Why. libuv, under uvloop, accepts one connection per listening socket per loop pass (it
-stopped accepting in a loop in v1.45, libuv PR #3696, and relies on the level-triggered
+stopped accepting in a loop in 2022, libuv PR #3696, and relies on the level-triggered
 poll to report the socket again). Under a burst of new connections -- every request on a
 new connection, as with `Connection: close` clients -- the loop then admits one connection
 per pass: the rest wait in the kernel's accept queue, each pass carries about one request,
