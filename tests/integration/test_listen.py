@@ -160,7 +160,10 @@ def _connections_per_pass(count: int, clients: int = 32) -> list[int]:
 def test_uvloop_accepts_one_connection_per_socket_per_pass() -> None:
     """The reason for the module: one socket admits one connection per pass; eight admit
     several (up to one per socket)."""
-    assert _connections_per_pass(1) == [1] * 32
+    assert _connections_per_pass(1) == [1] * 32, (
+        "uvloop accepted several connections per pass from one socket: the reason for "
+        "net/listen.py may be gone (its docstring; bench/PROFILE.md, 'accept queues')"
+    )
     per_pass = _connections_per_pass(8)
     assert per_pass[0] > 1
     assert max(per_pass) <= 8
