@@ -26,7 +26,7 @@ from steelyard.core.clock import monotonic
 from steelyard.core.events import Event, EventBus
 from steelyard.core.records import RequestRecord
 from steelyard.files import FileLimitWatch
-from steelyard.net.listen import BACKLOG, ServerGroup, bind_sockets
+from steelyard.net.listen import ACCEPT_SOCKETS, BACKLOG, ServerGroup, bind_sockets
 
 log = logging.getLogger("steelyard")
 
@@ -242,7 +242,7 @@ class Engine:
                 server: Any = transport
                 sockname = transport.get_extra_info("sockname")
             else:
-                socks = socks or bind_sockets(host, port)
+                socks = socks or bind_sockets(host, port, _accept_sockets(lcfg))
                 sock = socks[0]
                 # TLS is terminated by the server for http and tcp listeners alike; a tcp
                 # runtime is told (runtime.ssl_context) so that it skips the splice fast path
@@ -256,19 +256,11 @@ class Engine:
                     factory = self._proxy_preface(runtime, lcfg, ssl_ctx)
                     ssl_ctx = None
                 serve_raw = getattr(runtime, "serve_raw", None)  # tcp: net/rawsock.py
-                sock.listen(BACKLOG)
                 server = None
                 if serve_raw is not None and ssl_ctx is None:
-                    server = serve_raw(sock)  # (it accepts in a loop: one socket is enough)
-                if server is not None or len(socks) == 1:
-                    for extra in socks[1:]:
-                        extra.close()  # bound, never listening: nothing queued on it
-                    if server is None:
-                        server = await self.loop.create_server(
-                            factory, sock=sock, ssl=ssl_ctx, backlog=BACKLOG
-                        )
-                else:  # several accept queues (net/listen.py)
-                    server = await self._serve_group(factory, socks, ssl_ctx)
+                    server = serve_raw(sock)  # (one socket: _accept_sockets)
+                if server is None:
+                    server = await self._serve(factory, socks, ssl_ctx)
                 sockname = sock.getsockname()
         except OSError as exc:
             raise StartError(
@@ -279,11 +271,11 @@ class Engine:
             lcfg.name, lcfg.protocol, lcfg.bind, runtime, server, lcfg
         )
 
-    async def _serve_group(self, factory: Any, socks: list[socket.socket], ssl_ctx: Any) -> Any:
+    async def _serve(self, factory: Any, socks: list[socket.socket], ssl_ctx: Any) -> Any:
+        """The loop's server on one socket, or a ServerGroup on several (net/listen.py)."""
         servers: list[Any] = []
         try:
             for s in socks:
-                s.listen(BACKLOG)
                 servers.append(
                     await self.loop.create_server(factory, sock=s, ssl=ssl_ctx, backlog=BACKLOG)
                 )
@@ -293,7 +285,7 @@ class Engine:
             for s in socks:
                 s.close()
             raise
-        return ServerGroup(servers)
+        return servers[0] if len(servers) == 1 else ServerGroup(servers)
 
     def _tick(self) -> None:
         self._tick_handle = None
@@ -387,7 +379,7 @@ class Engine:
             if lcfg.protocol == "udp" or (port and (host, port) in held):
                 continue
             try:
-                prebound[lcfg.name] = bind_sockets(host, port)
+                prebound[lcfg.name] = bind_sockets(host, port, _accept_sockets(lcfg))
             except OSError as exc:
                 for socks in prebound.values():
                     for sock in socks:
@@ -446,6 +438,17 @@ class Engine:
             f"Engine(listeners={list(self.listeners)}, backends={list(self.backends)}, "
             f"reloads={self.reloads}, shutting_down={self.shutting_down})"
         )
+
+
+def _accept_sockets(lcfg: Any) -> int:
+    """How many sockets a stream listener listens on (net/listen.py): one for a tcp listener
+    on its own epoll set, which accepts in a loop."""
+    if lcfg.protocol == "tcp":
+        from steelyard.net.tcp_proxy import accepts_raw
+
+        if accepts_raw(getattr(lcfg, "tls", None)):
+            return 1
+    return ACCEPT_SOCKETS
 
 
 def _uses_preface(lcfg: Any) -> bool:

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from tests.helpers.engine_setup import api_config, tcp_config
+from tests.helpers.engine_setup import api_config, start_engine, tcp_config
 from tests.helpers.flaky_backend import flaky_backend
 from tests.helpers.http_backends import request
+from tests.helpers.servers import free_port
 from tests.helpers.steelyard_process import SteelyardProcess
 
+from steelyard.config import load_config_text
+from steelyard.engine import StartError
 from steelyard.net import listen
 from steelyard.net.listen import bind_sockets
 
@@ -53,8 +56,6 @@ def test_the_sockets_share_one_port_and_keep_it_ours() -> None:
         assert port != 0
         assert {s.getsockname() for s in socks} == {("127.0.0.1", port)}
         assert all(_reuseport(s) == 1 for s in socks)
-        for s in socks:
-            s.listen()
         # a plain bind (any other program) is refused, as by a single socket
         with pytest.raises(OSError) as plain:
             _plain_bind(port)
@@ -136,7 +137,6 @@ def _connections_per_pass(count: int, clients: int = 32) -> list[int]:
         port = socks[0].getsockname()[1]
         servers = []
         for s in socks:
-            s.listen(64)
             servers.append(await loop.create_server(Proto, sock=s))
         # connected by the kernel into the accept queues before the loop runs again
         waiting = [socket.create_connection(("127.0.0.1", port)) for _ in range(clients)]
@@ -225,7 +225,7 @@ async def test_one_socket_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyP
 async def test_a_tcp_listener_on_its_own_epoll_set_keeps_one_socket(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """It accepts in a loop (net/rawsock.py); the other sockets are closed before listening."""
+    """It accepts up to 64 connections per event on one socket (net/rawsock.py)."""
     monkeypatch.setenv("STEELYARD_ACCEPT_SOCKETS", "6")
     monkeypatch.delenv("STEELYARD_RAW_TCP", raising=False)
     async with flaky_backend("s1") as s1:
@@ -236,3 +236,38 @@ async def test_a_tcp_listener_on_its_own_epoll_set_keeps_one_socket(
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
             writer.close()
+
+
+async def test_a_reload_listens_on_every_socket_or_leaves_none(tmp_path: Path) -> None:
+    """A listener added by a reload gets its sockets bound (and listening) before anything
+    changes; a reload that then fails on another listener's bind lets go of all of them."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    busy = blocker.getsockname()[1]
+    try:
+        async with flaky_backend("s1") as s1:
+            engine, _ = await start_engine(api_config([s1]))
+            try:
+                new = free_port()
+
+                def listener(name: str, port: int) -> str:
+                    return (
+                        f"  - name: {name}\n    protocol: http\n"
+                        f"    bind: 127.0.0.1:{port}\n    backend: api\n"
+                    )
+
+                bad = api_config([s1], more_listeners=listener("two", new) + listener("x", busy))
+                with pytest.raises(StartError, match="cannot bind"):
+                    await engine.reload(load_config_text(bad))
+                assert _listening(new) == 0
+                _plain_bind(new)
+                good = api_config([s1], more_listeners=listener("two", new))
+                await engine.reload(load_config_text(good))
+                assert _listening(new) == listen.ACCEPT_SOCKETS
+                assert (await request(new, "GET", "/")).status == 200
+            finally:
+                await engine.shutdown(1.0)
+            assert _listening(new) == 0
+    finally:
+        blocker.close()

@@ -14,10 +14,8 @@ HAProxy accepts several connections per wake-up (`tune.maxaccept`), nginx all pe
 
 How. A stream listener served by the loop binds `count` sockets to its address with
 SO_REUSEPORT; the kernel spreads new connections over their accept queues (by a hash of the
-connection's addresses), and each pass accepts up to one connection per ready socket. The
-sockets are bound here and left for the caller to `listen()` on, so a caller that needs only
-one (the TCP listeners' own epoll set accepts in a loop) closes the others before any
-connection can queue on them.
+connection's addresses), and each pass accepts up to one connection per ready socket. A
+listener that accepts in a loop of its own (a TCP listener on its own epoll set) asks for one.
 
 SO_REUSEPORT would also let another process of the same user bind the same address
 silently (two instances sharing the port, instead of the second one failing with "address
@@ -74,17 +72,20 @@ def _bound(host: str, port: int, reuseport: bool) -> socket.socket:
 
 
 def bind_sockets(host: str, port: int, count: int = ACCEPT_SOCKETS) -> list[socket.socket]:
-    """`count` sockets bound to (host, port), not yet listening (module docstring); raises
-    OSError as a single bind would (the address is in use, not ours to bind, ...)."""
+    """`count` sockets listening on (host, port) (module docstring); raises OSError as a
+    single bind would (the address is in use, not ours to bind, ...)."""
     probe = _bound(host, port, reuseport=False)
     if count <= 1:
-        return [probe]
-    port = probe.getsockname()[1]
-    probe.close()  # a bound socket that never listened leaves nothing behind
-    socks: list[socket.socket] = []
+        socks = [probe]
+    else:
+        port = probe.getsockname()[1]
+        probe.close()  # a bound socket that never listened leaves nothing behind
+        socks = []
     try:
-        for _ in range(count):
+        while len(socks) < count:
             socks.append(_bound(host, port, reuseport=True))
+        for s in socks:
+            s.listen(BACKLOG)
     except OSError:
         for s in socks:
             s.close()

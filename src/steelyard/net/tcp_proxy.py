@@ -115,6 +115,14 @@ SPLICE_DEFAULT = os.environ.get("STEELYARD_SPLICE", "1") != "0"
 # plain (not TLS) listeners accept and connect on an epoll set of their own (net/rawsock.py)
 RAW_DEFAULT = os.environ.get("STEELYARD_RAW_TCP", "1") != "0"
 _NO_SERVERS: Final[frozenset[str]] = frozenset()
+
+
+def accepts_raw(tls: object) -> bool:
+    """Whether a tcp listener with this TLS setting (config or context; None = plain) accepts
+    on its own epoll set, up to 64 connections per event on one socket (net/rawsock.py)."""
+    return RAW_SUPPORTED and RAW_DEFAULT and tls is None
+
+
 # the pick of a first attempt without a hash key: nothing to carry, so one shared context
 # (balancers only read it)
 _ANY_SERVER: Final = PickContext(None, _NO_SERVERS)
@@ -1290,7 +1298,7 @@ class TcpListener:
     def serve_raw(self, sock: socket.socket) -> RawServer | None:
         """Accept on `sock` in an epoll set of this listener's own (net/rawsock.py), when
         the listener is plain TCP on Linux; None: the engine uses loop.create_server()."""
-        if not (RAW_SUPPORTED and RAW_DEFAULT) or self.ssl_context is not None:
+        if not accepts_raw(self.ssl_context):
             return None
         if self.reactor is None:
             self.reactor = Reactor(self.loop)
