@@ -222,20 +222,30 @@ async def test_one_socket_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyP
             assert await _burst(port, 20) == [200] * 20
 
 
-async def test_a_tcp_listener_on_its_own_epoll_set_keeps_one_socket(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("raw", "sockets"), [("1", 1), ("0", 6)])
+async def test_a_tcp_listener_has_one_socket_on_its_own_epoll_set_and_several_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: str, sockets: int
 ) -> None:
-    """It accepts up to 64 connections per event on one socket (net/rawsock.py)."""
+    """On its own epoll set it accepts up to 64 connections per event on one socket
+    (net/rawsock.py); on the loop's transports (STEELYARD_RAW_TCP=0, or TLS) it gets the
+    accept queues, as an HTTP listener."""
     monkeypatch.setenv("STEELYARD_ACCEPT_SOCKETS", "6")
-    monkeypatch.delenv("STEELYARD_RAW_TCP", raising=False)
+    monkeypatch.setenv("STEELYARD_RAW_TCP", raw)
     async with flaky_backend("s1") as s1:
         with SteelyardProcess(_config(tmp_path, tcp_config([s1]))) as sy:
             port = await asyncio.to_thread(sy.port, "l4")
-            assert _listening(port) == 1
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
-            writer.close()
+            assert _listening(port) == sockets
+
+            async def get() -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                try:
+                    return await asyncio.wait_for(reader.read(), 10)
+                finally:
+                    writer.close()
+
+            replies = await asyncio.gather(*(get() for _ in range(30)))
+            assert all(r.startswith(b"HTTP/1.1 200") for r in replies)
 
 
 async def test_a_reload_listens_on_every_socket_or_leaves_none(tmp_path: Path) -> None:

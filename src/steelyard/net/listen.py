@@ -71,7 +71,7 @@ def _bound(host: str, port: int, reuseport: bool) -> socket.socket:
     return sock
 
 
-def bind_sockets(host: str, port: int, count: int = ACCEPT_SOCKETS) -> list[socket.socket]:
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` sockets listening on (host, port) (module docstring); raises OSError as a
     single bind would (the address is in use, not ours to bind, ...)."""
     probe = _bound(host, port, reuseport=False)
